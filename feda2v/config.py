@@ -1,0 +1,272 @@
+"""Seed-compatible run configuration: top-level run keys plus the `feda2v` section.
+
+Every key has a default and a one-line doc (`feda2v config --keys` prints them). Unknown keys
+and bad values raise ConfigError naming the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+# The seed's reference split (DESIGN.md §5): 3 clients x 5 disjoint ESC-50 classes.
+REFERENCE_SPLIT = [
+    ["dog", "rooster", "pig", "cow", "frog"],
+    ["rain", "sea_waves", "crackling_fire", "crickets", "chirping_birds"],
+    ["helicopter", "chainsaw", "siren", "car_horn", "engine"],
+]
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    check: Callable[[Any], str | None]  # returns an error text, or None when valid
+    doc: str
+
+
+def _int(lo: int | None = None) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"expected an integer, got {v!r}"
+        if lo is not None and v < lo:
+            return f"must be >= {lo}, got {v}"
+        return None
+    return check
+
+
+def _float(lo: float | None = None, hi: float | None = None, strict_lo: bool = False):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"expected a number, got {v!r}"
+        if lo is not None and (v <= lo if strict_lo else v < lo):
+            return f"must be {'>' if strict_lo else '>='} {lo}, got {v}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}, got {v}"
+        return None
+    return check
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
+
+
+def _str(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"expected a string, got {v!r}"
+
+
+def _nonempty_str(v: Any) -> str | None:
+    return _str(v) or (None if v.strip() else "must not be empty")
+
+
+def _choice(*options: str):
+    def check(v: Any) -> str | None:
+        return None if v in options else f"expected one of {list(options)}, got {v!r}"
+    return check
+
+
+def _int_list(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v
+    ):
+        return f"expected a non-empty list of positive integers, got {v!r}"
+    return None
+
+
+def _generator_type(v: Any) -> str | None:
+    if v == "gan":
+        return "'gan' is not available yet (only 'vae' is implemented); use \"vae\""
+    return _choice("vae")(v)
+
+
+def _client_split(v: Any) -> str | None:
+    if not isinstance(v, list) or not v:
+        return f"expected a non-empty list of class-name lists (one per client), got {v!r}"
+    seen: set[str] = set()
+    for i, classes in enumerate(v):
+        if not isinstance(classes, list) or not classes or not all(
+            isinstance(c, str) and c for c in classes
+        ):
+            return f"client {i}: expected a non-empty list of class names, got {classes!r}"
+        dup = seen.intersection(classes)
+        if dup:
+            return f"client {i}: class(es) {sorted(dup)} already belong to another client"
+        seen.update(classes)
+    return None
+
+
+def _template(v: Any) -> str | None:
+    return _str(v) or (None if "{label}" in v else "must contain '{label}'")
+
+
+TOP_LEVEL: dict[str, Key] = {
+    "global_rounds": Key(30, _int(1), "Federated rounds of this run (Run 1: 30, Run 2: 50 in the seed)."),
+    "batch_size": Key(16, _int(1), "Mini-batch size for adapter training on clients and server."),
+    "seed": Key(0, _int(0), "Random seed for initialisation, shuffling and sampling."),
+    "local_epochs": Key(1, _int(1), "Adapter epochs per round on each client's real data."),
+    "learning_rate": Key(1e-3, _float(0, strict_lo=True), "Adapter learning rate (AdamW)."),
+    "pipeline": Key("auto", _choice("auto", "run1", "run2", "end_to_end"),
+                    "Which pipeline `feda2v run/compile` builds; auto follows the feda2v mode flags."),
+    "storage_root": Key("feda2v-store", _nonempty_str,
+                        "fsspec URL or path under which embeddings, checkpoints and runs live."),
+    "experiment_name": Key("feda2v", _nonempty_str, "MLflow experiment name."),
+    "mlflow_tracking_uri": Key("", _str,
+                               "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else SQLite "
+                               "file mlflow.db under a local storage_root."),
+}
+
+DATA: dict[str, Key] = {
+    "dataset_uri": Key("data/ESC-50", _nonempty_str,
+                       "ESC-50 layout root (meta/esc50.csv + audio/*.wav), path or fsspec URL."),
+    "train_folds": Key([1, 2, 3, 4], _int_list, "ESC-50 folds used for training."),
+    "test_folds": Key([5], _int_list, "ESC-50 folds held out for evaluation."),
+    "clients": Key(copy.deepcopy(REFERENCE_SPLIT), _client_split,
+                   "Class names owned by each client (default: the seed's 3 x 5 split)."),
+    "prompt_template": Key("a photo of {label}", _template,
+                           "Text prompt whose CLIP embedding is a class's target."),
+}
+
+MODELS: dict[str, Key] = {
+    "audio_model": Key("MIT/ast-finetuned-audioset-10-10-0.4593", _nonempty_str,
+                       "Audio encoder (AST family): hub id or local folder."),
+    "text_model": Key("openai/clip-vit-large-patch14", _nonempty_str,
+                      "CLIP model for text targets: hub id or local folder."),
+    "audio_tokens": Key(4, _int(1), "Encoder tokens are adaptive-average-pooled to this many."),
+    "extract_batch_size": Key(16, _int(1), "Clips per forward pass during extraction."),
+    "device": Key("auto", _choice("auto", "cpu", "cuda"), "Torch device for all stages."),
+}
+
+FEDA2V: dict[str, Key] = {
+    "use_generator": Key(True, _bool, "Enable client generators (false = plain FedAvg)."),
+    "generator_type": Key("vae", _generator_type, "Generator kind: \"vae\"."),
+    "generator_training_mode": Key(False, _bool, "Run 1: train generators and save checkpoints."),
+    "use_pretrained_generators": Key(False, _bool,
+                                     "Run 2: load checkpoints and send synthetic samples. Both "
+                                     "flags true = resume generator training from checkpoints."),
+    "generator_checkpoint_dir": Key("checkpoints/generators", _nonempty_str,
+                                    "Checkpoint folder; relative paths live under storage_root."),
+    "generator_save_every": Key(5, _int(1), "Keep client_{i}_generator_round_{r}.pt every N rounds."),
+    "generator_training_epochs": Key(10, _int(1), "Generator epochs per round (Run 1)."),
+    "generator_augmentation": Key(True, _bool, "Add Gaussian noise to generator inputs."),
+    "generator_augmentation_noise": Key(0.1, _float(0), "Std of that noise (target stays clean)."),
+    "generator_hidden_dim": Key(1024, _int(1), "VAE hidden layer width."),
+    "generator_latent_dim": Key(256, _int(1), "VAE latent dimension."),
+    "generator_batch_size": Key(32, _int(1), "Generator mini-batch size."),
+    "generator_learning_rate": Key(1e-3, _float(0, strict_lo=True), "Generator AdamW lr."),
+    "generator_training_rounds": Key(30, _int(1),
+                                     "Run 1 rounds inside the end_to_end pipeline (Run 2 then "
+                                     "runs global_rounds)."),
+    "synthetic_samples_per_class": Key(10, _int(1), "Synthetic samples per class per round (Run 2)."),
+    "global_model_train": Key(False, _bool, "Server trains the global adapter on pooled synthetic samples."),
+    "global_model_train_epochs": Key(5, _int(1), "Epochs of that server-side training per round."),
+    "global_model_train_from_nodes_adapters": Key(
+        True, _bool,
+        "Server training starts from this round's FedAvg of node adapters (true) or from the "
+        "previous global adapter (false)."),
+    "adapter_hidden_dims": Key([1024, 2048], _int_list, "Adapter MLP hidden widths."),
+    "adapter_heads": Key(8, _int(1), "Attention-pooling heads (must divide the CLIP dimension)."),
+    "optimize_memory_usage": Key(False, _bool,
+                                 "Generate synthetic samples one class at a time and release "
+                                 "the generator right after sampling."),
+}
+
+SECTIONS: dict[str, dict[str, Key]] = {"data": DATA, "models": MODELS, "feda2v": FEDA2V}
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    hint = difflib.get_close_matches(key, known, n=1)
+    tip = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return ConfigError(f"unknown config key '{where}{key}'{tip}")
+
+
+def _validate_section(raw: Any, spec: dict[str, Key], where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where.rstrip('.')}' must be a JSON object, got {type(raw).__name__}")
+    out = {}
+    for key, value in raw.items():
+        if key not in spec:
+            raise _unknown(key, list(spec), where)
+        error = spec[key].check(value)
+        if error:
+            raise ConfigError(f"bad value for '{where}{key}': {error}")
+        out[key] = value
+    for key, k in spec.items():
+        out.setdefault(key, copy.deepcopy(k.default))
+    return out
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return the resolved config (defaults filled in) or raise ConfigError naming the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(raw).__name__}")
+    top = {k: v for k, v in raw.items() if k not in SECTIONS}
+    cfg = _validate_section(top, TOP_LEVEL, "")
+    for name, spec in SECTIONS.items():
+        cfg[name] = _validate_section(raw.get(name, {}), spec, f"{name}.")
+    _check_cross_keys(cfg)
+    return cfg
+
+
+def _check_cross_keys(cfg: dict[str, Any]) -> None:
+    data = cfg["data"]
+    both = set(data["train_folds"]) & set(data["test_folds"])
+    if both:
+        raise ConfigError(f"bad value for 'data.test_folds': fold(s) {sorted(both)} are also "
+                          "in 'data.train_folds'")
+    f = cfg["feda2v"]
+    if not f["use_generator"] and (f["generator_training_mode"] or f["use_pretrained_generators"]):
+        raise ConfigError("bad value for 'feda2v.use_generator': false, but "
+                          "generator_training_mode or use_pretrained_generators is true")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a JSON config file."""
+    text = Path(path).read_text()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    try:
+        return validate(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def loads(text: str) -> dict[str, Any]:
+    """Validate a config given as JSON text (how stages receive it)."""
+    return validate(json.loads(text))
+
+
+def class_names(cfg: dict[str, Any]) -> list[str]:
+    """All classes, in client order: the row order of the class-target matrix."""
+    return [c for classes in cfg["data"]["clients"] for c in classes]
+
+
+def num_clients(cfg: dict[str, Any]) -> int:
+    return len(cfg["data"]["clients"])
+
+
+def pipeline_kind(cfg: dict[str, Any]) -> str:
+    """run1 | run2 | end_to_end, resolving 'auto' from the seed's mode flags."""
+    if cfg["pipeline"] != "auto":
+        return cfg["pipeline"]
+    f = cfg["feda2v"]
+    if f["use_pretrained_generators"] and not f["generator_training_mode"]:
+        return "run2"
+    return "run1"
+
+
+def describe_keys() -> str:
+    """Every key, its default and its doc, for `feda2v config --keys` and the README."""
+    lines = []
+    for where, spec in [("", TOP_LEVEL), *[(f"{n}.", s) for n, s in SECTIONS.items()]]:
+        for key, k in spec.items():
+            lines.append(f"{where}{key} = {json.dumps(k.default)}\n    {k.doc}")
+    return "\n".join(lines)

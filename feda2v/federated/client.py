@@ -1,0 +1,157 @@
+"""One client's round: adapter on real data; Run 1 trains the generator, Run 2 samples from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from feda2v.federated import generator
+from feda2v.federated.task import adapter_from_state, adapter_outputs, train_adapter
+from feda2v.log import get_logger
+
+log = get_logger()
+
+PHASES = ("fedavg", "run1", "run2")
+
+
+@dataclass
+class ClientData:
+    train_x: torch.Tensor   # [N, S, D_audio]
+    train_y: torch.Tensor   # [N] indices into the global class list
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass
+class ClientUpdate:
+    adapter_state: dict[str, torch.Tensor]
+    num_samples: int
+    metrics: dict[str, float]
+    synthetic_x: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    synthetic_y: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+
+def round_seed(seed: int, client_id: int, round_num: int) -> int:
+    return seed * 1_000_003 + client_id * 1_009 + round_num
+
+
+def class_means(outputs: torch.Tensor, y: torch.Tensor, class_names: list[str],
+                client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean adapter output of each class present on the client: (class ids, [C_local, D])."""
+    log.info("Node %d - Computing mean adapter outputs per class from training data", client_id)
+    ids = torch.unique(y)
+    means = []
+    for c in ids:
+        mask = y == c
+        means.append(outputs[mask].mean(0))
+        log.info("  - Class '%s' clip: mean from %d samples", class_names[c], int(mask.sum()))
+    return ids, torch.stack(means)
+
+
+def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
+              global_state: dict[str, torch.Tensor], data: ClientData, targets: torch.Tensor,
+              class_names: list[str], checkpoint_dir: str) -> ClientUpdate:
+    """`round_num` counts this pipeline's rounds from 1; `phase` is fedavg, run1 or run2."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    seed = round_seed(cfg["seed"], client_id, round_num)
+    torch.manual_seed(seed)
+    adapter = adapter_from_state(cfg, global_state)
+    if phase == "run2":
+        vae, ckpt = _load_pretrained(cfg, client_id, checkpoint_dir, data, targets)
+        log.info("Node %d - Training adapters on real data...", client_id)
+    loss = train_adapter(adapter, data.train_x, data.train_y, targets, cfg["local_epochs"],
+                         cfg["batch_size"], cfg["learning_rate"], seed)
+    update = ClientUpdate({k: v.detach().clone() for k, v in adapter.state_dict().items()},
+                          len(data.train_x), {"adapter_loss": loss})
+    if phase == "run1":
+        update.metrics["generator_loss"] = _train_generator(
+            cfg, client_id, round_num, adapter, data, class_names, checkpoint_dir, seed)
+    elif phase == "run2":
+        update.synthetic_x, update.synthetic_y = _synthesise(cfg, client_id, vae, ckpt,
+                                                            class_names, seed)
+        if cfg["feda2v"]["optimize_memory_usage"]:
+            del vae
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return update
+
+
+def _expected_dims(cfg: dict, data: ClientData, cond_dim: int) -> dict[str, int]:
+    f = cfg["feda2v"]
+    return {"seq_len": data.train_x.shape[1], "audio_dim": data.train_x.shape[2],
+            "cond_dim": cond_dim, "hidden_dim": f["generator_hidden_dim"],
+            "latent_dim": f["generator_latent_dim"]}
+
+
+def _train_generator(cfg, client_id, round_num, adapter, data, class_names, checkpoint_dir,
+                     seed) -> float:
+    f = cfg["feda2v"]
+    ids, means = class_means(adapter_outputs(adapter, data.train_x), data.train_y, class_names,
+                             client_id)
+    latest = generator.checkpoint_uri(checkpoint_dir, client_id)
+    # Round 1 starts a fresh generator unless resuming (both mode flags); later rounds continue
+    # from the checkpoint the previous round wrote: tasks share no memory, only storage.
+    resume = round_num > 1 or f["use_pretrained_generators"]
+    dims = _expected_dims(cfg, data, means.shape[1])
+    log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
+    if resume and generator.storage.exists(latest):
+        vae, opt, ckpt = generator.load(latest, cfg, dims)
+        done = int(ckpt["round"])
+        log.info("[Client %d] Resuming %s generator from round %d", client_id,
+                 f["generator_type"].upper(), done)
+    else:
+        if round_num > 1:
+            raise FileNotFoundError(f"[Client {client_id}] generator checkpoint of the previous "
+                                    f"round is missing: {latest}")
+        vae = generator.new_generator(cfg, dims["seq_len"], dims["audio_dim"], dims["cond_dim"])
+        vae.fit_standardisation(data.train_x)
+        opt = generator.new_optimizer(cfg, vae)
+        done = 0
+    log.info("[Client %d] Generator initialized successfully", client_id)
+    log.info("[Client %d] Starting generator training mode", client_id)
+    # Condition of each sample: the mean adapter output of its class (what sampling will use).
+    lookup = {int(c): i for i, c in enumerate(ids)}
+    cond = means[torch.tensor([lookup[int(c)] for c in data.train_y])]
+    loss = generator.train_generator(cfg, vae, opt, data.train_x, cond, client_id, seed)
+    this_round = done + 1
+    names = [class_names[c] for c in ids]
+    uris = [latest]
+    if this_round % f["generator_save_every"] == 0:
+        uris.insert(0, generator.checkpoint_uri(checkpoint_dir, client_id, this_round))
+    for uri in uris:
+        generator.save(uri, cfg, vae, opt, client_id, this_round, names, means)
+        log.info("[Client %d] Saved generator checkpoint to %s", client_id, uri)
+    return loss
+
+
+def _load_pretrained(cfg, client_id, checkpoint_dir, data, targets):
+    f = cfg["feda2v"]
+    uri = generator.checkpoint_uri(checkpoint_dir, client_id)
+    log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
+    if not generator.storage.exists(uri):
+        log.warning("[Client %d] Warning: Generator checkpoint not found at %s", client_id, uri)
+        raise FileNotFoundError(f"[Client {client_id}] Generator checkpoint not found at {uri}; "
+                                "run Run 1 (generator_training_mode) with the same "
+                                "generator_checkpoint_dir first")
+    vae, _, ckpt = generator.load(uri, cfg, _expected_dims(cfg, data, targets.shape[1]))
+    log.info("[Client %d] Loaded %s generator from round %d", client_id,
+             f["generator_type"].upper(), ckpt["round"])
+    log.info("[Client %d] Generator checkpoint loaded successfully", client_id)
+    return vae, ckpt
+
+
+def _synthesise(cfg, client_id, vae, ckpt, class_names, seed):
+    k = cfg["feda2v"]["synthetic_samples_per_class"]
+    names = ckpt["class_names"]
+    unknown = [n for n in names if n not in class_names]
+    if unknown:
+        raise ValueError(f"[Client {client_id}] checkpoint classes {unknown} are not in this "
+                         "run's data.clients")
+    samples = generator.sample_per_class(vae, ckpt["class_conditions"], k, seed)  # [C, K, S, D]
+    log.info("[Client %d] Generated %d synthetic sample sets", client_id, len(names))
+    for name, s in zip(names, samples):
+        log.info("  - %s: synthetic samples %s", name, tuple(s.shape))
+    ids = torch.tensor([class_names.index(n) for n in names]).repeat_interleave(k)
+    return samples.reshape(-1, *samples.shape[2:]), ids

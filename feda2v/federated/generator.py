@@ -1,0 +1,119 @@
+"""A client's conditioned VAE: create, train, sample, and the seed's checkpoint contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from feda2v import storage
+from feda2v.log import get_logger
+from feda2v.models import ConditionedVAE, vae_loss, vae_schedule
+
+log = get_logger()
+
+# The seed's checkpoint field: the diffusion model whose pooled CLIP text space the adapter and
+# the generator condition live in (Flux conditions on CLIP ViT-L/14 pooled text embeddings).
+DIFFUSION_TYPE = "flux"
+DIM_KEYS = ("seq_len", "audio_dim", "cond_dim", "hidden_dim", "latent_dim")
+
+
+def checkpoint_uri(checkpoint_dir: str, client_id: int, round_num: int | None = None) -> str:
+    """Seed names: client_{i}_generator.pt (latest), client_{i}_generator_round_{r}.pt."""
+    name = (f"client_{client_id}_generator.pt" if round_num is None
+            else f"client_{client_id}_generator_round_{round_num}.pt")
+    return storage.join(checkpoint_dir, name)
+
+
+def new_generator(cfg: dict, seq_len: int, audio_dim: int, cond_dim: int) -> ConditionedVAE:
+    f = cfg["feda2v"]
+    return ConditionedVAE(seq_len, audio_dim, cond_dim, f["generator_hidden_dim"],
+                          f["generator_latent_dim"])
+
+
+def new_optimizer(cfg: dict, vae: ConditionedVAE) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(vae.parameters(), lr=cfg["feda2v"]["generator_learning_rate"],
+                             weight_decay=1e-5)
+
+
+def train_generator(cfg: dict, vae: ConditionedVAE, opt: torch.optim.Optimizer, x: torch.Tensor,
+                    cond: torch.Tensor, client_id: int, seed: int) -> float:
+    """Train on real sequences x [N, S, D] with per-sample conditions cond [N, D_clip].
+
+    Noise augmentation perturbs the input only; the reconstruction target stays clean.
+    Returns the mean loss over all epochs (the seed's "Average loss").
+    """
+    f = cfg["feda2v"]
+    epochs, bs = f["generator_training_epochs"], f["generator_batch_size"]
+    noise = f["generator_augmentation_noise"] if f["generator_augmentation"] else 0.0
+    gen = torch.Generator().manual_seed(seed)
+    clean = vae.normalise(x)
+    log.info("[Client %d] Training generator for %d epochs", client_id, epochs)
+    vae.train()
+    losses = []
+    for epoch in range(epochs):
+        beta, w = vae_schedule(epoch, epochs)
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for start in range(0, len(x), bs):
+            idx = order[start:start + bs]
+            noisy = x[idx] + noise * torch.randn(x[idx].shape, generator=gen) if noise else x[idx]
+            recon, mu, logvar = vae(vae.normalise(noisy), cond[idx])
+            loss = vae_loss(recon, clean[idx], mu, logvar, beta, w)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(x))
+        if (epoch + 1) % 2 == 0 or epoch + 1 == epochs:
+            log.info("  [Client %d] Epoch %d/%d: Loss=%.4f", client_id, epoch + 1, epochs, losses[-1])
+    vae.eval()
+    average = sum(losses) / len(losses)
+    log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id, average)
+    return average
+
+
+def sample_per_class(vae: ConditionedVAE, conditions: torch.Tensor, per_class: int,
+                     seed: int) -> torch.Tensor:
+    """[C, D_clip] conditions -> [C, per_class, S, D] samples, each class from its own condition."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([vae.sample(c.expand(per_class, -1), generator=gen) for c in conditions])
+
+
+def save(uri: str, cfg: dict, vae: ConditionedVAE, opt: torch.optim.Optimizer, client_id: int,
+         round_num: int, class_names: list[str], conditions: torch.Tensor) -> None:
+    storage.save_checkpoint(uri, {
+        "client_id": client_id,
+        "round": round_num,
+        "generator_type": cfg["feda2v"]["generator_type"],
+        "diffusion_type": DIFFUSION_TYPE,
+        "generator_state_dict": vae.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "dims": {"seq_len": vae.seq_len, "audio_dim": vae.audio_dim,
+                 "cond_dim": conditions.shape[1], "hidden_dim": cfg["feda2v"]["generator_hidden_dim"],
+                 "latent_dim": vae.latent_dim},
+        # The exact conditions used in training, so that sampling uses the same vectors.
+        "class_names": list(class_names),
+        "class_conditions": conditions.detach().cpu(),
+        "config": dict(cfg["feda2v"]),
+    })
+
+
+def load(uri: str, cfg: dict, expect: dict[str, int]) -> tuple[ConditionedVAE, torch.optim.Optimizer, dict[str, Any]]:
+    """Load a checkpoint and refuse it when its type or dims disagree with this run."""
+    ckpt = storage.load_checkpoint(uri)
+    want_type = cfg["feda2v"]["generator_type"]
+    if ckpt.get("generator_type") != want_type:
+        raise ValueError(f"{uri}: generator_type is {ckpt.get('generator_type')!r} in the "
+                         f"checkpoint but {want_type!r} in the config")
+    dims = ckpt["dims"]
+    for key, value in expect.items():
+        if dims.get(key) != value:
+            raise ValueError(f"{uri}: {key} is {dims.get(key)} in the checkpoint but {value} "
+                             "in this run")
+    vae = ConditionedVAE(*(dims[k] for k in DIM_KEYS))
+    vae.load_state_dict(ckpt["generator_state_dict"])
+    opt = new_optimizer(cfg, vae)
+    opt.load_state_dict(ckpt["optimizer_state_dict"])
+    return vae, opt, ckpt

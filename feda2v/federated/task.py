@@ -1,0 +1,63 @@
+"""The learning task shared by clients and server: adapter training and zero-shot evaluation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from feda2v.models import Adapter
+
+
+def new_adapter(cfg: dict, audio_dim: int, clip_dim: int) -> Adapter:
+    f = cfg["feda2v"]
+    return Adapter(audio_dim, clip_dim, tuple(f["adapter_hidden_dims"]), f["adapter_heads"])
+
+
+def adapter_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> Adapter:
+    """Rebuild an adapter from its state dict; dims come from the weights themselves."""
+    audio_dim = state["mlp.0.weight"].shape[1]
+    clip_dim = state["query"].shape[-1]
+    adapter = new_adapter(cfg, audio_dim, clip_dim)
+    adapter.load_state_dict(state)
+    return adapter
+
+
+def train_adapter(adapter: Adapter, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
+                  epochs: int, batch_size: int, lr: float, seed: int) -> float:
+    """MSE between adapter(x) and the class target of y; returns the last epoch's mean loss."""
+    if len(x) == 0:
+        raise ValueError("cannot train an adapter on zero samples")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=lr)
+    adapter.train()
+    epoch_loss = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.mse_loss(adapter(x[idx]), targets[y[idx]])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        epoch_loss = total / len(x)
+    adapter.eval()
+    return epoch_loss
+
+
+@torch.no_grad()
+def adapter_outputs(adapter: Adapter, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    adapter.eval()
+    return torch.cat([adapter(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def zero_shot_accuracy(adapter: Adapter, x: torch.Tensor, y: torch.Tensor,
+                       targets: torch.Tensor) -> float:
+    """Cosine of adapter(x) against every class target, argmax, compared with y."""
+    if len(x) == 0:
+        raise ValueError("cannot evaluate on zero samples")
+    out = F.normalize(adapter_outputs(adapter, x), dim=-1)
+    pred = (out @ F.normalize(targets, dim=-1).T).argmax(dim=1)
+    return (pred == y).float().mean().item()

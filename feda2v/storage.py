@@ -1,0 +1,107 @@
+"""All file I/O goes through fsspec URLs: local paths, file://, s3://, ...
+
+Writes are atomic: a local file is written beside its target and renamed; a remote object is
+written with one PUT. A crash leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import tempfile
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+
+def _fs(uri: str):
+    return fsspec.core.url_to_fs(uri)
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path segments onto a path or URL without mangling the scheme."""
+    return posixpath.join(root.rstrip("/"), *parts) if "://" in root else os.path.join(root, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.exists(path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = _fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such file: {uri}")
+    return fs.cat_file(path)
+
+
+def save_tensors(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    """safetensors file; `meta` (any JSON value) travels in the header under 'feda2v'."""
+    header = {"feda2v": json.dumps(meta or {})}
+    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_bytes(uri, st_save(data, metadata=header))
+
+
+def load_tensors(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    raw = read_bytes(uri)
+    tensors = st_load(raw)
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    meta = json.loads(header.get("__metadata__", {}).get("feda2v", "{}"))
+    return tensors, meta
+
+
+def save_checkpoint(uri: str, checkpoint: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    write_bytes(uri, buf.getvalue())
+
+
+def load_checkpoint(uri: str) -> dict[str, Any]:
+    """Load a .pt checkpoint without unpickling arbitrary objects (weights_only=True)."""
+    return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_bytes(uri, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def absolute(uri: str) -> str:
+    """Make a local path absolute (tasks may run in another folder); URLs pass through."""
+    return os.path.abspath(local_path(uri)) if is_local(uri) else uri
