@@ -14,11 +14,18 @@ import time
 TAG_ENV = "FEDA2V_LOG_TAG"
 
 
+class _TaggedFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        tag = os.environ.get(TAG_ENV, "")
+        text = super().format(record)
+        return "\n".join(tag + line for line in text.splitlines()) if tag else text
+
+
 def get_logger() -> logging.Logger:
     logger = logging.getLogger("feda2v")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(os.environ.get(TAG_ENV, "") + "%(message)s"))
+        handler.setFormatter(_TaggedFormatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False

@@ -1,0 +1,260 @@
+"""One function per pipeline stage: the unit the CLI and the KFP components call.
+
+A stage takes plain values (the config as JSON text, ids, URIs) and returns small results.
+It does not know whether it runs under KFP, kfp.local, docker or a test.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+
+from feda2v import config as config_mod
+from feda2v import report, storage, tracking
+from feda2v.log import get_logger
+
+log = get_logger()
+
+
+# --- paths under the storage root ---------------------------------------------------------------
+
+def embeddings_uri(cfg: dict, client_id: int) -> str:
+    return storage.join(cfg["storage_root"], "embeddings", f"client_{client_id}.safetensors")
+
+
+def checkpoint_dir(cfg: dict) -> str:
+    d = cfg["feda2v"]["generator_checkpoint_dir"]
+    return d if ("://" in d or os.path.isabs(d)) else storage.join(cfg["storage_root"], d)
+
+
+def client_uri(uris: list[str], client_id: int) -> str:
+    """Pick client `client_id`'s embeddings from the collected extraction outputs."""
+    name = f"client_{client_id}.safetensors"
+    found = [u for u in uris if u.rstrip("/").endswith("/" + name)]
+    if len(found) != 1:
+        raise ValueError(f"expected one embeddings file for client {client_id} in {uris}")
+    return found[0]
+
+
+# --- extraction --------------------------------------------------------------------------------
+
+def class_targets(config_json: str, out_uri: str) -> dict:
+    """CLIP text embedding of each class prompt -> safetensors 'targets' [C, D_clip]."""
+    from feda2v.encoders import text_targets
+
+    cfg = config_mod.loads(config_json)
+    names = config_mod.class_names(cfg)
+    template = cfg["data"]["prompt_template"]
+    prompts = [template.format(label=n.replace("_", " ")) for n in names]
+    targets = text_targets(cfg["models"]["text_model"], prompts, cfg["models"]["device"])
+    storage.save_tensors(out_uri, {"targets": targets}, {"class_names": names, "prompts": prompts})
+    log.info("[Server] Class targets: %d classes, %d-d CLIP text embeddings", *targets.shape)
+    return {"num_classes": targets.shape[0], "dim": targets.shape[1]}
+
+
+def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
+    """Embed one client's train and test clips -> [N, tokens, D] safetensors; returns its URI."""
+    from feda2v import data
+    from feda2v.encoders import AudioEncoder, embed_clips
+
+    cfg = config_mod.loads(config_json)
+    if not 0 <= client_id < config_mod.num_clients(cfg):
+        raise ValueError(f"client {client_id} does not exist: data.clients has "
+                         f"{config_mod.num_clients(cfg)} clients")
+    out_uri = out_uri or embeddings_uri(cfg, client_id)
+    names = config_mod.class_names(cfg)
+    classes = cfg["data"]["clients"][client_id]
+    clips = data.read_esc50(cfg["data"]["dataset_uri"])
+    train = data.client_clips(clips, classes, cfg["data"]["train_folds"], client_id)
+    test = data.client_clips(clips, classes, cfg["data"]["test_folds"], client_id)
+    m = cfg["models"]
+    encoder = AudioEncoder(m["audio_model"], m["audio_tokens"], m["device"])
+    log.info("[Client %d] Extracting %d train + %d test clips with %s (%d-d tokens)",
+             client_id, len(train), len(test), m["audio_model"], encoder.dim)
+    bs = m["extract_batch_size"]
+    tensors = {
+        "train_x": embed_clips(encoder, [c.uri for c in train], bs, f"[Client {client_id}] train"),
+        "train_y": torch.tensor([names.index(c.category) for c in train]),
+        "test_x": embed_clips(encoder, [c.uri for c in test], bs, f"[Client {client_id}] test"),
+        "test_y": torch.tensor([names.index(c.category) for c in test]),
+    }
+    storage.save_tensors(out_uri, tensors, {"client_id": client_id, "classes": classes,
+                                            "audio_model": m["audio_model"]})
+    log.info("[Client %d] Saved embeddings %s to %s", client_id,
+             tuple(tensors["train_x"].shape), out_uri)
+    return out_uri
+
+
+# --- federated rounds ---------------------------------------------------------------------------
+
+def _load_targets(uri: str) -> tuple[torch.Tensor, list[str]]:
+    tensors, meta = storage.load_tensors(uri)
+    return tensors["targets"], meta["class_names"]
+
+
+def _save_adapter(uri: str, state: dict, meta: dict) -> None:
+    storage.save_tensors(uri, state, meta)
+
+
+def _load_adapter(uri: str) -> dict[str, torch.Tensor]:
+    return storage.load_tensors(uri)[0]
+
+
+def init_adapter(config_json: str, client_data_uris: list[str], targets_uri: str,
+                 out_uri: str) -> dict:
+    """The server's initial global adapter; dims come from the embeddings and targets."""
+    from feda2v.federated.task import new_adapter
+
+    cfg = config_mod.loads(config_json)
+    for i in range(config_mod.num_clients(cfg)):
+        if client_uri(client_data_uris, i) != embeddings_uri(cfg, i):
+            raise ValueError(f"client {i}: embeddings at {client_uri(client_data_uris, i)}, but "
+                             f"the rounds read {embeddings_uri(cfg, i)}")
+    torch.manual_seed(cfg["seed"])
+    x = storage.load_tensors(client_uri(client_data_uris, 0))[0]["train_x"]
+    targets, _ = _load_targets(targets_uri)
+    adapter = new_adapter(cfg, x.shape[2], targets.shape[1])
+    _save_adapter(out_uri, adapter.state_dict(), {"round": 0})
+    n = sum(p.numel() for p in adapter.parameters())
+    log.info("[Server] Initialised global adapter %d -> %d (%d parameters)", x.shape[2],
+             targets.shape[1], n)
+    return {"audio_dim": x.shape[2], "clip_dim": targets.shape[1], "parameters": n}
+
+
+def client_round(config_json: str, client_id: int, round_num: int, phase: str,
+                 global_adapter_uri: str, targets_uri: str, update_uri: str,
+                 data_uri: str = "") -> dict:
+    """One client's round; writes its update (adapter, sample count, metrics, synthetic set).
+    The client's embeddings are `data_uri`, by default its file under the storage root."""
+    from feda2v.federated.client import ClientData, run_round
+
+    cfg = config_mod.loads(config_json)
+    log.info("=== Round %d (%s) — Client %d ===", round_num, phase, client_id)
+    tensors, _ = storage.load_tensors(data_uri or embeddings_uri(cfg, client_id))
+    data = ClientData(tensors["train_x"], tensors["train_y"], tensors["test_x"], tensors["test_y"])
+    targets, names = _load_targets(targets_uri)
+    update = run_round(cfg, client_id, round_num, phase, _load_adapter(global_adapter_uri), data,
+                       targets, names, checkpoint_dir(cfg))
+    out = {f"adapter.{k}": v for k, v in update.adapter_state.items()}
+    out["synthetic_x"], out["synthetic_y"] = update.synthetic_x, update.synthetic_y
+    storage.save_tensors(update_uri, out, {"client_id": client_id, "round": round_num,
+                                           "num_samples": update.num_samples,
+                                           "metrics": update.metrics})
+    return {"client_id": client_id, "num_samples": update.num_samples, **update.metrics}
+
+
+def aggregate(config_json: str, round_num: int, step: int, update_uris: list[str],
+              targets_uri: str, adapter_out_uri: str, synthetic_out_uri: str,
+              mlflow_run_id: str) -> dict:
+    """Weighted FedAvg of client adapters + pooled synthetic samples; logs client metrics."""
+    from feda2v.federated.server import fedavg, pool_synthetic
+
+    cfg = config_mod.loads(config_json)
+    _, names = _load_targets(targets_uri)
+    updates = sorted((storage.load_tensors(u) for u in update_uris),
+                     key=lambda tm: tm[1]["client_id"])
+    states = [{k[len("adapter."):]: v for k, v in t.items() if k.startswith("adapter.")}
+              for t, _ in updates]
+    weights = [m["num_samples"] for _, m in updates]
+    log.info("[Server] Round %d: FedAvg of %d client adapters (weights %s)", round_num,
+             len(states), weights)
+    _save_adapter(adapter_out_uri, fedavg(states, weights), {"round": round_num})
+    x, y, counts = pool_synthetic([(m["client_id"], t["synthetic_x"], t["synthetic_y"])
+                                   for t, m in updates], names)
+    storage.save_tensors(synthetic_out_uri, {"x": x, "y": y}, {"counts": counts})
+    metrics = {}
+    for _, m in updates:
+        for key, value in m["metrics"].items():
+            metrics[f"train/node_{m['client_id']}/{key}"] = value
+    if counts:
+        metrics["server/synthetic_samples_total"] = len(y)
+        metrics["server/synthetic_samples_classes"] = len(counts)
+    tracking.log_metrics(cfg, mlflow_run_id, metrics, step)
+    return {"clients": len(states), "synthetic_samples": len(y), "synthetic_classes": len(counts)}
+
+
+def global_train(config_json: str, round_num: int, step: int, aggregated_uri: str,
+                 previous_uri: str, synthetic_uri: str, targets_uri: str, out_uri: str,
+                 mlflow_run_id: str) -> float:
+    """Train the global adapter on the pooled synthetic samples (the seed's global training)."""
+    from feda2v.federated.client import round_seed
+    from feda2v.federated.server import train_global
+    from feda2v.federated.task import adapter_from_state
+
+    cfg = config_mod.loads(config_json)
+    f = cfg["feda2v"]
+    start = aggregated_uri if f["global_model_train_from_nodes_adapters"] else previous_uri
+    adapter = adapter_from_state(cfg, _load_adapter(start))
+    pool, _ = storage.load_tensors(synthetic_uri)
+    if len(pool["y"]) == 0:
+        raise ValueError(f"round {round_num}: global_model_train is on but no client sent "
+                         "synthetic samples")
+    targets, _ = _load_targets(targets_uri)
+    loss = train_global(adapter, pool["x"], pool["y"], targets, f["global_model_train_epochs"],
+                        cfg["batch_size"], cfg["learning_rate"], round_seed(cfg["seed"], -1, step))
+    _save_adapter(out_uri, adapter.state_dict(), {"round": round_num, "global_trained": True})
+    tracking.log_metrics(cfg, mlflow_run_id, {"server/global_train_loss": loss}, step)
+    return loss
+
+
+def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targets_uri: str,
+             mlflow_run_id: str, client_data_uris: list[str] | None = None) -> float:
+    """Zero-shot accuracy over all classes on each client's test clips, weighted by test size.
+    Client embeddings default to each client's file under the storage root."""
+    from feda2v.federated.task import adapter_from_state, zero_shot_accuracy
+
+    cfg = config_mod.loads(config_json)
+    adapter = adapter_from_state(cfg, _load_adapter(adapter_uri))
+    targets, _ = _load_targets(targets_uri)
+    metrics, correct, total = {}, 0.0, 0
+    for i in range(config_mod.num_clients(cfg)):
+        uri = client_uri(client_data_uris, i) if client_data_uris else embeddings_uri(cfg, i)
+        t, _ = storage.load_tensors(uri)
+        acc = zero_shot_accuracy(adapter, t["test_x"], t["test_y"], targets)
+        metrics[f"eval/node_{i}/accuracy"] = acc
+        correct += acc * len(t["test_y"])
+        total += len(t["test_y"])
+    metrics["eval/global_accuracy"] = correct / total
+    log.info("[Server] Round %d: global zero-shot accuracy %.3f over %d classes (%s)", round_num,
+             metrics["eval/global_accuracy"], len(targets),
+             ", ".join(f"node {i}: {metrics[f'eval/node_{i}/accuracy']:.3f}"
+                       for i in range(config_mod.num_clients(cfg))))
+    tracking.log_metrics(cfg, mlflow_run_id, metrics, step)
+    return metrics["eval/global_accuracy"]
+
+
+# --- tracking ----------------------------------------------------------------------------------
+
+def start_tracking(config_json: str, mlflow_run_id: str, run_name: str, phases: str) -> str:
+    """Use the given MLflow run (or create one) and log the resolved config as params."""
+    cfg = config_mod.loads(config_json)
+    run_id = mlflow_run_id or tracking.create_run(cfg, run_name)
+    tracking.log_params(cfg, run_id, {"feda2v.phases": phases})
+    log.info("[Server] MLflow run %s at %s", run_id, tracking.redact(tracking.tracking_uri(cfg)))
+    return run_id
+
+
+def finish_tracking(config_json: str, mlflow_run_id: str, adapter_uri: str,
+                    report_path: str) -> str:
+    """Write the results table (Markdown), log it and the final adapter, close the run."""
+    cfg = config_mod.loads(config_json)
+    params, history = tracking.run_info(cfg, mlflow_run_id)
+    rows = report.results_rows(report.parse_phases(params["feda2v.phases"]), history,
+                               config_mod.num_clients(cfg))
+    text = "# FedA2V results\n\n" + report.results_table(rows, markdown=True) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
+    with open(report_path, "w") as f:
+        f.write(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter_file = os.path.join(tmp, "global_adapter.safetensors")
+        storage.write_bytes(adapter_file, storage.read_bytes(adapter_uri))
+        tracking.log_artifact(cfg, mlflow_run_id, adapter_file, "model")
+        report_file = os.path.join(tmp, "results.md")
+        storage.write_bytes(report_file, text.encode())
+        tracking.log_artifact(cfg, mlflow_run_id, report_file, "report")
+    tracking.set_status(cfg, mlflow_run_id, "FINISHED")
+    log.info("[Server] Results of %d rounds written to %s and logged to MLflow run %s",
+             len(rows), report_path, mlflow_run_id)
+    return text
