@@ -14,5 +14,14 @@ from components.global_train import global_train
 from components.init_adapter import init_adapter
 from components.tracking import finish_tracking, start_tracking
 
-__all__ = ["aggregate", "class_targets", "client_round", "evaluate", "extract", "global_train",
-           "init_adapter", "start_tracking", "finish_tracking"]
+__all__ = [
+           "aggregate",
+           "class_targets",
+           "client_round",
+           "evaluate",
+           "extract",
+           "finish_tracking",
+           "global_train",
+           "init_adapter",
+           "start_tracking",
+]

@@ -1,4 +1,3 @@
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -7,7 +6,7 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def aggregate(config_json: str, round_num: int, step: int, updates: Input[List[Artifact]],
+def aggregate(config_json: str, round_num: int, step: int, updates: Input[list[Artifact]],
               targets: Input[Dataset], mlflow_run_id: str, adapter: Output[Model],
               synthetic: Output[Dataset]) -> int:
     """Weighted FedAvg + synthetic pooling; returns the number of pooled synthetic samples."""

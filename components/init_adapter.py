@@ -1,4 +1,3 @@
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -7,7 +6,7 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def init_adapter(config_json: str, client_data_uris: List[str], targets: Input[Dataset],
+def init_adapter(config_json: str, client_data_uris: list[str], targets: Input[Dataset],
                  adapter: Output[Model]) -> int:
     """The server's initial global adapter; returns its parameter count."""
     from feda2v import stages

@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # The seed's reference split (DESIGN.md §5): 3 clients x 5 disjoint ESC-50 classes.
 REFERENCE_SPLIT = [
@@ -173,8 +174,8 @@ FEDA2V: dict[str, Key] = {
     "adapter_hidden_dims": Key([1024, 2048], _int_list, "Adapter MLP hidden widths."),
     "adapter_heads": Key(8, _int(1), "Attention-pooling heads (must divide the CLIP dimension)."),
     "optimize_memory_usage": Key(False, _bool,
-                                 "Generate synthetic samples one class at a time and release "
-                                 "the generator right after sampling."),
+                                 "Run 2: release the generator (and the CUDA cache) right "
+                                 "after sampling."),
 }
 
 SECTIONS: dict[str, dict[str, Key]] = {"data": DATA, "models": MODELS, "feda2v": FEDA2V}

@@ -7,6 +7,7 @@ results table and where everything was written.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -80,6 +81,8 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None) -> int:
 
     import pipelines
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = resolve_local_paths(cfg)
     if not storage.is_local(cfg["storage_root"]):
         print("feda2v run: kfp.local runs need a local storage_root; use `feda2v compile` for "
@@ -106,7 +109,7 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None) -> int:
         warnings.simplefilter("ignore")
         try:
             pipeline(mlflow_run_id=run_id)
-        except Exception as e:  # kfp.local raises on the first failed task
+        except Exception as e:  # noqa: BLE001 - kfp.local raises on the first failed task
             failure = e
     os.environ.pop(TAG_ENV, None)
     minutes = (time.monotonic() - start) / 60
@@ -118,7 +121,7 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None) -> int:
         print(f"feda2v run: pipeline failed after {minutes:.1f} min: {failure}\n"
               f"  full log: {log_path}", file=sys.stderr)
         return 1
-    params, history = tracking.run_info(cfg, run_id)
+    _, history = tracking.run_info(cfg, run_id)
     rows = report.results_rows(plan, history, config_mod.num_clients(cfg))
     from feda2v.stages import checkpoint_dir
 

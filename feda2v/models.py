@@ -7,8 +7,8 @@ ConditionedVAE: generates audio token sequences [S, D_audio] given a class condi
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class Adapter(nn.Module):

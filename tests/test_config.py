@@ -1,0 +1,92 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from feda2v import config as config_mod
+from feda2v.config import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_defaults_fill_every_key():
+    cfg = config_mod.validate({})
+    assert cfg["global_rounds"] == 30
+    assert cfg["feda2v"]["generator_type"] == "vae"
+    assert cfg["feda2v"]["generator_save_every"] == 5
+    assert cfg["data"]["clients"] == config_mod.REFERENCE_SPLIT
+    assert len(config_mod.class_names(cfg)) == 15
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'feda2v\.generator_typ'.*"
+                                          r"did you mean 'generator_type'"):
+        config_mod.validate({"feda2v": {"generator_typ": "vae"}})
+
+
+def test_unknown_top_level_key_is_named():
+    with pytest.raises(ConfigError, match="unknown config key 'global_round'"):
+        config_mod.validate({"global_round": 3})
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"global_rounds": 0}, "global_rounds"),
+    ({"batch_size": "16"}, "batch_size"),
+    ({"feda2v": {"generator_type": "diffusion"}}, "feda2v.generator_type"),
+    ({"feda2v": {"use_generator": "yes"}}, "feda2v.use_generator"),
+    ({"feda2v": {"generator_augmentation_noise": -0.1}}, "feda2v.generator_augmentation_noise"),
+    ({"data": {"clients": [["dog"], ["dog", "cat"]]}}, "data.clients"),
+    ({"data": {"prompt_template": "a photo"}}, "data.prompt_template"),
+    ({"models": {"device": "tpu"}}, "models.device"),
+])
+def test_bad_value_names_the_key(raw, key):
+    with pytest.raises(ConfigError, match=f"bad value for '{key}'"):
+        config_mod.validate(raw)
+
+
+def test_gan_is_refused_as_not_available_yet():
+    with pytest.raises(ConfigError, match="'gan' is not available yet"):
+        config_mod.validate({"feda2v": {"generator_type": "gan"}})
+
+
+def test_overlapping_folds_are_refused():
+    with pytest.raises(ConfigError, match="data.test_folds"):
+        config_mod.validate({"data": {"train_folds": [1, 2], "test_folds": [2]}})
+
+
+def test_load_names_the_file_and_reports_bad_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        config_mod.load(bad)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"feda2v": {"nope": 1}}))
+    with pytest.raises(ConfigError, match=r"wrong.json: unknown config key 'feda2v\.nope'"):
+        config_mod.load(wrong)
+
+
+def test_seed_configs_keep_the_seed_values_and_modes():
+    run1 = config_mod.load(CONFIGS / "a2v_generator_training_mode.json")
+    run2 = config_mod.load(CONFIGS / "a2v_use_pretrained_generators.json")
+    assert run1["global_rounds"] == 30 and config_mod.pipeline_kind(run1) == "run1"
+    assert run1["feda2v"]["generator_training_epochs"] == 10
+    assert run1["feda2v"]["global_model_train"] is False
+    assert run2["global_rounds"] == 50 and config_mod.pipeline_kind(run2) == "run2"
+    assert run2["feda2v"]["synthetic_samples_per_class"] == 10
+    assert run2["feda2v"]["global_model_train_epochs"] == 5
+    assert config_mod.pipeline_kind(config_mod.load(CONFIGS / "demo.json")) == "end_to_end"
+
+
+def test_auto_pipeline_follows_mode_flags():
+    both = config_mod.validate({"feda2v": {"generator_training_mode": True,
+                                           "use_pretrained_generators": True}})
+    assert config_mod.pipeline_kind(both) == "run1"  # resume generator training
+    run2 = config_mod.validate({"feda2v": {"use_pretrained_generators": True}})
+    assert config_mod.pipeline_kind(run2) == "run2"
+
+
+def test_every_key_is_documented():
+    text = config_mod.describe_keys()
+    for section in (config_mod.TOP_LEVEL, *config_mod.SECTIONS.values()):
+        for key, spec in section.items():
+            assert key in text and spec.doc

@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+
+from feda2v import encoders
+from feda2v.data import read_esc50
+
+
+def test_tiny_models_load_through_from_pretrained(tiny_models):
+    from transformers import (
+        ASTFeatureExtractor,
+        ASTModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    assert isinstance(ASTModel.from_pretrained(tiny_models["audio"]), ASTModel)
+    assert isinstance(ASTFeatureExtractor.from_pretrained(tiny_models["audio"]), ASTFeatureExtractor)
+    assert isinstance(CLIPTextModelWithProjection.from_pretrained(tiny_models["text"]),
+                      CLIPTextModelWithProjection)
+    tok = CLIPTokenizer.from_pretrained(tiny_models["text"])
+    assert tok("a photo of dog")["input_ids"][-1] == tok.eos_token_id
+
+
+def test_audio_embeddings_are_pooled_to_tokens(tiny_models, demo_data):
+    enc = encoders.AudioEncoder(tiny_models["audio"], tokens=4, device="cpu")
+    uris = [c.uri for c in read_esc50(demo_data)[:5]]
+    x = encoders.embed_clips(enc, uris, batch_size=2)
+    assert x.shape == (5, 4, enc.dim) and enc.dim == 64
+    # batching does not change the result
+    assert torch.allclose(x, encoders.embed_clips(enc, uris, batch_size=5), atol=1e-5)
+
+
+def test_text_targets_differ_per_prompt(tiny_models):
+    t = encoders.text_targets(tiny_models["text"], ["a photo of dog", "a photo of rain"], "cpu")
+    assert t.shape == (2, 64)
+    assert not torch.allclose(t[0], t[1])
+
+
+def test_missing_model_folder_gives_an_offline_hint(tmp_path):
+    with pytest.raises(OSError, match="cannot load audio model.*feda2v models tiny"):
+        encoders.AudioEncoder(os.path.join(str(tmp_path), "absent"))

@@ -1,0 +1,64 @@
+"""Run 1 then Run 2 through kfp.local (the same compiled DAGs a cluster runs), on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from feda2v import tracking
+
+
+def _run(config_path, pipeline, cwd):
+    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", config_path,
+                           "--pipeline", pipeline], check=False, cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def _runs(cfg):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg["experiment_name"])
+    return client, client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
+
+
+@pytest.mark.slow
+def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
+    cfg = make_config(feda2v={"generator_save_every": 2, "generator_training_mode": True})
+    path = str(tmp_path / "config.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+    out1 = _run(path, "run1", tmp_path)
+    assert "[Client 0] Initializing vae generator" in out1
+    assert "[Client 1] Saved generator checkpoint to" in out1
+    ckpts = sorted(os.listdir(tmp_path / "store" / "checkpoints" / "generators"))
+    assert ckpts == ["client_0_generator.pt", "client_0_generator_round_2.pt",
+                     "client_1_generator.pt", "client_1_generator_round_2.pt"]
+
+    out2 = _run(path, "run2", tmp_path)
+    assert "[Client 1] Loaded VAE generator from round 2" in out2
+    assert "[Server] Aggregated 64 synthetic samples across 4 classes" in out2
+    assert "global acc" in out2  # the results table
+
+    client, runs = _runs(cfg)
+    assert len(runs) == 2  # one MLflow run per pipeline run
+    run1, run2 = runs
+    assert run1.info.status == run2.info.status == "FINISHED"
+    gen = client.get_metric_history(run1.info.run_id, "train/node_0/generator_loss")
+    assert [m.step for m in gen] == [1, 2]
+    assert gen[-1].value < gen[0].value
+    total = client.get_metric_history(run2.info.run_id, "server/synthetic_samples_total")
+    assert [m.value for m in total] == [64, 64]
+    classes = client.get_metric_history(run2.info.run_id, "server/synthetic_samples_classes")
+    assert classes[-1].value == 4
+    acc = client.get_metric_history(run2.info.run_id, "eval/global_accuracy")
+    assert [m.step for m in acc] == [1, 2]
+    assert acc[-1].value >= 0.5  # chance is 1/4
+    assert run2.data.params["feda2v.global_model_train"] == "true"
+    artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
+    assert {"model", "report"} <= artifacts

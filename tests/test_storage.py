@@ -1,0 +1,60 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from feda2v import storage
+
+
+class NotAllowed:
+    pass
+
+
+def test_tensors_round_trip_with_metadata(tmp_path):
+    uri = str(tmp_path / "a" / "t.safetensors")
+    storage.save_tensors(uri, {"x": torch.arange(6.0).reshape(2, 3)}, {"client_id": 3, "k": [1]})
+    tensors, meta = storage.load_tensors(uri)
+    assert torch.equal(tensors["x"], torch.arange(6.0).reshape(2, 3))
+    assert meta == {"client_id": 3, "k": [1]}
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    uri = f"file://{tmp_path}/ckpt.pt"
+    ckpt = {"client_id": 0, "round": 5, "generator_state_dict": {"w": torch.ones(2)},
+            "class_names": ["dog"], "dims": {"seq_len": 4}}
+    storage.save_checkpoint(uri, ckpt)
+    loaded = storage.load_checkpoint(uri)
+    assert loaded["round"] == 5 and torch.equal(loaded["generator_state_dict"]["w"], torch.ones(2))
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
+    uri = str(tmp_path / "evil.pt")
+    torch.save({"payload": NotAllowed()}, uri)
+    with pytest.raises(pickle.UnpicklingError):
+        storage.load_checkpoint(uri)
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    uri = str(tmp_path / "f.json")
+    storage.write_json(uri, {"v": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_json(uri, {"v": 2})
+    monkeypatch.undo()
+    assert storage.read_json(uri) == {"v": 1}
+    assert sorted(os.listdir(tmp_path)) == ["f.json"]  # no temp file left behind
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        storage.load_tensors(str(tmp_path / "nope.safetensors"))
+
+
+def test_join_keeps_url_schemes():
+    assert storage.join("s3://bucket/root/", "a", "b.pt") == "s3://bucket/root/a/b.pt"
+    assert storage.join("/tmp/x", "a") == "/tmp/x/a"
