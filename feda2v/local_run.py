@@ -7,6 +7,7 @@ results table and where everything was written.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -105,12 +106,17 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None) -> int:
                raise_on_error=True)
     start = time.monotonic()
     failure = None
+    # kfp.local indents task output by patching builtins.print; with parallel tasks its
+    # save/restore can interleave and leave a patched print behind, so keep the real one.
+    real_print = builtins.print
     with _filtered_output(log_path), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             pipeline(mlflow_run_id=run_id)
         except Exception as e:  # noqa: BLE001 - kfp.local raises on the first failed task
             failure = e
+        finally:
+            builtins.print = real_print
     os.environ.pop(TAG_ENV, None)
     minutes = (time.monotonic() - start) / 60
     if failure is not None:
