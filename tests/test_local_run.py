@@ -62,3 +62,21 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
     assert run2.data.params["feda2v.global_model_train"] == "true"
     artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
     assert {"model", "report"} <= artifacts
+
+
+@pytest.mark.slow
+def test_end_to_end_is_one_mlflow_run_with_steps_across_both_phases(make_config, tmp_path):
+    cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 2,
+                                               "generator_training_mode": True})
+    path = str(tmp_path / "config.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    out = _run(path, "end_to_end", tmp_path)
+    assert " run1      2 " in out and " run2      1 " in out  # the results table rows
+    client, runs = _runs(cfg)
+    assert len(runs) == 1
+    run_id = runs[0].info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "eval/global_accuracy")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "train/node_1/generator_loss")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "server/synthetic_samples_total")] == [3]
+    assert runs[0].data.params["feda2v.phases"] == "run1:2,run2:1"
