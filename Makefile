@@ -5,11 +5,12 @@ BIN       := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 DEMO_DIR  ?= .demo
 
-.PHONY: help venv demo test lint run-demo clean
+.PHONY: help venv demo test bench lint clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run Run 1 -> Run 2 locally under kfp.local"
 	@echo "make test   - create $(VENV) if needed, install, run the test suite"
+	@echo "make bench  - throughput benchmarks (extraction; CUDA too when present)"
 	@echo "make lint   - ruff over the repository"
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
@@ -31,6 +32,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/extraction.py
 
 lint: venv
 	$(BIN)/ruff check .

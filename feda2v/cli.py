@@ -12,6 +12,7 @@ import os
 import sys
 
 from feda2v import config as config_mod
+from feda2v.download import ESC50_URL
 
 
 def _cfg(path: str) -> dict:
@@ -41,10 +42,16 @@ def _print(result) -> None:
 # --- sub-commands ------------------------------------------------------------------------------
 
 def cmd_data_demo(a) -> None:
-    from feda2v.data import write_demo_dataset
+    from feda2v.demo_data import write_demo_dataset
 
     write_demo_dataset(a.out, clips_per_class=a.clips_per_class, folds=a.folds, seconds=a.seconds,
                        sample_rate=a.sample_rate, seed=a.seed)
+
+
+def cmd_data_esc50(a) -> None:
+    from feda2v.download import download_esc50
+
+    download_esc50(a.out, a.url, a.sha256)
 
 
 def cmd_models_tiny(a) -> None:
@@ -203,11 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
+    p = data.add_parser("esc50", help="Download and unpack the official ESC-50 archive.",
+                        description="Download the ESC-50 archive and unpack meta/esc50.csv and "
+                                    "audio/ to OUT (a path or fsspec URL such as s3://bucket/esc50). "
+                                    "A folder that already holds meta/esc50.csv is left alone.")
+    p.set_defaults(func=cmd_data_esc50)
+    p.add_argument("--out", required=True, help="destination folder or URL")
+    p.add_argument("--url", default=ESC50_URL, help="archive URL (default: the official one; "
+                                                    "point it at a mirror offline)")
+    p.add_argument("--sha256", default="", help="expected sha256 of the archive (optional)")
+
     models = add("models", None, "Models.").add_subparsers(dest="what", required=True, metavar="WHAT")
-    p = models.add_parser("tiny", help="Save tiny random-initialised AST and CLIP text models.",
+    p = models.add_parser("tiny", help="Save tiny random-initialised AST, CLAP and CLIP models.",
                           description="Save small random-initialised models of the real "
-                                      "architectures (AST + feature extractor in OUT/audio, CLIP "
-                                      "text + offline tokenizer in OUT/text) for offline runs.")
+                                      "architectures for offline runs: AST in OUT/audio, CLAP "
+                                      "audio tower in OUT/clap, CLIP text + offline tokenizer in "
+                                      "OUT/text, CLIP vision in OUT/vision.")
     p.set_defaults(func=cmd_models_tiny)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -227,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("extract", cmd_extract, "Stage: embed one client's clips to [N, tokens, D] safetensors.")
     _config_arg(p)
     p.add_argument("--client", type=int, required=True, help="client id (0-based)")
-    p.add_argument("--out", help="output URI (default: storage_root/embeddings/client_N.safetensors)")
+    p.add_argument("--out", help="output URI (default: the client's file under "
+                                              "storage_root/embeddings/)")
 
     p = add("init-adapter", cmd_init_adapter, "Stage: the server's initial global adapter.")
     _config_arg(p)

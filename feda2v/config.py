@@ -90,17 +90,20 @@ def _generator_type(v: Any) -> str | None:
 def _client_split(v: Any) -> str | None:
     if not isinstance(v, list) or not v:
         return f"expected a non-empty list of class-name lists (one per client), got {v!r}"
-    seen: set[str] = set()
     for i, classes in enumerate(v):
         if not isinstance(classes, list) or not classes or not all(
             isinstance(c, str) and c for c in classes
         ):
             return f"client {i}: expected a non-empty list of class names, got {classes!r}"
-        dup = seen.intersection(classes)
-        if dup:
-            return f"client {i}: class(es) {sorted(dup)} already belong to another client"
-        seen.update(classes)
+        if len(set(classes)) != len(classes):
+            return f"client {i}: a class is listed twice in {classes!r}"
     return None
+
+
+def _str_list(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        return f"expected a list of non-empty strings, got {v!r}"
+    return None if len(set(v)) == len(v) else f"a name is listed twice in {v!r}"
 
 
 def _template(v: Any) -> str | None:
@@ -124,23 +127,48 @@ TOP_LEVEL: dict[str, Key] = {
 }
 
 DATA: dict[str, Key] = {
+    "format": Key("esc50", _choice("esc50", "folders", "manifest", "embeddings"),
+                  "Dataset layout: esc50 (meta/esc50.csv + audio/), folders (ROOT/<class>/*.wav), "
+                  "manifest (CSV path,label[,fold|split]) or embeddings (safetensors, skips "
+                  "extraction)."),
     "dataset_uri": Key("data/ESC-50", _nonempty_str,
-                       "ESC-50 layout root (meta/esc50.csv + audio/*.wav), path or fsspec URL."),
-    "train_folds": Key([1, 2, 3, 4], _int_list, "ESC-50 folds used for training."),
-    "test_folds": Key([5], _int_list, "ESC-50 folds held out for evaluation."),
+                       "Dataset root, manifest CSV or embeddings file: path or fsspec URL."),
+    "train_folds": Key([1, 2, 3, 4], _int_list, "Folds used for training (esc50, manifest)."),
+    "test_folds": Key([5], _int_list, "Folds held out for evaluation (esc50, manifest)."),
+    "test_fraction": Key(0.2, _float(0.0, 0.9),
+                         "Held-out share per class where the data has no folds or splits."),
+    "classes": Key([], _str_list, "Classes to use; empty = the union of data.clients for the "
+                                  "classes partition, else every class in the dataset."),
+    "partition": Key("classes", _choice("classes", "pathological", "dirichlet", "iid"),
+                     "How clips are spread over clients: explicit class lists (data.clients), "
+                     "k classes per client, Dirichlet(alpha) over labels, or IID."),
     "clients": Key(copy.deepcopy(REFERENCE_SPLIT), _client_split,
-                   "Class names owned by each client (default: the seed's 3 x 5 split)."),
+                   "Class names owned by each client (partition 'classes'; default: the seed's "
+                   "3 x 5 split). A class listed for several clients is split between them."),
+    "num_clients": Key(3, _int(1), "Clients of the pathological, dirichlet and iid partitions."),
+    "classes_per_client": Key(5, _int(1), "Classes per client (pathological partition)."),
+    "dirichlet_alpha": Key(0.5, _float(0, strict_lo=True),
+                           "Concentration of the dirichlet partition (small = more skewed)."),
+    "clip_seconds": Key(5.0, _float(0, strict_lo=True),
+                        "Clips are resampled to the encoder's rate and padded/cropped to this."),
+    "max_bad_fraction": Key(0.05, _float(0.0, 1.0),
+                            "Unreadable clips are skipped with a warning; more than this share "
+                            "fails the extraction."),
     "prompt_template": Key("a photo of {label}", _template,
                            "Text prompt whose CLIP embedding is a class's target."),
 }
 
 MODELS: dict[str, Key] = {
     "audio_model": Key("MIT/ast-finetuned-audioset-10-10-0.4593", _nonempty_str,
-                       "Audio encoder (AST family): hub id or local folder."),
+                       "Audio encoder (AST or CLAP): hub id, local folder or fsspec URL of a "
+                       "folder (copied once to the local model cache)."),
     "text_model": Key("openai/clip-vit-large-patch14", _nonempty_str,
-                      "CLIP model for text targets: hub id or local folder."),
+                      "CLIP model for text targets: hub id, local folder or fsspec URL."),
     "audio_tokens": Key(4, _int(1), "Encoder tokens are adaptive-average-pooled to this many."),
     "extract_batch_size": Key(16, _int(1), "Clips per forward pass during extraction."),
+    "extract_workers": Key(2, _int(0), "DataLoader processes decoding audio (0 = in-process)."),
+    "embeddings_dtype": Key("float32", _choice("float32", "float16"),
+                            "Storage precision of extracted embeddings (training upcasts)."),
     "device": Key("auto", _choice("auto", "cpu", "cuda"), "Torch device for all stages."),
 }
 
@@ -245,13 +273,20 @@ def loads(text: str) -> dict[str, Any]:
     return validate(json.loads(text))
 
 
-def class_names(cfg: dict[str, Any]) -> list[str]:
-    """All classes, in client order: the row order of the class-target matrix."""
-    return [c for classes in cfg["data"]["clients"] for c in classes]
+def configured_classes(cfg: dict[str, Any]) -> list[str] | None:
+    """The class list when the config alone fixes it (data.classes, or the union of data.clients
+    in client order for the classes partition); None when it comes from the dataset."""
+    data = cfg["data"]
+    if data["classes"]:
+        return list(data["classes"])
+    if data["partition"] == "classes":
+        return list(dict.fromkeys(c for classes in data["clients"] for c in classes))
+    return None
 
 
 def num_clients(cfg: dict[str, Any]) -> int:
-    return len(cfg["data"]["clients"])
+    data = cfg["data"]
+    return len(data["clients"]) if data["partition"] == "classes" else data["num_clients"]
 
 
 def pipeline_kind(cfg: dict[str, Any]) -> str:

@@ -21,7 +21,9 @@ log = get_logger()
 # --- paths under the storage root ---------------------------------------------------------------
 
 def embeddings_uri(cfg: dict, client_id: int) -> str:
-    return storage.join(cfg["storage_root"], "embeddings", f"client_{client_id}.safetensors")
+    from feda2v.extraction import embeddings_uri as uri
+
+    return uri(cfg, client_id)
 
 
 def checkpoint_dir(cfg: dict) -> str:
@@ -41,50 +43,41 @@ def client_uri(uris: list[str], client_id: int) -> str:
 # --- extraction --------------------------------------------------------------------------------
 
 def class_targets(config_json: str, out_uri: str) -> dict:
-    """CLIP text embedding of each class prompt -> safetensors 'targets' [C, D_clip]."""
-    from feda2v.encoders import text_targets
+    """Class targets [C, D_clip]: the CLIP text embedding of each class prompt, or the matrix a
+    precomputed-embeddings file brings along."""
+    from feda2v import datasets
 
     cfg = config_mod.loads(config_json)
-    names = config_mod.class_names(cfg)
+    names = datasets.class_names(cfg)
     template = cfg["data"]["prompt_template"]
     prompts = [template.format(label=n.replace("_", " ")) for n in names]
-    targets = text_targets(cfg["models"]["text_model"], prompts, cfg["models"]["device"])
+    given = None
+    if cfg["data"]["format"] == "embeddings":
+        tensors, meta = datasets.read_embeddings(cfg["data"]["dataset_uri"])
+        if "class_targets" in tensors:
+            given = tensors["class_targets"][[meta["class_names"].index(n) for n in names]]
+    if given is None:
+        from feda2v.encoders import text_targets
+
+        targets = text_targets(cfg["models"]["text_model"], prompts, cfg["models"]["device"])
+    else:
+        targets = given.float()
     storage.save_tensors(out_uri, {"targets": targets}, {"class_names": names, "prompts": prompts})
-    log.info("[Server] Class targets: %d classes, %d-d CLIP text embeddings", *targets.shape)
+    log.info("[Server] Class targets: %d classes, %d-d %s", *targets.shape,
+             "from the embeddings file" if given is not None else "CLIP text embeddings")
     return {"num_classes": targets.shape[0], "dim": targets.shape[1]}
 
 
 def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
-    """Embed one client's train and test clips -> [N, tokens, D] safetensors; returns its URI."""
-    from feda2v import data
-    from feda2v.encoders import AudioEncoder, embed_clips
+    """Embed one client's train and test clips -> [N, tokens, D] safetensors; returns its URI.
+    A rerun with the same clips, model and settings reuses the stored file."""
+    from feda2v.extraction import extract_client
 
     cfg = config_mod.loads(config_json)
     if not 0 <= client_id < config_mod.num_clients(cfg):
-        raise ValueError(f"client {client_id} does not exist: data.clients has "
+        raise ValueError(f"client {client_id} does not exist: the config has "
                          f"{config_mod.num_clients(cfg)} clients")
-    out_uri = out_uri or embeddings_uri(cfg, client_id)
-    names = config_mod.class_names(cfg)
-    classes = cfg["data"]["clients"][client_id]
-    clips = data.read_esc50(cfg["data"]["dataset_uri"])
-    train = data.client_clips(clips, classes, cfg["data"]["train_folds"], client_id)
-    test = data.client_clips(clips, classes, cfg["data"]["test_folds"], client_id)
-    m = cfg["models"]
-    encoder = AudioEncoder(m["audio_model"], m["audio_tokens"], m["device"])
-    log.info("[Client %d] Extracting %d train + %d test clips with %s (%d-d tokens)",
-             client_id, len(train), len(test), m["audio_model"], encoder.dim)
-    bs = m["extract_batch_size"]
-    tensors = {
-        "train_x": embed_clips(encoder, [c.uri for c in train], bs, f"[Client {client_id}] train"),
-        "train_y": torch.tensor([names.index(c.category) for c in train]),
-        "test_x": embed_clips(encoder, [c.uri for c in test], bs, f"[Client {client_id}] test"),
-        "test_y": torch.tensor([names.index(c.category) for c in test]),
-    }
-    storage.save_tensors(out_uri, tensors, {"client_id": client_id, "classes": classes,
-                                            "audio_model": m["audio_model"]})
-    log.info("[Client %d] Saved embeddings %s to %s", client_id,
-             tuple(tensors["train_x"].shape), out_uri)
-    return out_uri
+    return extract_client(cfg, client_id, out_uri or embeddings_uri(cfg, client_id))
 
 
 # --- federated rounds ---------------------------------------------------------------------------
@@ -133,7 +126,8 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str,
     cfg = config_mod.loads(config_json)
     log.info("=== Round %d (%s) — Client %d ===", round_num, phase, client_id)
     tensors, _ = storage.load_tensors(data_uri or embeddings_uri(cfg, client_id))
-    data = ClientData(tensors["train_x"], tensors["train_y"], tensors["test_x"], tensors["test_y"])
+    data = ClientData(tensors["train_x"].float(), tensors["train_y"], tensors["test_x"].float(),
+                      tensors["test_y"])
     targets, names = _load_targets(targets_uri)
     update = run_round(cfg, client_id, round_num, phase, _load_adapter(global_adapter_uri), data,
                        targets, names, checkpoint_dir(cfg))
@@ -212,7 +206,7 @@ def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targ
     for i in range(config_mod.num_clients(cfg)):
         uri = client_uri(client_data_uris, i) if client_data_uris else embeddings_uri(cfg, i)
         t, _ = storage.load_tensors(uri)
-        acc = zero_shot_accuracy(adapter, t["test_x"], t["test_y"], targets)
+        acc = zero_shot_accuracy(adapter, t["test_x"].float(), t["test_y"], targets)
         metrics[f"eval/node_{i}/accuracy"] = acc
         correct += acc * len(t["test_y"])
         total += len(t["test_y"])

@@ -25,16 +25,20 @@ def phase_plan(cfg: dict, kind: str) -> "list[tuple[str, int]]":
 
 
 def _prepare(config_json, clients: list[int], mlflow_run_id, phases: str):
-    targets = c.class_targets(config_json=config_json).set_display_name("class-targets")
+    # Extraction and class targets depend only on their inputs: KFP may reuse earlier results.
+    # Training tasks read and write state outside KFP (checkpoints, MLflow): never cached.
+    targets = c.class_targets(config_json=config_json).set_caching_options(True)
     with dsl.ParallelFor(clients, name="extract-clients") as client_id:
         extracted = c.extract(config_json=config_json, client_id=client_id)
+        extracted.set_caching_options(True)
     # Clients find their embeddings under the storage root by id; the init task collects the
     # extraction outputs, checks them, and orders every round after extraction.
     init = c.init_adapter(config_json=config_json,
                           client_data_uris=dsl.Collected(extracted.output),
-                          targets=targets.outputs["targets"])
+                          targets=targets.outputs["targets"]).set_caching_options(False)
     run = c.start_tracking(config_json=config_json, mlflow_run_id=mlflow_run_id,
-                           run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, phases=phases)
+                           run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                           phases=phases).set_caching_options(False)
     return targets.outputs["targets"], init, run.output
 
 
@@ -48,12 +52,12 @@ def _rounds(config_json, cfg, phase: str, rounds: int, first_step: int, clients:
         with dsl.ParallelFor(clients, name=f"{phase}-round-{r}-clients") as client_id:
             update = c.client_round(config_json=config_json, client_id=client_id, round_num=r,
                                     phase=phase, global_adapter=adapter,
-                                    targets=targets)
+                                    targets=targets).set_caching_options(False)
             if last is not None:
                 update.after(last)  # e.g. Run 2 waits for the checkpoints of Run 1
         agg = c.aggregate(config_json=config_json, round_num=r, step=step,
                           updates=dsl.Collected(update.outputs["update"]), targets=targets,
-                          mlflow_run_id=run_id)
+                          mlflow_run_id=run_id).set_caching_options(False)
         if last is not None:
             agg.after(last)  # one MLflow writer at a time
         new_adapter = agg.outputs["adapter"]
@@ -61,10 +65,10 @@ def _rounds(config_json, cfg, phase: str, rounds: int, first_step: int, clients:
             gt = c.global_train(config_json=config_json, round_num=r, step=step,
                                 aggregated=agg.outputs["adapter"], previous=adapter,
                                 synthetic=agg.outputs["synthetic"], targets=targets,
-                                mlflow_run_id=run_id)
+                                mlflow_run_id=run_id).set_caching_options(False)
             new_adapter = gt.outputs["adapter"]
         last = c.evaluate(config_json=config_json, round_num=r, step=step, adapter=new_adapter,
-                          targets=targets, mlflow_run_id=run_id)
+                          targets=targets, mlflow_run_id=run_id).set_caching_options(False)
         last.set_display_name(f"evaluate-{phase}-round-{r}")
         adapter = new_adapter
     return adapter, last
@@ -97,6 +101,7 @@ def build(cfg: dict, kind: "str | None" = None):
                                     init.outputs["adapter"], targets, run_id, last)
             step += rounds
         done = c.finish_tracking(config_json=config_json, mlflow_run_id=run_id, adapter=adapter)
+        done.set_caching_options(False)
         done.after(last)
         return done.outputs["report"]
 

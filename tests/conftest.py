@@ -19,7 +19,7 @@ def tiny_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
-    from feda2v.data import write_demo_dataset
+    from feda2v.demo_data import write_demo_dataset
 
     out = tmp_path_factory.mktemp("esc50")
     classes = [c for group in TEST_SPLIT for c in group]
@@ -35,7 +35,7 @@ def make_config(tmp_path, tiny_models, demo_data):
         raw = {
             "global_rounds": 2, "batch_size": 8, "local_epochs": 3, "seed": 0,
             "storage_root": str(tmp_path / "store"), "experiment_name": "test",
-            "data": {"dataset_uri": demo_data, "clients": TEST_SPLIT},
+            "data": {"dataset_uri": demo_data, "clients": TEST_SPLIT, "clip_seconds": 1.0},
             "models": {"audio_model": tiny_models["audio"], "text_model": tiny_models["text"],
                        "device": "cpu"},
             "feda2v": {"generator_training_epochs": 10, "generator_hidden_dim": 64,

@@ -15,7 +15,7 @@ def test_defaults_fill_every_key():
     assert cfg["feda2v"]["generator_type"] == "vae"
     assert cfg["feda2v"]["generator_save_every"] == 5
     assert cfg["data"]["clients"] == config_mod.REFERENCE_SPLIT
-    assert len(config_mod.class_names(cfg)) == 15
+    assert len(config_mod.configured_classes(cfg)) == 15
 
 
 def test_unknown_key_is_named_with_a_suggestion():
@@ -35,7 +35,9 @@ def test_unknown_top_level_key_is_named():
     ({"feda2v": {"generator_type": "diffusion"}}, "feda2v.generator_type"),
     ({"feda2v": {"use_generator": "yes"}}, "feda2v.use_generator"),
     ({"feda2v": {"generator_augmentation_noise": -0.1}}, "feda2v.generator_augmentation_noise"),
-    ({"data": {"clients": [["dog"], ["dog", "cat"]]}}, "data.clients"),
+    ({"data": {"clients": [["dog"], ["cat", "cat"]]}}, "data.clients"),
+    ({"data": {"partition": "kmeans"}}, "data.partition"),
+    ({"data": {"test_fraction": 0.95}}, "data.test_fraction"),
     ({"data": {"prompt_template": "a photo"}}, "data.prompt_template"),
     ({"models": {"device": "tpu"}}, "models.device"),
 ])

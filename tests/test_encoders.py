@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from feda2v import encoders
-from feda2v.data import read_esc50
+from feda2v.datasets import read_esc50
 
 
 def test_tiny_models_load_through_from_pretrained(tiny_models):
@@ -25,11 +25,13 @@ def test_tiny_models_load_through_from_pretrained(tiny_models):
 
 def test_audio_embeddings_are_pooled_to_tokens(tiny_models, demo_data):
     enc = encoders.AudioEncoder(tiny_models["audio"], tokens=4, device="cpu")
-    uris = [c.uri for c in read_esc50(demo_data)[:5]]
-    x = encoders.embed_clips(enc, uris, batch_size=2)
+    uris = [c.uri for c in read_esc50(demo_data, [1], [5])[:5]]
+    x, kept, bad = encoders.embed_clips(enc, uris, 1.0, batch_size=2)
     assert x.shape == (5, 4, enc.dim) and enc.dim == 64
-    # batching does not change the result
-    assert torch.allclose(x, encoders.embed_clips(enc, uris, batch_size=5), atol=1e-5)
+    assert kept == [0, 1, 2, 3, 4] and bad == []
+    # batching and decoding workers do not change the result
+    again, _, _ = encoders.embed_clips(enc, uris, 1.0, batch_size=5, workers=2)
+    assert torch.allclose(x, again, atol=1e-5)
 
 
 def test_text_targets_differ_per_prompt(tiny_models):

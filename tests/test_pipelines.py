@@ -63,3 +63,14 @@ def test_cli_compile_writes_yaml(tmp_path):
     assert config_mod.loads(
         spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
     )["global_rounds"] == 30
+
+
+def test_only_extraction_and_class_targets_are_cacheable(make_config, tmp_path):
+    spec, _ = _compile(make_config(global_rounds=1), "run2", tmp_path)
+    caching = {}
+    for comp in [spec["root"], *spec["components"].values()]:
+        for name, task in comp.get("dag", {}).get("tasks", {}).items():
+            if "componentRef" in task and "parameterIterator" not in task:
+                caching[name] = task.get("cachingOptions", {}).get("enableCache", False)
+    assert caching.pop("extract") is True and caching.pop("class-targets") is True
+    assert caching and not any(caching.values()), caching

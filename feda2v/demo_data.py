@@ -1,17 +1,11 @@
-"""Datasets: the ESC-50 layout, the procedural demo set, and the per-client split.
-
-ESC-50 layout: `meta/esc50.csv` (filename, fold, target, category, ...) and `audio/*.wav`.
-"""
+"""The procedural demo set: acoustically distinct classes written in the ESC-50 layout."""
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 
 from feda2v.config import REFERENCE_SPLIT
@@ -27,55 +21,6 @@ ESC50_TARGETS = {
 }
 ESC50_COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 
-
-@dataclass(frozen=True)
-class Clip:
-    uri: str
-    fold: int
-    category: str
-
-
-def read_esc50(root: str) -> list[Clip]:
-    """Rows of `meta/esc50.csv` under `root`, with each clip's full URI."""
-    meta = f"{root.rstrip('/')}/meta/esc50.csv"
-    try:
-        with fsspec.open(meta, "r") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no ESC-50 metadata at {meta} (data.dataset_uri must point at a folder with "
-            "meta/esc50.csv and audio/; `feda2v data demo --out DIR` writes one)") from None
-    missing = {"filename", "fold", "category"} - set(rows[0] if rows else {})
-    if missing:
-        raise ValueError(f"{meta}: missing column(s) {sorted(missing)}")
-    return [Clip(f"{root.rstrip('/')}/audio/{r['filename']}", int(r["fold"]), r["category"])
-            for r in rows]
-
-
-def client_clips(clips: list[Clip], classes: list[str], folds: list[int],
-                 client_id: int) -> list[Clip]:
-    """The clips of one client's classes in the given folds; an absent class is an error."""
-    chosen = [c for c in clips if c.category in classes and c.fold in folds]
-    have = {c.category for c in chosen}
-    absent = [c for c in classes if c not in have]
-    if absent:
-        raise ValueError(f"client {client_id}: no clips for class(es) {absent} in folds {folds}")
-    return chosen
-
-
-def read_audio(uri: str, sample_rate: int) -> np.ndarray:
-    """Mono float32 waveform. Resampling is not implemented yet: rates must match."""
-    import soundfile as sf
-
-    with fsspec.open(uri, "rb") as f:
-        wav, rate = sf.read(io.BytesIO(f.read()), dtype="float32", always_2d=True)
-    if rate != sample_rate:
-        raise ValueError(f"{uri}: sample rate {rate} Hz, the audio encoder expects "
-                         f"{sample_rate} Hz (resampling is not implemented yet)")
-    return wav.mean(axis=1)
-
-
-# --- the procedural demo set -------------------------------------------------------------------
 
 def _class_voice(index: int) -> dict[str, float]:
     """Acoustic signature of class `index`: pitch, timbre, rhythm and noise colour all differ."""
@@ -150,13 +95,3 @@ def write_demo_dataset(out: str, classes: list[str] | None = None, clips_per_cla
     log.info("Wrote %d clips of %d classes (%.1f s at %d Hz) to %s",
              len(rows), len(classes), seconds, sample_rate, out)
     return len(rows)
-
-
-def batches(n: int, size: int):
-    """Index ranges [start, stop) of consecutive batches."""
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
-
-
-def num_batches(n: int, size: int) -> int:
-    return math.ceil(n / size)

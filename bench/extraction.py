@@ -1,0 +1,90 @@
+"""Extraction throughput (clips/s): batched + decoding workers vs one clip at a time.
+
+Clips are ESC-50-like (5 s at 44.1 kHz, resampled to the encoder's rate), so decoding and
+resampling are part of the figure. Models are random-initialised (offline): a tiny AST and a
+full-size AST (the default ASTConfig, the architecture of MIT/ast-finetuned-audioset-10-10-0.4593).
+On a CUDA host the full-size model is also measured on the GPU.
+
+    python bench/extraction.py [--clips N] [--full-clips N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from feda2v.audio import load_clip
+from feda2v.demo_data import write_demo_dataset
+from feda2v.encoders import AudioEncoder, embed_clips, write_tiny_models
+
+
+def full_size_ast(out: str) -> str:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    transformers.ASTModel(transformers.ASTConfig()).save_pretrained(out)
+    transformers.ASTFeatureExtractor().save_pretrained(out)
+    return out
+
+
+def one_at_a_time(enc: AudioEncoder, uris: list[str], seconds: float) -> float:
+    start = time.perf_counter()
+    for u in uris:
+        enc.embed([load_clip(u, enc.sample_rate, seconds)])
+    return len(uris) / (time.perf_counter() - start)
+
+
+def batched(enc: AudioEncoder, uris: list[str], seconds: float, batch: int, workers: int) -> float:
+    start = time.perf_counter()
+    x, _, bad = embed_clips(enc, uris, seconds, batch, workers, what="bench")
+    assert not bad and len(x) == len(uris)
+    return len(uris) / (time.perf_counter() - start)
+
+
+def measure(name: str, source: str, device: str, uris: list[str], single_n: int, batch: int,
+            workers: int) -> tuple:
+    enc = AudioEncoder(source, device=device)
+    enc.embed([load_clip(uris[0], enc.sample_rate, 5.0)] * 2)  # warm-up (allocations, kernels)
+    single = one_at_a_time(enc, uris[:single_n], 5.0)
+    many = batched(enc, uris, 5.0, batch, workers)
+    return name, device, len(uris), single, many, many / single
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=256, help="clips for the tiny model")
+    parser.add_argument("--full-clips", type=int, default=32, help="clips for full-size AST on CPU")
+    parser.add_argument("--gpu-clips", type=int, default=2000, help="clips for full-size on CUDA")
+    args = parser.parse_args()
+    workers = min(4, os.cpu_count() or 1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        n = max(args.clips, args.gpu_clips if torch.cuda.is_available() else 0)
+        per_class = -(-n // 15)
+        write_demo_dataset(os.path.join(tmp, "esc"), clips_per_class=per_class, seconds=5.0,
+                           sample_rate=44100)
+        audio = os.path.join(tmp, "esc", "audio")
+        uris = sorted(os.path.join(audio, f) for f in os.listdir(audio))
+        tiny = write_tiny_models(os.path.join(tmp, "tiny"))["audio"]
+        full = full_size_ast(os.path.join(tmp, "full"))
+        rows.append(measure("tiny AST", tiny, "cpu", uris[:args.clips], 64, 32, workers))
+        rows.append(measure("full-size AST", full, "cpu", uris[:args.full_clips], 8, 16, workers))
+        if torch.cuda.is_available():
+            rows.append(measure("full-size AST", full, "cuda", uris[:args.gpu_clips], 64, 64,
+                                workers))
+    print(f"\nExtraction throughput ({torch.get_num_threads()} torch threads, {workers} decode "
+          f"workers, 5 s clips at 44.1 kHz)")
+    print(f"{'model':<15} {'device':<6} {'clips':>6} {'1-at-a-time':>12} {'batched':>10} {'ratio':>6}")
+    for name, device, count, single, many, ratio in rows:
+        print(f"{name:<15} {device:<6} {count:>6} {single:>10.1f}/s {many:>8.1f}/s {ratio:>5.1f}x")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`feda2v data esc50`: fetch the official ESC-50 archive and unpack it to any fsspec URL."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+import zipfile
+
+from feda2v import storage
+from feda2v.log import get_logger, progress
+
+log = get_logger()
+
+ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
+CHUNK = 1 << 20
+
+
+def _fetch(url: str, dest: str) -> str:
+    """Stream `url` to `dest`; returns the sha256 of what was written."""
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
+        total = int(response.headers.get("Content-Length") or 0)
+        tick = progress(max(total // CHUNK, 1), f"Downloading {url} (MiB)")
+        while chunk := response.read(CHUNK):
+            f.write(chunk)
+            digest.update(chunk)
+            tick()
+    return digest.hexdigest()
+
+
+def download_esc50(out: str, url: str = ESC50_URL, sha256: str = "") -> int:
+    """Download and unpack ESC-50 to `out` (meta/esc50.csv + audio/); returns the clip count.
+
+    The metadata is written last, so an interrupted run never looks like a complete dataset,
+    and a folder that already holds the dataset is left untouched.
+    """
+    meta_uri = storage.join(out, "meta", "esc50.csv")
+    if storage.exists(meta_uri):
+        log.info("ESC-50 is already at %s (meta/esc50.csv exists); nothing downloaded", out)
+        return -1
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = os.path.join(tmp, "esc50.zip")
+        got = _fetch(url, archive)
+        if sha256 and got != sha256.lower():
+            raise ValueError(f"{url}: sha256 is {got}, expected {sha256}")
+        try:
+            zf = zipfile.ZipFile(archive)
+        except zipfile.BadZipFile:
+            raise ValueError(f"{url}: not a zip archive") from None
+        with zf:
+            names = zf.namelist()
+            meta = next((n for n in names if n.endswith("meta/esc50.csv")), None)
+            if meta is None:
+                raise ValueError(f"{url}: no meta/esc50.csv inside the archive")
+            prefix = meta[: -len("meta/esc50.csv")]
+            clips = [n for n in names if n.startswith(prefix + "audio/") and not n.endswith("/")]
+            tick = progress(len(clips), "Unpacking clips")
+            for name in clips:
+                storage.write_bytes(storage.join(out, name[len(prefix):]), zf.read(name))
+                tick()
+            storage.write_bytes(meta_uri, zf.read(meta))
+    log.info("Unpacked %d ESC-50 clips to %s", len(clips), out)
+    return len(clips)
