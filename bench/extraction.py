@@ -15,8 +15,11 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 import torch
+
+warnings.filterwarnings("ignore", message="At least one mel filter")
 
 from feda2v.audio import load_clip
 from feda2v.demo_data import write_demo_dataset

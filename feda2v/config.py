@@ -156,6 +156,10 @@ DATA: dict[str, Key] = {
                             "fails the extraction."),
     "prompt_template": Key("a photo of {label}", _template,
                            "Text prompt whose CLIP embedding is a class's target."),
+    "targets": Key("text", _choice("text", "images"),
+                   "Class targets: CLIP text embeddings of the prompts, or the mean CLIP image "
+                   "embedding of each class's images (manifest column `image`, or image files "
+                   "in the class folders)."),
 }
 
 MODELS: dict[str, Key] = {
@@ -164,6 +168,8 @@ MODELS: dict[str, Key] = {
                        "folder (copied once to the local model cache)."),
     "text_model": Key("openai/clip-vit-large-patch14", _nonempty_str,
                       "CLIP model for text targets: hub id, local folder or fsspec URL."),
+    "image_model": Key("openai/clip-vit-large-patch14", _nonempty_str,
+                       "CLIP model for image targets (data.targets = images)."),
     "audio_tokens": Key(4, _int(1), "Encoder tokens are adaptive-average-pooled to this many."),
     "extract_batch_size": Key(16, _int(1), "Clips per forward pass during extraction."),
     "extract_workers": Key(2, _int(0), "DataLoader processes decoding audio (0 = in-process)."),
@@ -245,6 +251,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _check_cross_keys(cfg: dict[str, Any]) -> None:
     data = cfg["data"]
+    if data["targets"] == "images" and data["format"] not in ("manifest", "folders"):
+        raise ConfigError("bad value for 'data.targets': images need data.format manifest (with "
+                          "an image column) or folders (image files in the class folders)")
     both = set(data["train_folds"]) & set(data["test_folds"])
     if both:
         raise ConfigError(f"bad value for 'data.test_folds': fold(s) {sorted(both)} are also "

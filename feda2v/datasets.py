@@ -20,6 +20,7 @@ import fsspec
 from feda2v import config as config_mod
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,34 @@ def class_names(cfg: dict, items: list[Item] | None = None) -> list[str]:
     if cfg["data"]["format"] == "embeddings":
         return read_embeddings(cfg["data"]["dataset_uri"])[1]["class_names"]
     return sorted({i.label for i in (items if items is not None else read_items(cfg))})
+
+
+def read_images(cfg: dict) -> dict[str, list[str]]:
+    """Class label -> image URIs: a manifest's `image` column, or image files in class folders."""
+    data = cfg["data"]
+    uri = data["dataset_uri"]
+    found: dict[str, list[str]] = {}
+    if data["format"] == "manifest":
+        rows = _read_csv(uri)
+        if not rows or "image" not in rows[0]:
+            raise ValueError(f"{uri}: data.targets is 'images' but the manifest has no image column")
+        base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+        for r in rows:
+            if r["image"]:
+                path = r["image"]
+                full = path if ("://" in path or path.startswith("/")) else f"{base}/{path}"
+                found.setdefault(r["label"], []).append(full)
+    elif data["format"] == "folders":
+        fs, root = fsspec.core.url_to_fs(uri)
+        protocol = uri.split("://", 1)[0] + "://" if "://" in uri else ""
+        for class_dir in sorted(fs.ls(root, detail=False)):
+            if fs.isdir(class_dir):
+                label = posixpath.basename(class_dir.rstrip("/"))
+                found[label] = [protocol + f for f in sorted(fs.ls(class_dir, detail=False))
+                                if f.lower().endswith(IMAGE_SUFFIXES)]
+    else:
+        raise ValueError(f"data.format {data['format']!r} has no images")
+    return found
 
 
 def read_embeddings(uri: str):

@@ -6,6 +6,7 @@ models of the same architectures, which load through the same `from_pretrained` 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -105,6 +106,33 @@ def text_targets(source: str, prompts: list[str], device: str = "auto") -> torch
     model.to(dev).eval()
     batch = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(dev)
     return model(**batch).text_embeds.float().cpu()
+
+
+def image_targets(source: str, images: dict[str, list[str]], class_names: list[str],
+                  device: str = "auto") -> torch.Tensor:
+    """Per class, the mean of its images' unit-normalised CLIP image embeddings, [C, D_clip]."""
+    import fsspec
+    from PIL import Image
+
+    from feda2v.audio_models import image_embeddings
+    from feda2v.model_source import resolve
+
+    missing = [c for c in class_names if not images.get(c)]
+    if missing:
+        raise ValueError(f"data.targets is 'images' but class(es) {missing} have no image")
+    source, dev = resolve(source), pick_device(device)
+    rows = []
+    for name in class_names:
+        pictures = []
+        for uri in images[name]:
+            with fsspec.open(uri, "rb") as f:
+                try:
+                    pictures.append(Image.open(io.BytesIO(f.read())).convert("RGB"))
+                except OSError as e:
+                    raise ValueError(f"{uri}: cannot read image ({e})") from None
+        emb = torch.nn.functional.normalize(image_embeddings(source, pictures, dev), dim=-1)
+        rows.append(emb.mean(0))
+    return torch.stack(rows)
 
 
 # --- tiny offline models -----------------------------------------------------------------------

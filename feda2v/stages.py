@@ -56,15 +56,21 @@ def class_targets(config_json: str, out_uri: str) -> dict:
         tensors, meta = datasets.read_embeddings(cfg["data"]["dataset_uri"])
         if "class_targets" in tensors:
             given = tensors["class_targets"][[meta["class_names"].index(n) for n in names]]
-    if given is None:
+    if given is not None:
+        targets, source = given.float(), "from the embeddings file"
+    elif cfg["data"]["targets"] == "images":
+        from feda2v.encoders import image_targets
+
+        targets = image_targets(cfg["models"]["image_model"], datasets.read_images(cfg), names,
+                                cfg["models"]["device"])
+        source = "mean CLIP image embeddings"
+    else:
         from feda2v.encoders import text_targets
 
         targets = text_targets(cfg["models"]["text_model"], prompts, cfg["models"]["device"])
-    else:
-        targets = given.float()
+        source = "CLIP text embeddings"
     storage.save_tensors(out_uri, {"targets": targets}, {"class_names": names, "prompts": prompts})
-    log.info("[Server] Class targets: %d classes, %d-d %s", *targets.shape,
-             "from the embeddings file" if given is not None else "CLIP text embeddings")
+    log.info("[Server] Class targets: %d classes, %d-d %s", *targets.shape, source)
     return {"num_classes": targets.shape[0], "dim": targets.shape[1]}
 
 

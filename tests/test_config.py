@@ -92,3 +92,9 @@ def test_every_key_is_documented():
     for section in (config_mod.TOP_LEVEL, *config_mod.SECTIONS.values()):
         for key, spec in section.items():
             assert key in text and spec.doc
+
+
+def test_image_targets_need_a_layout_with_images():
+    with pytest.raises(ConfigError, match="bad value for 'data.targets'"):
+        config_mod.validate({"data": {"targets": "images"}})  # esc50 has no images
+    config_mod.validate({"data": {"targets": "images", "format": "manifest"}})

@@ -43,3 +43,26 @@ def test_text_targets_differ_per_prompt(tiny_models):
 def test_missing_model_folder_gives_an_offline_hint(tmp_path):
     with pytest.raises(OSError, match="cannot load audio model.*feda2v models tiny"):
         encoders.AudioEncoder(os.path.join(str(tmp_path), "absent"))
+
+
+def test_image_targets_average_each_class_images(tiny_models, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from feda2v import config as config_mod
+    from feda2v import datasets
+
+    rng = np.random.default_rng(0)
+    for label, colour in (("dog", (200, 30, 30)), ("rain", (30, 30, 200))):
+        (tmp_path / label).mkdir()
+        for k in range(2):
+            pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype("uint8")).save(tmp_path / label / f"{k}.png")
+    cfg = config_mod.validate({"data": {"format": "folders", "dataset_uri": str(tmp_path),
+                                        "targets": "images", "clients": [["dog"], ["rain"]]}})
+    images = datasets.read_images(cfg)
+    assert sorted(images) == ["dog", "rain"] and len(images["dog"]) == 2
+    t = encoders.image_targets(tiny_models["vision"], images, ["dog", "rain"], "cpu")
+    assert t.shape == (2, 64) and not torch.allclose(t[0], t[1])
+    with pytest.raises(ValueError, match=r"class\(es\) \['siren'\] have no image"):
+        encoders.image_targets(tiny_models["vision"], images, ["dog", "siren"], "cpu")
