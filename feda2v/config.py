@@ -198,13 +198,27 @@ FEDA2V: dict[str, Key] = {
     "generator_training_rounds": Key(30, _int(1),
                                      "Run 1 rounds inside the end_to_end pipeline (Run 2 then "
                                      "runs global_rounds)."),
+    "generator_missing_checkpoint": Key(
+        "fail", _choice("fail", "real_only"),
+        "Run 2 client without a checkpoint: fail the run naming it, or train on real data only "
+        "(sending no synthetic samples)."),
     "synthetic_samples_per_class": Key(10, _int(1), "Synthetic samples per class per round (Run 2)."),
+    "quality_metrics": Key(True, _bool,
+                           "Run 2 clients report quality and privacy metrics of their synthetic "
+                           "samples (computed on the client; only the numbers leave it)."),
     "global_model_train": Key(False, _bool, "Server trains the global adapter on pooled synthetic samples."),
     "global_model_train_epochs": Key(5, _int(1), "Epochs of that server-side training per round."),
     "global_model_train_from_nodes_adapters": Key(
         True, _bool,
         "Server training starts from this round's FedAvg of node adapters (true) or from the "
         "previous global adapter (false)."),
+    "server_real_data_uri": Key("", _str,
+                                "Real embeddings the server may train on (the precomputed-"
+                                "embeddings format); empty = the server has no real data."),
+    "global_model_train_real_ratio": Key(
+        0.5, _float(0.0, 0.95),
+        "Share of real samples in the server's training set when it has real data: n_real = "
+        "ratio / (1 - ratio) x n_synthetic, drawn with replacement."),
     "adapter_hidden_dims": Key([1024, 2048], _int_list, "Adapter MLP hidden widths."),
     "adapter_heads": Key(8, _int(1), "Attention-pooling heads (must divide the CLIP dimension)."),
     "optimize_memory_usage": Key(False, _bool,

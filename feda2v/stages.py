@@ -175,12 +175,28 @@ def aggregate(config_json: str, round_num: int, step: int, update_uris: list[str
     return {"clients": len(states), "synthetic_samples": len(y), "synthetic_classes": len(counts)}
 
 
+def _server_real_data(cfg: dict, class_names: list[str]):
+    """The server's own real embeddings (x, y in this run's class order), or None."""
+    uri = cfg["feda2v"]["server_real_data_uri"]
+    if not uri:
+        return None
+    from feda2v.datasets import read_embeddings
+
+    tensors, meta = read_embeddings(uri)
+    remap = torch.tensor([class_names.index(c) if c in class_names else -1
+                          for c in meta["class_names"]])
+    y = remap[tensors["labels"].long()]
+    keep = y >= 0
+    return tensors["embeddings"][keep].float(), y[keep]
+
+
 def global_train(config_json: str, round_num: int, step: int, aggregated_uri: str,
                  previous_uri: str, synthetic_uri: str, targets_uri: str, out_uri: str,
                  mlflow_run_id: str) -> float:
-    """Train the global adapter on the pooled synthetic samples (the seed's global training)."""
+    """Train the global adapter on the pooled synthetic samples (the seed's global training),
+    mixed with the server's own real data when it has some; logs accuracy before and after."""
     from feda2v.federated.client import round_seed
-    from feda2v.federated.server import train_global
+    from feda2v.federated.server import mix_real, train_global
     from feda2v.federated.task import adapter_from_state
 
     cfg = config_mod.loads(config_json)
@@ -191,38 +207,55 @@ def global_train(config_json: str, round_num: int, step: int, aggregated_uri: st
     if len(pool["y"]) == 0:
         raise ValueError(f"round {round_num}: global_model_train is on but no client sent "
                          "synthetic samples")
-    targets, _ = _load_targets(targets_uri)
-    loss = train_global(adapter, pool["x"], pool["y"], targets, f["global_model_train_epochs"],
-                        cfg["batch_size"], cfg["learning_rate"], round_seed(cfg["seed"], -1, step))
+    targets, names = _load_targets(targets_uri)
+    seed = round_seed(cfg["seed"], -1, step)
+    x, y = mix_real(pool["x"].float(), pool["y"], _server_real_data(cfg, names),
+                    f["global_model_train_real_ratio"], seed)
+    before = _weighted_accuracy(cfg, adapter, targets)[0]
+    loss = train_global(adapter, x, y, targets, f["global_model_train_epochs"],
+                        cfg["batch_size"], cfg["learning_rate"], seed)
+    after = _weighted_accuracy(cfg, adapter, targets)[0]
+    log.info("[Server] Round %d: accuracy %.3f before global training, %.3f after", round_num,
+             before, after)
     _save_adapter(out_uri, adapter.state_dict(), {"round": round_num, "global_trained": True})
-    tracking.log_metrics(cfg, mlflow_run_id, {"server/global_train_loss": loss}, step)
+    tracking.log_metrics(cfg, mlflow_run_id, {"server/global_train_loss": loss,
+                                              "eval/accuracy_before_global_train": before,
+                                              "eval/accuracy_after_global_train": after}, step)
     return loss
+
+
+def _weighted_accuracy(cfg: dict, adapter, targets: torch.Tensor,
+                       client_data_uris: list[str] | None = None) -> tuple[float, dict]:
+    """Zero-shot accuracy on every client's test clips, averaged weighted by test size."""
+    from feda2v.federated.task import zero_shot_accuracy
+
+    per_client, correct, total = {}, 0.0, 0
+    for i in range(config_mod.num_clients(cfg)):
+        uri = client_uri(client_data_uris, i) if client_data_uris else embeddings_uri(cfg, i)
+        t, _ = storage.load_tensors(uri)
+        per_client[i] = zero_shot_accuracy(adapter, t["test_x"].float(), t["test_y"], targets)
+        correct += per_client[i] * len(t["test_y"])
+        total += len(t["test_y"])
+    return correct / total, per_client
 
 
 def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targets_uri: str,
              mlflow_run_id: str, client_data_uris: list[str] | None = None) -> float:
     """Zero-shot accuracy over all classes on each client's test clips, weighted by test size.
     Client embeddings default to each client's file under the storage root."""
-    from feda2v.federated.task import adapter_from_state, zero_shot_accuracy
+    from feda2v.federated.task import adapter_from_state
 
     cfg = config_mod.loads(config_json)
     adapter = adapter_from_state(cfg, _load_adapter(adapter_uri))
     targets, _ = _load_targets(targets_uri)
-    metrics, correct, total = {}, 0.0, 0
-    for i in range(config_mod.num_clients(cfg)):
-        uri = client_uri(client_data_uris, i) if client_data_uris else embeddings_uri(cfg, i)
-        t, _ = storage.load_tensors(uri)
-        acc = zero_shot_accuracy(adapter, t["test_x"].float(), t["test_y"], targets)
-        metrics[f"eval/node_{i}/accuracy"] = acc
-        correct += acc * len(t["test_y"])
-        total += len(t["test_y"])
-    metrics["eval/global_accuracy"] = correct / total
+    accuracy, per_client = _weighted_accuracy(cfg, adapter, targets, client_data_uris)
+    metrics = {f"eval/node_{i}/accuracy": a for i, a in per_client.items()}
+    metrics["eval/global_accuracy"] = accuracy
     log.info("[Server] Round %d: global zero-shot accuracy %.3f over %d classes (%s)", round_num,
-             metrics["eval/global_accuracy"], len(targets),
-             ", ".join(f"node {i}: {metrics[f'eval/node_{i}/accuracy']:.3f}"
-                       for i in range(config_mod.num_clients(cfg))))
+             accuracy, len(targets),
+             ", ".join(f"node {i}: {a:.3f}" for i, a in per_client.items()))
     tracking.log_metrics(cfg, mlflow_run_id, metrics, step)
-    return metrics["eval/global_accuracy"]
+    return accuracy
 
 
 # --- tracking ----------------------------------------------------------------------------------

@@ -131,3 +131,11 @@ def test_global_training_on_synthetic_samples_teaches_unseen_classes():
     assert any(not torch.equal(a, b) for a, b in zip(params_before, adapter.parameters()))
     after = zero_shot_accuracy(adapter, test_x, test_y, TARGETS)
     assert after >= 0.9 and after > before
+
+
+def test_run2_missing_checkpoint_can_fall_back_to_real_data(tmp_path, caplog):
+    cfg = _cfg(generator_missing_checkpoint="real_only")
+    update = run_round(cfg, 1, 1, "run2", _global(cfg), _data([2, 3]), TARGETS, NAMES,
+                       str(tmp_path))
+    assert update.num_samples == 24 and len(update.synthetic_y) == 0
+    assert update.metrics["adapter_loss"] > 0

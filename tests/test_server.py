@@ -32,3 +32,15 @@ def test_pool_synthetic_counts_per_class():
                                   names)
     assert x.shape == (6, 4, 8) and y.tolist() == [0, 0, 1, 1, 2, 2]
     assert counts == {"dog": 2, "rain": 2, "siren": 2}
+
+
+def test_mix_real_follows_the_documented_ratio():
+    from feda2v.federated.server import mix_real
+
+    syn_x, syn_y = torch.zeros(30, 4, 8), torch.zeros(30, dtype=torch.long)
+    real = (torch.ones(5, 4, 8), torch.ones(5, dtype=torch.long))
+    x, y = mix_real(syn_x, syn_y, real, ratio=0.25, seed=0)
+    assert len(y) == 40 and int((y == 1).sum()) == 10  # 10 real of 40 = 25 %
+    assert torch.equal(x[y == 1], torch.ones(10, 4, 8))
+    same_x, same_y = mix_real(syn_x, syn_y, None, ratio=0.5, seed=0)
+    assert same_x is syn_x and same_y is syn_y

@@ -58,6 +58,7 @@ def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
     seed = round_seed(cfg["seed"], client_id, round_num)
     torch.manual_seed(seed)
     adapter = adapter_from_state(cfg, global_state)
+    vae = None
     if phase == "run2":
         vae, ckpt = _load_pretrained(cfg, client_id, checkpoint_dir, data, targets)
         log.info("Node %d - Training adapters on real data...", client_id)
@@ -68,7 +69,7 @@ def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
     if phase == "run1":
         update.metrics["generator_loss"] = _train_generator(
             cfg, client_id, round_num, adapter, data, class_names, checkpoint_dir, seed)
-    elif phase == "run2":
+    elif phase == "run2" and vae is not None:
         update.synthetic_x, update.synthetic_y = _synthesise(cfg, client_id, vae, ckpt,
                                                             class_names, seed)
         if cfg["feda2v"]["optimize_memory_usage"]:
@@ -132,9 +133,14 @@ def _load_pretrained(cfg, client_id, checkpoint_dir, data, targets):
     log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
     if not generator.storage.exists(uri):
         log.warning("[Client %d] Warning: Generator checkpoint not found at %s", client_id, uri)
+        if f["generator_missing_checkpoint"] == "real_only":
+            log.info("[Client %d] Training on real data only this round (no synthetic samples)",
+                     client_id)
+            return None, None
         raise FileNotFoundError(f"[Client {client_id}] Generator checkpoint not found at {uri}; "
                                 "run Run 1 (generator_training_mode) with the same "
-                                "generator_checkpoint_dir first")
+                                "generator_checkpoint_dir first, or set "
+                                "feda2v.generator_missing_checkpoint to real_only")
     vae, _, ckpt = generator.load(uri, cfg, _expected_dims(cfg, data, targets.shape[1]))
     log.info("[Client %d] Loaded %s generator from round %d", client_id,
              f["generator_type"].upper(), ckpt["round"])

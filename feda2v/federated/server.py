@@ -47,6 +47,20 @@ def pool_synthetic(per_client: list[tuple[int, torch.Tensor, torch.Tensor]],
     return x, y, counts
 
 
+def mix_real(syn_x: torch.Tensor, syn_y: torch.Tensor, real, ratio: float,
+             seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The server's training set: all synthetic samples plus, when the server has real data,
+    ratio / (1 - ratio) x as many real samples drawn with replacement (ratio = real share)."""
+    if real is None or ratio == 0:
+        return syn_x, syn_y
+    real_x, real_y = real
+    n_real = round(ratio / (1 - ratio) * len(syn_y))
+    pick = torch.randint(len(real_y), (n_real,), generator=torch.Generator().manual_seed(seed))
+    log.info("[Server] Mixing %d real samples with %d synthetic samples (real share %.2f)",
+             n_real, len(syn_y), ratio)
+    return torch.cat([syn_x, real_x[pick]]), torch.cat([syn_y, real_y[pick]])
+
+
 def train_global(adapter: Adapter, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
                  epochs: int, batch_size: int, lr: float, seed: int) -> float:
     """Train the global adapter on the pooled synthetic samples: they drive the gradient."""
