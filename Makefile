@@ -5,13 +5,14 @@ BIN       := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 DEMO_DIR  ?= .demo
 
-.PHONY: help venv demo test bench lint clean
+.PHONY: help venv demo test bench lint docs clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run Run 1 -> Run 2 locally under kfp.local"
 	@echo "make test   - create $(VENV) if needed, install, run the test suite"
-	@echo "make bench  - throughput benchmarks (extraction; CUDA too when present)"
+	@echo "make bench  - throughput benchmarks: extraction (CUDA too when present), generator training"
 	@echo "make lint   - ruff over the repository"
+	@echo "make docs   - regenerate the README's config-key reference from the code"
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
 # The stamp re-runs the install when pyproject.toml changes. torch is installed first, pinned,
@@ -35,9 +36,13 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/extraction.py
+	$(BIN)/python bench/generator.py
 
 lint: venv
 	$(BIN)/ruff check .
+
+docs: venv
+	$(BIN)/python scripts/readme_keys.py
 
 clean:
 	rm -rf $(DEMO_DIR)

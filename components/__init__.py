@@ -5,6 +5,7 @@ container image (FEDA2V_IMAGE, read at import) has the `feda2v` package and kfp 
 no package is pip-installed at task start.
 """
 
+from components.ablations import ablation_report, ablation_variant
 from components.aggregate import aggregate
 from components.class_targets import class_targets
 from components.client_round import client_round
@@ -15,6 +16,8 @@ from components.init_adapter import init_adapter
 from components.tracking import finish_tracking, start_tracking
 
 __all__ = [
+           "ablation_report",
+           "ablation_variant",
            "aggregate",
            "class_targets",
            "client_round",

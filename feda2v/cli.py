@@ -138,6 +138,31 @@ def cmd_compile(a) -> None:
           f"{config_mod.num_clients(cfg)} clients) to {a.output} ({size / 1024:.0f} KiB)")
 
 
+def cmd_experiment(a) -> None:
+    from feda2v.experiment import VARIANTS, run_experiment
+    from feda2v.local_run import resolve_local_paths
+
+    cfg = resolve_local_paths(_cfg(a.config))
+    variants = a.variants.split(",") if a.variants else list(VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
+    result = run_experiment(cfg, variants, a.name)
+    print(f"\nAblations on the same data and seed ({cfg['seed']}):\n")
+    print(result["table"])
+    print(f"\n  results:            {result['dir']}/results.json")
+    if result["html"]:
+        print(f"  HTML report:        {result['html']}")
+    print(f"  MLflow parent run:  {result['parent_run_id']} "
+          f"({tracking_uri_text(cfg)}, experiment '{cfg['experiment_name']}')")
+
+
+def tracking_uri_text(cfg: dict) -> str:
+    from feda2v import tracking
+
+    return tracking.redact(tracking.tracking_uri(cfg))
+
+
 def cmd_run(a) -> None:
     from feda2v.local_run import run_locally
 
@@ -188,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline to run (default: the config's `pipeline` key)")
     p.add_argument("--pipeline-root", help="where kfp.local keeps task artifacts (default: "
                                            "storage_root/kfp-local)")
+
+    p = add("experiment", cmd_experiment,
+            "Run the ablations on the same data and seed (FedAvg only, Run 1 -> Run 2 with "
+            "synthetic samples, synthetic-only server training, centralized upper bound) and "
+            "print one table; also writes an HTML report and logs everything to MLflow.")
+    _config_arg(p)
+    p.add_argument("--variants", help="comma-separated subset of fedavg,synthetic,"
+                                      "synthetic_only,centralized (default: all)")
+    p.add_argument("--name", default="experiment", help="folder under storage_root/experiments "
+                                                        "and MLflow parent run name")
 
     p = add("compile", cmd_compile, "Compile the pipeline to a KFP YAML for the UI or "
                                     "`kfp run create`.")
@@ -259,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--client", type=int, required=True, help="client id (0-based)")
     p.add_argument("--round", type=int, required=True, help="round number within its phase")
-    p.add_argument("--phase", choices=["fedavg", "run1", "run2"], required=True, help="phase")
+    p.add_argument("--phase", choices=["fedavg", "run1", "run2", "sample"], required=True,
+                   help="fedavg: adapter only; run1: + generator training; run2: + synthetic "
+                        "samples; sample: synthetic samples only")
     p.add_argument("--global-adapter", required=True, help="global adapter URI (safetensors)")
     p.add_argument("--data", metavar="URI", help="this client's embeddings (default: its file "
                                                  "under storage_root/embeddings)")

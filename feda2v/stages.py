@@ -141,7 +141,7 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str,
     out["synthetic_x"], out["synthetic_y"] = update.synthetic_x, update.synthetic_y
     storage.save_tensors(update_uri, out, {"client_id": client_id, "round": round_num,
                                            "num_samples": update.num_samples,
-                                           "metrics": update.metrics})
+                                           "metrics": update.metrics, "quality": update.quality})
     return {"client_id": client_id, "num_samples": update.num_samples, **update.metrics}
 
 
@@ -163,11 +163,19 @@ def aggregate(config_json: str, round_num: int, step: int, update_uris: list[str
     _save_adapter(adapter_out_uri, fedavg(states, weights), {"round": round_num})
     x, y, counts = pool_synthetic([(m["client_id"], t["synthetic_x"], t["synthetic_y"])
                                    for t, m in updates], names)
-    storage.save_tensors(synthetic_out_uri, {"x": x, "y": y}, {"counts": counts})
+    quality = {m["client_id"]: m["quality"] for _, m in updates if m.get("quality")}
+    storage.save_tensors(synthetic_out_uri, {"x": x, "y": y}, {"counts": counts,
+                                                               "quality": quality})
     metrics = {}
     for _, m in updates:
         for key, value in m["metrics"].items():
             metrics[f"train/node_{m['client_id']}/{key}"] = value
+    for client, per_class in quality.items():
+        for group, entry in per_class.items():
+            prefix = f"quality/node_{client}" + ("" if group == "overall" else f"/{group}")
+            for key, value in entry.items():
+                if value is not None and not key.startswith("n_"):
+                    metrics[f"{prefix}/{key}"] = float(value)
     if counts:
         metrics["server/synthetic_samples_total"] = len(y)
         metrics["server/synthetic_samples_classes"] = len(counts)

@@ -38,7 +38,7 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def create_run(cfg: dict, run_name: str) -> str:
+def create_run(cfg: dict, run_name: str, parent_run_id: str = "") -> str:
     uri = tracking_uri(cfg)
     client = _client(uri)
     exp = client.get_experiment_by_name(cfg["experiment_name"])
@@ -49,7 +49,8 @@ def create_run(cfg: dict, run_name: str) -> str:
         exp_id = client.create_experiment(cfg["experiment_name"], artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id
-    return client.create_run(exp_id, run_name=run_name).info.run_id
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:

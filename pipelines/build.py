@@ -74,10 +74,47 @@ def _rounds(config_json, cfg, phase: str, rounds: int, first_step: int, clients:
     return adapter, last
 
 
+def build_ablations(cfg: dict):
+    """Fan the ablation variants out (one task each) on shared targets and embeddings."""
+    from feda2v.experiment import VARIANTS
+
+    clients = list(range(config_mod.num_clients(cfg)))
+    default_json = json.dumps(cfg, sort_keys=True)
+
+    @dsl.pipeline(name="feda2v-ablations",
+                  description="FedA2V ablations: " + ", ".join(VARIANTS) + ", same data and seed")
+    def pipeline(config_json: str = default_json, mlflow_run_id: str = "") -> dsl.HTML:
+        """FedA2V ablations on the same data and seed.
+
+        Args:
+            config_json: The resolved run config (JSON).
+            mlflow_run_id: Parent MLflow run of the variants' runs; empty = top-level runs.
+        """
+        targets = c.class_targets(config_json=config_json).set_caching_options(True)
+        with dsl.ParallelFor(clients, name="extract-clients") as client_id:
+            extracted = c.extract(config_json=config_json, client_id=client_id)
+            extracted.set_caching_options(True)
+        ready = c.init_adapter(config_json=config_json,
+                               client_data_uris=dsl.Collected(extracted.output),
+                               targets=targets.outputs["targets"])
+        with dsl.ParallelFor(list(VARIANTS), name="variants") as variant:
+            result = c.ablation_variant(config_json=config_json, variant=variant,
+                                        targets=targets.outputs["targets"],
+                                        parent_run_id=mlflow_run_id)
+            result.set_caching_options(False).after(ready)
+        report = c.ablation_report(config_json=config_json, results=dsl.Collected(result.output),
+                                   parent_run_id=mlflow_run_id).set_caching_options(False)
+        return report.outputs["report"]
+
+    return pipeline
+
+
 def build(cfg: dict, kind: "str | None" = None):
     """Return the KFP pipeline function for `cfg` (kind: run1, run2, end_to_end; default from
     the config's `pipeline` key and mode flags)."""
     kind = kind or config_mod.pipeline_kind(cfg)
+    if kind == "ablations":
+        return build_ablations(cfg)
     plan = phase_plan(cfg, kind)
     clients = list(range(config_mod.num_clients(cfg)))
     default_json = json.dumps(cfg, sort_keys=True)

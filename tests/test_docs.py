@@ -1,4 +1,4 @@
-"""The README's config reference is the code's: regenerate it with `feda2v config keys`."""
+"""The README's config reference is the code's: `make docs` regenerates it."""
 
 from pathlib import Path
 

@@ -12,7 +12,9 @@ from feda2v.log import get_logger
 
 log = get_logger()
 
-PHASES = ("fedavg", "run1", "run2")
+# fedavg: adapter only; run1: + generator training; run2: + synthetic samples from the
+# checkpoint; sample: synthetic samples only (the data-free ablation: no real-data training).
+PHASES = ("fedavg", "run1", "run2", "sample")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class ClientUpdate:
     metrics: dict[str, float]
     synthetic_x: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     synthetic_y: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    quality: dict = field(default_factory=dict)  # per class + overall, see feda2v.metrics
 
 
 def round_seed(seed: int, client_id: int, round_num: int) -> int:
@@ -52,31 +55,54 @@ def class_means(outputs: torch.Tensor, y: torch.Tensor, class_names: list[str],
 def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
               global_state: dict[str, torch.Tensor], data: ClientData, targets: torch.Tensor,
               class_names: list[str], checkpoint_dir: str) -> ClientUpdate:
-    """`round_num` counts this pipeline's rounds from 1; `phase` is fedavg, run1 or run2."""
+    """`round_num` counts this pipeline's rounds from 1; `phase` is one of PHASES."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     seed = round_seed(cfg["seed"], client_id, round_num)
     torch.manual_seed(seed)
     adapter = adapter_from_state(cfg, global_state)
     vae = None
-    if phase == "run2":
+    if phase in ("run2", "sample"):
         vae, ckpt = _load_pretrained(cfg, client_id, checkpoint_dir, data, targets)
-        log.info("Node %d - Training adapters on real data...", client_id)
-    loss = train_adapter(adapter, data.train_x, data.train_y, targets, cfg["local_epochs"],
-                         cfg["batch_size"], cfg["learning_rate"], seed)
+    metrics = {}
+    if phase != "sample":
+        if vae is not None:
+            log.info("Node %d - Training adapters on real data...", client_id)
+        metrics["adapter_loss"] = train_adapter(adapter, data.train_x, data.train_y, targets,
+                                                cfg["local_epochs"], cfg["batch_size"],
+                                                cfg["learning_rate"], seed)
     update = ClientUpdate({k: v.detach().clone() for k, v in adapter.state_dict().items()},
-                          len(data.train_x), {"adapter_loss": loss})
+                          len(data.train_x), metrics)
     if phase == "run1":
         update.metrics["generator_loss"] = _train_generator(
             cfg, client_id, round_num, adapter, data, class_names, checkpoint_dir, seed)
-    elif phase == "run2" and vae is not None:
+    elif vae is not None:
         update.synthetic_x, update.synthetic_y = _synthesise(cfg, client_id, vae, ckpt,
                                                             class_names, seed)
+        # Measured on the client, against its own data: only the numbers leave it. Once, in
+        # the last round of Run 2 (the Fréchet distances are the expensive part).
+        if cfg["feda2v"]["quality_metrics"] and round_num == cfg["global_rounds"]:
+            update.quality = _quality(update, data, class_names, client_id, seed)
         if cfg["feda2v"]["optimize_memory_usage"]:
             del vae
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return update
+
+
+def _quality(update: ClientUpdate, data: ClientData, class_names: list[str], client_id: int,
+             seed: int) -> dict:
+    from feda2v.metrics import quality_report
+
+    report = quality_report(update.synthetic_x, update.synthetic_y, data.train_x, data.train_y,
+                            data.test_x, data.test_y, class_names, seed=seed)
+    o = report["overall"]
+    log.info("[Client %d] Synthetic quality: cosine to class mean %.3f (%s), coverage %s, "
+             "memorisation ratio %s", client_id, o["cosine_to_real_mean"],
+             "healthy" if o["cosine_healthy"] else "below 0.7",
+             "-" if o["coverage"] is None else f"{o['coverage']:.2f}",
+             "-" if o["memorisation_ratio"] is None else f"{o['memorisation_ratio']:.2f}")
+    return report
 
 
 def _expected_dims(cfg: dict, data: ClientData, cond_dim: int) -> dict[str, int]:

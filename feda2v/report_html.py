@@ -1,0 +1,226 @@
+"""A self-contained HTML report of an experiment: accuracy curves, per-client synthetic-sample
+quality tables and a PCA view of real vs synthetic embeddings.
+
+Inputs are plain Python data (lists, dicts, arrays or tensors), so the report can be rebuilt
+from saved results without the training stack. Plots are PNG files next to the HTML and are
+also embedded as base64 data URIs, so the HTML alone can be mailed or uploaded as an artifact.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from feda2v.metrics import COSINE_HEALTH_THRESHOLD
+
+# A memorisation ratio below this means synthetic samples sit closer to the training records
+# than held-out real samples do: a possible leak of training data.
+LEAK_RATIO = 0.9
+
+_QUALITY_COLUMNS = [
+    ("cosine_to_real_mean", "cosine to real mean"), ("frechet", "Fréchet"),
+    ("frechet_real_baseline", "Fréchet real baseline"), ("density", "density"),
+    ("coverage", "coverage"), ("memorisation_ratio", "memorisation ratio"), ("k", "k"),
+]
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}
+.pass{color:#176b1c}.fail{color:#b00020;font-weight:bold}
+.leak{background:#ffd7d7;font-weight:bold}.overall{font-weight:bold}img{max-width:100%}"""
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    return format(float(value), spec)
+
+
+def _as_2d(x) -> np.ndarray:
+    """Tensor or array, [N, F] or [N, S, D] -> float64 [N, F] (a sequence is one point)."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"expected [N, F] or [N, S, D], got shape {x.shape}")
+    # Explicit width instead of -1: reshape(0, -1) is ambiguous for an empty set.
+    return x.reshape(len(x), int(np.prod(x.shape[1:])))
+
+
+def pca_2d(x) -> np.ndarray:
+    """Project samples onto their first two principal components -> [N, 2].
+
+    Columns beyond the data's rank (one feature, or fewer than three samples) are zeros.
+    """
+    x = _as_2d(x)
+    centred = x - x.mean(axis=0) if len(x) else x
+    out = np.zeros((len(x), 2))
+    if len(x) == 0:
+        return out
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    comps = vt[:2]
+    out[:, :len(comps)] = centred @ comps.T
+    return out
+
+
+def _save(fig: Figure, path: str) -> str:
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode("ascii")
+
+
+def _accuracy_plot(results: list[dict], path: str) -> str:
+    # Figure() without pyplot: renders through Agg, no GUI backend or global state involved.
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for res in results:
+        points = [(h["step"], h["accuracy"]) for h in res.get("history", [])
+                  if h.get("accuracy") is not None]
+        if points:
+            steps, accs = zip(*sorted(points))
+            ax.plot(steps, accs, marker=".", label=str(res["variant"]))
+    if ax.lines:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set(xlabel="global step (round across phases)", ylabel="global accuracy",
+           title="Accuracy per ablation variant")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _labels(y, n: int, n_classes: int, name: str) -> np.ndarray:
+    y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y, dtype=np.int64).reshape(-1)
+    if len(y) != n:
+        raise ValueError(f"{name}: {n} samples but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{name} labels must lie in [0, {n_classes})")
+    return y
+
+
+def _projection_plot(proj: dict, path: str) -> str:
+    real, syn = _as_2d(proj["real_x"]), _as_2d(proj["synthetic_x"])
+    if real.shape[1] != syn.shape[1]:
+        raise ValueError(f"real has {real.shape[1]} features, synthetic {syn.shape[1]}")
+    names = list(proj["class_names"])
+    real_y = _labels(proj["real_y"], len(real), len(names), "real_y")
+    syn_y = _labels(proj["synthetic_y"], len(syn), len(names), "synthetic_y")
+    # One fit on both sets, so real and synthetic points share the same axes.
+    xy = pca_2d(np.concatenate([real, syn]))
+    real_xy, syn_xy = xy[:len(real)], xy[len(real):]
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    # ESC-50 has 50 classes: past tab20, sample a continuous map so colours stay distinct.
+    n = len(names)
+    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
+    colours = [cmap(i) if n <= 20 else cmap(i / max(n - 1, 1)) for i in range(n)]
+    handles = []
+    for c, name in enumerate(names):
+        r, s = real_xy[real_y == c], syn_xy[syn_y == c]
+        if len(r):
+            ax.scatter(r[:, 0], r[:, 1], marker="o", s=18, alpha=0.6, color=colours[c])
+        if len(s):
+            ax.scatter(s[:, 0], s[:, 1], marker="x", s=28, color=colours[c])
+        if len(r) or len(s):
+            handles.append(Line2D([], [], color=colours[c], marker="s", ls="", label=name))
+    handles += [Line2D([], [], color="grey", marker="o", ls="", label="real"),
+                Line2D([], [], color="grey", marker="x", ls="", label="synthetic")]
+    # Outside the axes: with many classes an inside legend would hide the points.
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1),
+              ncol=1 + len(handles) // 26)
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="PCA of real (o) vs synthetic (x) embeddings")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _results_table(results: list[dict]) -> str:
+    rows = []
+    for res in results:
+        accs = [h["accuracy"] for h in res.get("history", []) if h.get("accuracy") is not None]
+        cells = [str(res["variant"]), str(len(res.get("history", []))),
+                 _fmt(res.get("final_accuracy")), _fmt(max(accs) if accs else None)]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "<tr><th>variant</th><th>rounds</th><th>final acc</th><th>best acc</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _quality_cell(key: str, value) -> str:
+    text = html.escape(_fmt(value))
+    if key == "memorisation_ratio" and value is not None and value < LEAK_RATIO:
+        return f'<td class="leak" title="below {LEAK_RATIO}">{text} possible leak</td>'
+    return f"<td>{text}</td>"
+
+
+def _health_cell(entry: dict) -> str:
+    healthy = entry.get("cosine_healthy")
+    cosine = entry.get("cosine_to_real_mean")
+    if healthy is None and cosine is not None:  # entries built without the flag
+        healthy = cosine >= COSINE_HEALTH_THRESHOLD
+    if healthy is None:
+        return "<td>–</td>"
+    return '<td class="pass">pass</td>' if healthy else '<td class="fail">fail</td>'
+
+
+def _quality_section(client, quality: dict) -> str:
+    title = f"<h3>Client {html.escape(str(client))}</h3>"
+    if not quality:
+        return f"{title}<p>No synthetic samples were produced for this client.</p>"
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in _QUALITY_COLUMNS)
+    health = html.escape(f"cosine ≥ {COSINE_HEALTH_THRESHOLD}")
+    rows = []
+    # Classes first, the pooled "overall" entry last.
+    names = [n for n in quality if n != "overall"]
+    if "overall" in quality:
+        names.append("overall")
+    for name in names:
+        entry = quality[name]
+        cells = "".join(_quality_cell(key, entry.get(key)) for key, _ in _QUALITY_COLUMNS)
+        cls = ' class="overall"' if name == "overall" else ""
+        rows.append(f"<tr><td{cls}>{html.escape(str(name))}</td>{cells}"
+                    f"{_health_cell(entry)}</tr>")
+    return (f"{title}<table><tr><th>class</th>{head}<th>{health}</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
+
+
+def write_report(out_dir: str, results: list[dict], quality: dict[int, dict],
+                 projection: dict | None, title: str = "FedA2V experiment") -> dict[str, str]:
+    """Write report.html plus accuracy.png (and projection.png when `projection` is given) to
+    `out_dir`; return their paths under "html", "accuracy_png" and "projection_png".
+
+    Clients appear in `quality`'s order; an empty per-client dict means no synthetic samples.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"accuracy_png": os.path.join(out_dir, "accuracy.png")}
+    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Ablation results</h2>",
+             _results_table(results), _img(_accuracy_plot(results, paths["accuracy_png"]),
+                                           "accuracy per variant")]
+    parts.append("<h2>Synthetic sample quality</h2>")
+    parts.append(f"<p>Memorisation ratios below {LEAK_RATIO} are highlighted: synthetic "
+                 "samples closer to training records than held-out data are a possible leak."
+                 "</p>")
+    if not quality:
+        parts.append("<p>No quality report was computed.</p>")
+    parts += [_quality_section(client, per_class) for client, per_class in quality.items()]
+    if projection is not None:
+        paths["projection_png"] = os.path.join(out_dir, "projection.png")
+        parts += ["<h2>Real vs synthetic embeddings (PCA)</h2>",
+                  _img(_projection_plot(projection, paths["projection_png"]), "PCA projection")]
+    paths["html"] = os.path.join(out_dir, "report.html")
+    doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
+           f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    with open(paths["html"], "w", encoding="utf-8") as f:
+        f.write(doc)
+    return paths

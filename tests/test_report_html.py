@@ -1,0 +1,138 @@
+"""The HTML experiment report: files, embedded plots, table formatting, escaping and PCA."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from feda2v.report_html import pca_2d, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _entry(cosine, healthy, ratio, frechet=1.25, density=0.8):
+    return {"cosine_to_real_mean": cosine, "cosine_healthy": healthy, "frechet": frechet,
+            "frechet_real_baseline": 0.5, "density": density, "coverage": 0.6,
+            "memorisation_ratio": ratio, "k": 3}
+
+
+RESULTS = [
+    {"variant": "full", "final_accuracy": 0.8125,
+     "history": [{"phase": "run1", "round": 1, "step": 1, "accuracy": 0.5},
+                 {"phase": "run1", "round": 2, "step": 2, "accuracy": 0.875},
+                 {"phase": "run2", "round": 1, "step": 3, "accuracy": 0.8125}]},
+    {"variant": "no_generator", "final_accuracy": 0.4375,
+     "history": [{"phase": "run1", "round": 1, "step": 1, "accuracy": 0.25},
+                 {"phase": "run1", "round": 2, "step": 2, "accuracy": 0.4375}]},
+]
+QUALITY = {
+    0: {"dog": _entry(0.91, True, 1.02),
+        "<b>bold</b>": _entry(0.42, False, 0.55, frechet=None, density=None),
+        "overall": _entry(0.66, False, 0.95)},
+    1: {},
+}
+
+
+def _projection(seq: bool = False):
+    gen = torch.Generator().manual_seed(0)
+    shape = (12, 3, 2) if seq else (12, 6)
+    return {"real_x": torch.randn(*shape, generator=gen), "real_y": [0, 1, 2] * 4,
+            "synthetic_x": np.random.default_rng(0).normal(size=(6, *shape[1:])),
+            "synthetic_y": torch.tensor([0, 1, 2, 0, 1, 2]),
+            "class_names": ["dog", "rain", "siren"]}
+
+
+@pytest.fixture
+def report(tmp_path):
+    paths = write_report(str(tmp_path / "out"), RESULTS, QUALITY, _projection(),
+                         title="Ablation <run>")
+    with open(paths["html"], encoding="utf-8") as f:
+        return paths, f.read()
+
+
+def _assert_png(path: str) -> None:
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 5_000  # a rendered plot, not an empty canvas
+
+
+def test_files_and_embedded_images(report, tmp_path):
+    paths, doc = report
+    assert set(paths) == {"html", "accuracy_png", "projection_png"}
+    for key in ("accuracy_png", "projection_png"):
+        assert os.path.dirname(paths[key]) == str(tmp_path / "out")
+        _assert_png(paths[key])
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', doc)
+    assert len(embedded) == 2
+    # The embedded images are the files written alongside.
+    with open(paths["accuracy_png"], "rb") as f:
+        assert base64.b64decode(embedded[0]) == f.read()
+    assert all(base64.b64decode(b).startswith(PNG_MAGIC) for b in embedded)
+
+
+def test_results_table(report):
+    _, doc = report
+    assert "full" in doc and "no_generator" in doc
+    # variant, rounds, final acc, best acc
+    assert "<td>full</td><td>3</td><td>0.812</td><td>0.875</td>" in doc
+    assert "<td>no_generator</td><td>2</td><td>0.438</td><td>0.438</td>" in doc
+
+
+def test_quality_tables(report):
+    _, doc = report
+    assert '<td class="pass">pass</td>' in doc
+    assert doc.count('<td class="fail">fail</td>') == 2  # the "<b>" class and overall
+    # Ratio 0.55 < 0.9 is flagged, 1.02 and 0.95 are not.
+    assert re.search(r'<td class="leak"[^>]*>0\.550 possible leak</td>', doc)
+    assert doc.count('class="leak"') == 1
+    assert "<td>1.020</td>" in doc and "<td>0.950</td>" in doc
+    assert "<td>–</td>" in doc  # frechet and density are None for the "<b>" class
+    # Escaped class name and title; the raw tag never reaches the page.
+    assert "&lt;b&gt;bold&lt;/b&gt;" in doc and "<b>" not in doc
+    assert "Ablation &lt;run&gt;" in doc and "<run>" not in doc
+    # Classes come before the pooled overall row.
+    assert doc.index("&lt;b&gt;bold") < doc.index('class="overall">overall<')
+    assert "No synthetic samples were produced for this client." in doc
+    assert doc.count("<h3>Client") == 2
+
+
+def test_no_projection(tmp_path):
+    paths = write_report(str(tmp_path), RESULTS, {}, None)
+    assert "projection_png" not in paths
+    assert not os.path.exists(tmp_path / "projection.png")
+    _assert_png(paths["accuracy_png"])
+    with open(paths["html"], encoding="utf-8") as f:
+        doc = f.read()
+    assert doc.count("<img") == 1 and "PCA" not in doc
+
+
+def test_sequence_projection_and_bad_labels(tmp_path):
+    paths = write_report(str(tmp_path), RESULTS, QUALITY, _projection(seq=True))
+    _assert_png(paths["projection_png"])
+    bad = _projection() | {"synthetic_y": [0, 1, 5, 0, 1, 2]}
+    with pytest.raises(ValueError, match="synthetic_y labels"):
+        write_report(str(tmp_path / "bad"), RESULTS, {}, bad)
+
+
+def test_pca_on_a_line_has_no_second_component():
+    t = np.linspace(-3, 5, 40)[:, None]
+    direction = np.array([[1.0, -2.0, 0.5, 3.0]])
+    xy = pca_2d(t @ direction + 7.0)
+    assert xy.shape == (40, 2)
+    assert np.allclose(xy[:, 1], 0, atol=1e-9)
+    # The first component keeps all the spread: distances along the line are preserved.
+    assert np.allclose(np.abs(xy[:, 0] - xy[0, 0]), (t[:, 0] - t[0, 0]) * np.linalg.norm(direction))
+
+
+def test_pca_flattens_sequences_and_handles_tiny_inputs():
+    x = np.random.default_rng(1).normal(size=(5, 2, 3))
+    assert np.allclose(pca_2d(x), pca_2d(x.reshape(5, 6)))
+    assert pca_2d(np.zeros((0, 4))).shape == (0, 2)
+    one_feature = pca_2d(np.arange(4.0)[:, None])
+    assert np.allclose(one_feature[:, 1], 0) and np.ptp(one_feature[:, 0]) == pytest.approx(3)
