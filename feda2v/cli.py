@@ -134,8 +134,9 @@ def cmd_compile(a) -> None:
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
     compiler.Compiler().compile(pipelines.build(cfg, kind), a.output)
     size = os.path.getsize(a.output)
-    print(f"Wrote {kind} pipeline ({pipelines.phase_plan(cfg, kind)}, "
-          f"{config_mod.num_clients(cfg)} clients) to {a.output} ({size / 1024:.0f} KiB)")
+    plan = "variants" if kind == "ablations" else pipelines.phase_plan(cfg, kind)
+    print(f"Wrote {kind} pipeline ({plan}, {config_mod.num_clients(cfg)} clients) to "
+          f"{a.output} ({size / 1024:.0f} KiB)")
 
 
 def cmd_experiment(a) -> None:
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "Run the pipeline locally under kfp.local (same DAG as on a cluster).")
     _config_arg(p)
-    p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end"],
+    p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to run (default: the config's `pipeline` key)")
     p.add_argument("--pipeline-root", help="where kfp.local keeps task artifacts (default: "
                                            "storage_root/kfp-local)")
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "`kfp run create`.")
     _config_arg(p)
     p.add_argument("--output", required=True, help="pipeline YAML to write")
-    p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end"],
+    p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to compile (default: the config's `pipeline` key)")
 
     data = add("data", None, "Datasets.").add_subparsers(dest="what", required=True, metavar="WHAT")

@@ -81,12 +81,6 @@ def _int_list(v: Any) -> str | None:
     return None
 
 
-def _generator_type(v: Any) -> str | None:
-    if v == "gan":
-        return "'gan' is not available yet (only 'vae' is implemented); use \"vae\""
-    return _choice("vae")(v)
-
-
 def _client_split(v: Any) -> str | None:
     if not isinstance(v, list) or not v:
         return f"expected a non-empty list of class-name lists (one per client), got {v!r}"
@@ -180,7 +174,9 @@ MODELS: dict[str, Key] = {
 
 FEDA2V: dict[str, Key] = {
     "use_generator": Key(True, _bool, "Enable client generators (false = plain FedAvg)."),
-    "generator_type": Key("vae", _generator_type, "Generator kind: \"vae\"."),
+    "generator_type": Key("vae", _choice("vae", "gan"),
+                          "Generator kind: \"vae\" (the seed's) or \"gan\" (hinge loss, "
+                          "spectral norm)."),
     "generator_training_mode": Key(False, _bool, "Run 1: train generators and save checkpoints."),
     "use_pretrained_generators": Key(False, _bool,
                                      "Run 2: load checkpoints and send synthetic samples. Both "

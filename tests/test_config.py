@@ -46,9 +46,8 @@ def test_bad_value_names_the_key(raw, key):
         config_mod.validate(raw)
 
 
-def test_gan_is_refused_as_not_available_yet():
-    with pytest.raises(ConfigError, match="'gan' is not available yet"):
-        config_mod.validate({"feda2v": {"generator_type": "gan"}})
+def test_both_generator_types_are_accepted():
+    assert config_mod.validate({"feda2v": {"generator_type": "gan"}})["feda2v"]["generator_type"] == "gan"
 
 
 def test_overlapping_folds_are_refused():

@@ -139,3 +139,20 @@ def test_run2_missing_checkpoint_can_fall_back_to_real_data(tmp_path, caplog):
                        str(tmp_path))
     assert update.num_samples == 24 and len(update.synthetic_y) == 0
     assert update.metrics["adapter_loss"] > 0
+
+
+def test_gan_generators_follow_the_same_checkpoint_contract(tmp_path):
+    cfg = _cfg(generator_type="gan")
+    ckpt_dir = str(tmp_path / "ckpt")
+    data = _data([0, 1])
+    for r in (1, 2):
+        update = run_round(cfg, 0, r, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
+        assert update.metrics["generator_loss"] == update.metrics["generator_loss"]  # not NaN
+    ckpt = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
+    assert ckpt["generator_type"] == "gan" and ckpt["round"] == 2
+    assert set(ckpt["optimizer_state_dict"]) == {"generator", "discriminator"}
+    assert any(k.startswith("discriminator.") for k in ckpt["generator_state_dict"])
+    update = run_round(cfg, 0, 1, "run2", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
+    assert update.synthetic_x.shape == (12, 4, 16)
+    with pytest.raises(ValueError, match="generator_type is 'gan' in the checkpoint but 'vae'"):
+        run_round(_cfg(), 0, 1, "run2", _global(cfg), data, TARGETS, NAMES, ckpt_dir)

@@ -1,4 +1,5 @@
-"""A client's conditioned VAE: create, train, sample, and the seed's checkpoint contract."""
+"""A client's generator (conditioned VAE or GAN): create, train, sample, and the seed's
+checkpoint contract. Both kinds share the data side (standardisation, `sample`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import torch
 
 from feda2v import storage
+from feda2v.gan import ConditionedGAN, new_optimizers, train_gan
 from feda2v.log import get_logger
 from feda2v.models import ConditionedVAE, vae_loss, vae_schedule
 
@@ -25,19 +27,39 @@ def checkpoint_uri(checkpoint_dir: str, client_id: int, round_num: int | None = 
     return storage.join(checkpoint_dir, name)
 
 
-def new_generator(cfg: dict, seq_len: int, audio_dim: int, cond_dim: int) -> ConditionedVAE:
+class OptimizerPair:
+    """The GAN's two optimizers behind the one-optimizer interface checkpoints use."""
+
+    def __init__(self, opts: dict[str, torch.optim.Optimizer]):
+        self.opts = opts
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.opts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.opts.items():
+            opt.load_state_dict(state[name])
+
+
+def _model_class(generator_type: str):
+    return ConditionedGAN if generator_type == "gan" else ConditionedVAE
+
+
+def new_generator(cfg: dict, seq_len: int, audio_dim: int, cond_dim: int):
     f = cfg["feda2v"]
-    return ConditionedVAE(seq_len, audio_dim, cond_dim, f["generator_hidden_dim"],
-                          f["generator_latent_dim"])
+    return _model_class(f["generator_type"])(seq_len, audio_dim, cond_dim,
+                                             f["generator_hidden_dim"], f["generator_latent_dim"])
 
 
-def new_optimizer(cfg: dict, vae: ConditionedVAE) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(vae.parameters(), lr=cfg["feda2v"]["generator_learning_rate"],
-                             weight_decay=1e-5)
+def new_optimizer(cfg: dict, model):
+    lr = cfg["feda2v"]["generator_learning_rate"]
+    if isinstance(model, ConditionedGAN):
+        return OptimizerPair(new_optimizers(model, lr))
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
 
 
-def train_generator(cfg: dict, vae: ConditionedVAE, opt: torch.optim.Optimizer, x: torch.Tensor,
-                    cond: torch.Tensor, client_id: int, seed: int) -> float:
+def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
+                    seed: int) -> float:
     """Train on real sequences x [N, S, D] with per-sample conditions cond [N, D_clip].
 
     Noise augmentation perturbs the input only; the reconstruction target stays clean.
@@ -49,6 +71,16 @@ def train_generator(cfg: dict, vae: ConditionedVAE, opt: torch.optim.Optimizer, 
     gen = torch.Generator().manual_seed(seed)
     clean = vae.normalise(x)
     log.info("[Client %d] Training generator for %d epochs", client_id, epochs)
+    if isinstance(vae, ConditionedGAN):
+        def report(epoch, total, d_loss, g_loss):
+            log.info("  [Client %d] Epoch %d/%d: Loss=%.4f (discriminator %.4f)", client_id,
+                     epoch, total, g_loss, d_loss)
+
+        losses = train_gan(vae, opt.opts, x, cond, epochs, bs, noise, seed, log=report)
+        average = sum(losses) / len(losses)
+        log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id,
+                 average)
+        return average
     vae.train()
     losses = []
     for epoch in range(epochs):
@@ -74,14 +106,14 @@ def train_generator(cfg: dict, vae: ConditionedVAE, opt: torch.optim.Optimizer, 
     return average
 
 
-def sample_per_class(vae: ConditionedVAE, conditions: torch.Tensor, per_class: int,
+def sample_per_class(vae, conditions: torch.Tensor, per_class: int,
                      seed: int) -> torch.Tensor:
     """[C, D_clip] conditions -> [C, per_class, S, D] samples, each class from its own condition."""
     gen = torch.Generator().manual_seed(seed)
     return torch.stack([vae.sample(c.expand(per_class, -1), generator=gen) for c in conditions])
 
 
-def save(uri: str, cfg: dict, vae: ConditionedVAE, opt: torch.optim.Optimizer, client_id: int,
+def save(uri: str, cfg: dict, vae, opt, client_id: int,
          round_num: int, class_names: list[str], conditions: torch.Tensor) -> None:
     storage.save_checkpoint(uri, {
         "client_id": client_id,
@@ -100,7 +132,7 @@ def save(uri: str, cfg: dict, vae: ConditionedVAE, opt: torch.optim.Optimizer, c
     })
 
 
-def load(uri: str, cfg: dict, expect: dict[str, int]) -> tuple[ConditionedVAE, torch.optim.Optimizer, dict[str, Any]]:
+def load(uri: str, cfg: dict, expect: dict[str, int]) -> tuple[Any, Any, dict[str, Any]]:
     """Load a checkpoint and refuse it when its type or dims disagree with this run."""
     ckpt = storage.load_checkpoint(uri)
     want_type = cfg["feda2v"]["generator_type"]
@@ -112,7 +144,7 @@ def load(uri: str, cfg: dict, expect: dict[str, int]) -> tuple[ConditionedVAE, t
         if dims.get(key) != value:
             raise ValueError(f"{uri}: {key} is {dims.get(key)} in the checkpoint but {value} "
                              "in this run")
-    vae = ConditionedVAE(*(dims[k] for k in DIM_KEYS))
+    vae = _model_class(want_type)(*(dims[k] for k in DIM_KEYS))
     vae.load_state_dict(ckpt["generator_state_dict"])
     opt = new_optimizer(cfg, vae)
     opt.load_state_dict(ckpt["optimizer_state_dict"])
