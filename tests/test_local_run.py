@@ -80,3 +80,21 @@ def test_end_to_end_is_one_mlflow_run_with_steps_across_both_phases(make_config,
     assert [m.step for m in client.get_metric_history(run_id, "train/node_1/generator_loss")] == [1, 2]
     assert [m.step for m in client.get_metric_history(run_id, "server/synthetic_samples_total")] == [3]
     assert runs[0].data.params["feda2v.phases"] == "run1:2,run2:1"
+
+
+@pytest.mark.slow
+def test_ablations_pipeline_under_kfp_local(make_config, tmp_path):
+    cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 1,
+                                               "generator_training_mode": True})
+    path = str(tmp_path / "config.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    out = _run(path, "ablations", tmp_path)
+    for variant in ("fedavg", "synthetic", "synthetic_only", "centralized"):
+        assert f"\n{variant} " in out
+    client, runs = _runs(cfg)
+    parent = runs[0]  # created first, by `feda2v run`
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
+        "report/report.html"}

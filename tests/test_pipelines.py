@@ -74,3 +74,13 @@ def test_only_extraction_and_class_targets_are_cacheable(make_config, tmp_path):
                 caching[name] = task.get("cachingOptions", {}).get("enableCache", False)
     assert caching.pop("extract") is True and caching.pop("class-targets") is True
     assert caching and not any(caching.values()), caching
+
+
+def test_ablations_fan_out_one_task_per_variant(make_config, tmp_path):
+    from feda2v.experiment import VARIANTS
+
+    spec, _ = _compile(make_config(), "ablations", tmp_path)
+    loops = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    items = [json.loads(t["parameterIterator"]["items"]["raw"]) for t in loops]
+    assert [0, 1] in items and list(VARIANTS) in items and len(items) == 2
+    assert "ablation-report" in spec["root"]["dag"]["tasks"]

@@ -82,7 +82,7 @@ def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
         # Measured on the client, against its own data: only the numbers leave it. Once, in
         # the last round of Run 2 (the Fréchet distances are the expensive part).
         if cfg["feda2v"]["quality_metrics"] and round_num == cfg["global_rounds"]:
-            update.quality = _quality(update, data, class_names, client_id, seed)
+            update.quality = _quality(vae, ckpt, data, class_names, client_id, seed)
         if cfg["feda2v"]["optimize_memory_usage"]:
             del vae
             if torch.cuda.is_available():
@@ -90,12 +90,19 @@ def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
     return update
 
 
-def _quality(update: ClientUpdate, data: ClientData, class_names: list[str], client_id: int,
+def _quality(vae, ckpt: dict, data: ClientData, class_names: list[str], client_id: int,
              seed: int) -> dict:
+    """Quality of the generator, measured as Naeem et al. do: with as many synthetic samples
+    per class as the client has real ones (coverage grows with the sample count, so the few
+    samples sent to the server would understate it)."""
     from feda2v.metrics import quality_report
 
-    report = quality_report(update.synthetic_x, update.synthetic_y, data.train_x, data.train_y,
-                            data.test_x, data.test_y, class_names, seed=seed)
+    n = max(int(torch.bincount(data.train_y).max()), 2)
+    ids = torch.tensor([class_names.index(c) for c in ckpt["class_names"]])
+    samples = generator.sample_per_class(vae, ckpt["class_conditions"], n, seed + 1)
+    report = quality_report(samples.reshape(-1, *samples.shape[2:]), ids.repeat_interleave(n),
+                            data.train_x, data.train_y, data.test_x, data.test_y, class_names,
+                            seed=seed)
     o = report["overall"]
     log.info("[Client %d] Synthetic quality: cosine to class mean %.3f (%s), coverage %s, "
              "memorisation ratio %s", client_id, o["cosine_to_real_mean"],
