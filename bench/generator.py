@@ -3,7 +3,7 @@
 Same data, same epochs, the seed's VAE dimensions (4 x 768 AST tokens, 768-d CLIP condition,
 hidden 1024, latent 256). The original system trained the VAE one sample at a time.
 
-    python bench/generator.py [--samples N] [--epochs E] [--batch B]
+    python bench/generator.py [--samples N] [--epochs E] [--batches 32,64,128]
 """
 
 from __future__ import annotations
@@ -32,19 +32,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches", default="32,64,128",
+                        help="batch sizes to compare with 1 (32 is the config default)")
     args = parser.parse_args()
     cfg = config_mod.validate({"feda2v": {"generator_training_epochs": args.epochs}})
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.samples, 4, 768, generator=g)
     cond = torch.randn(args.samples, 768, generator=g)
-    batched = throughput(cfg, x, cond, args.batch)
     single = throughput(cfg, x, cond, 1)
+    batched = {b: throughput(cfg, x, cond, b) for b in map(int, args.batches.split(","))}
     print(f"\nVAE training throughput ({args.samples} samples x {args.epochs} epochs, "
           f"{torch.get_num_threads()} torch threads)")
-    print(f"  batch size 1 (original): {single:8.1f} samples/s")
-    print(f"  batch size {args.batch:<3}          : {batched:8.1f} samples/s")
-    print(f"  ratio                  : {batched / single:8.1f}x")
+    print(f"  batch size   1 (original): {single:8.1f} samples/s")
+    for b, rate in batched.items():
+        print(f"  batch size {b:>3}           : {rate:8.1f} samples/s  ({rate / single:5.1f}x)")
 
 
 if __name__ == "__main__":
