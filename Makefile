@@ -4,8 +4,10 @@ VENV      ?= .venv
 BIN       := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 DEMO_DIR  ?= .demo
+IMAGE     ?= feda2v:latest
+FLAVOUR   ?= cuda
 
-.PHONY: help venv demo test bench lint docs clean
+.PHONY: help venv demo test bench lint docs image push clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run Run 1 -> Run 2 locally under kfp.local"
@@ -13,6 +15,8 @@ help:
 	@echo "make bench  - throughput benchmarks: extraction (CUDA too when present), generator training"
 	@echo "make lint   - ruff over the repository"
 	@echo "make docs   - regenerate the README's config-key reference from the code"
+	@echo "make image  - docker build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE"
+	@echo "make push   - docker push \$$IMAGE"
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
 # The stamp re-runs the install when pyproject.toml changes. torch is installed first, pinned,
@@ -43,6 +47,12 @@ lint: venv
 
 docs: venv
 	$(BIN)/python scripts/readme_keys.py
+
+image:
+	docker build -f docker/Dockerfile.$(FLAVOUR) -t $(IMAGE) .
+
+push:
+	docker push $(IMAGE)
 
 clean:
 	rm -rf $(DEMO_DIR)

@@ -6,25 +6,21 @@ no package is pip-installed at task start.
 """
 
 from components.ablations import ablation_report, ablation_variant
-from components.aggregate import aggregate
 from components.class_targets import class_targets
 from components.client_round import client_round
-from components.evaluate import evaluate
 from components.extract import extract
-from components.global_train import global_train
 from components.init_adapter import init_adapter
+from components.server_round import server_round
 from components.tracking import finish_tracking, start_tracking
 
 __all__ = [
            "ablation_report",
            "ablation_variant",
-           "aggregate",
            "class_targets",
            "client_round",
-           "evaluate",
            "extract",
            "finish_tracking",
-           "global_train",
            "init_adapter",
+           "server_round",
            "start_tracking",
 ]

@@ -1,4 +1,5 @@
-"""The container image every component runs in (built from docker/Dockerfile)."""
+"""The default container image of every component (docker/Dockerfile.cuda or .cpu);
+`feda2v compile --image` overrides it per pipeline."""
 
 import os
 

@@ -125,18 +125,91 @@ def cmd_evaluate(a) -> None:
                            a.targets or _targets_uri(cfg), a.mlflow_run_id, a.data))
 
 
-def cmd_compile(a) -> None:
+def _cluster_options(a):
+    from pipelines import ClusterOptions
+
+    def pair(text: str, flag: str) -> tuple[str, str]:
+        if "=" not in text:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {text!r}")
+        return tuple(text.split("=", 1))
+
+    tolerations = []
+    for text in a.toleration or []:
+        spec, _, effect = text.rpartition(":")
+        if not spec or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ValueError(f"--toleration expects KEY[=VALUE]:EFFECT with EFFECT one of "
+                             f"NoSchedule, PreferNoSchedule, NoExecute; got {text!r}")
+        key, _, value = spec.partition("=")
+        tolerations.append({"key": key, "operator": "Equal" if value else "Exists",
+                            "value": value or None, "effect": effect})
+    return ClusterOptions(
+        image=a.image or "", gpus=a.gpus, gpu_resource=a.gpu_resource,
+        cpu_request=a.cpu_request, cpu_limit=a.cpu_limit, memory_request=a.memory_request,
+        memory_limit=a.memory_limit, retries=a.retries, s3_secret=a.s3_secret,
+        config_map=a.config_map,
+        node_selector=dict(pair(t, "--node-selector") for t in a.node_selector or []),
+        tolerations=tolerations)
+
+
+def _check_no_credentials(cfg: dict) -> None:
+    """The config travels inside the compiled YAML: it must not carry credentials."""
+    from feda2v import tracking
+
+    uri = cfg["mlflow_tracking_uri"]
+    if uri and tracking.redact(uri) != uri:
+        raise ValueError("mlflow_tracking_uri contains credentials; they would be written into "
+                         "the pipeline YAML. Put them in the Kubernetes Secret instead "
+                         "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+
+
+def compile_pipeline(cfg: dict, kind: str, output: str, options) -> float:
+    """Compile to `output`; returns the seconds it took."""
+    import time
+
     from kfp import compiler
 
     import pipelines
 
+    _check_no_credentials(cfg)
+    start = time.perf_counter()
+    compiler.Compiler().compile(pipelines.build(cfg, kind, options), output)
+    return time.perf_counter() - start
+
+
+def cmd_compile(a) -> None:
+    import pipelines
+
     cfg = _cfg(a.config)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
-    compiler.Compiler().compile(pipelines.build(cfg, kind), a.output)
+    seconds = compile_pipeline(cfg, kind, a.output, _cluster_options(a))
     size = os.path.getsize(a.output)
     plan = "variants" if kind == "ablations" else pipelines.phase_plan(cfg, kind)
     print(f"Wrote {kind} pipeline ({plan}, {config_mod.num_clients(cfg)} clients) to "
-          f"{a.output} ({size / 1024:.0f} KiB)")
+          f"{a.output} ({size / 1024:.0f} KiB, compiled in {seconds:.1f} s)")
+
+
+def cmd_submit(a) -> None:
+    import tempfile
+
+    import kfp
+
+    cfg = _cfg(a.config)
+    kind = a.pipeline or config_mod.pipeline_kind(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = os.path.join(tmp, "pipeline.yaml")
+        compile_pipeline(cfg, kind, package, _cluster_options(a))
+        client = kfp.Client(host=a.host, namespace=a.namespace or None)
+        run = client.create_run_from_pipeline_package(
+            package, arguments={}, experiment_name=a.experiment,
+            run_name=a.run_name or None, enable_caching=None)
+    print(f"Submitted {kind} to {a.host}: run {run.run_id} (experiment {a.experiment!r})")
+    if a.watch:
+        detail = client.wait_for_run_completion(run.run_id, timeout=a.timeout)
+        state = getattr(detail, "state", None) or getattr(getattr(detail, "run", None),
+                                                          "status", "unknown")
+        print(f"Run {run.run_id} finished: {state}")
+        if str(state).upper() not in ("SUCCEEDED", "SUCCESS"):
+            sys.exit(1)
 
 
 def cmd_experiment(a) -> None:
@@ -195,6 +268,29 @@ def _round_args(p, mlflow=True) -> None:
                                                             "(default: do not log)")
 
 
+def _cluster_args(p) -> None:
+    g = p.add_argument_group("cluster", "How the tasks run on Kubernetes")
+    g.add_argument("--image", help="container image of every task (default: $FEDA2V_IMAGE or "
+                                   "feda2v-python:0.1.0)")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per extraction/training task "
+                                                       "(0 for CPU clusters; default 1)")
+    g.add_argument("--gpu-resource", default="nvidia.com/gpu", help="GPU resource name")
+    g.add_argument("--cpu-request", default="1", help="CPU request per task (default 1)")
+    g.add_argument("--cpu-limit", default="8", help="CPU limit per task (default 8)")
+    g.add_argument("--memory-request", default="4Gi", help="memory request per task (4Gi)")
+    g.add_argument("--memory-limit", default="32Gi", help="memory limit per task (32Gi)")
+    g.add_argument("--retries", type=int, default=3, help="retries per task, exponential "
+                                                          "backoff from 30 s (default 3)")
+    g.add_argument("--s3-secret", default="feda2v-s3", help="Secret with AWS_ACCESS_KEY_ID and "
+                                                            "AWS_SECRET_ACCESS_KEY")
+    g.add_argument("--config-map", default="feda2v-config", help="ConfigMap with "
+                   "MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION")
+    g.add_argument("--node-selector", action="append", metavar="KEY=VALUE",
+                   help="node label every task must match (repeatable)")
+    g.add_argument("--toleration", action="append", metavar="KEY[=VALUE]:EFFECT",
+                   help="taint every task tolerates, e.g. nvidia.com/gpu:NoSchedule (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feda2v",
@@ -231,6 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="pipeline YAML to write")
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to compile (default: the config's `pipeline` key)")
+    _cluster_args(p)
+
+    p = add("submit", cmd_submit, "Compile and submit the pipeline to a Kubeflow Pipelines "
+                                  "endpoint (kfp.Client).")
+    _config_arg(p)
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. "
+                                                 "http://localhost:8080 after a port-forward")
+    p.add_argument("--experiment", default="feda2v", help="KFP experiment (default: feda2v)")
+    p.add_argument("--run-name", help="run name (default: chosen by KFP)")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
+                   help="pipeline to submit (default: the config's `pipeline` key)")
+    p.add_argument("--watch", action="store_true", help="wait for the run and exit non-zero "
+                                                        "unless it succeeds")
+    p.add_argument("--timeout", type=int, default=24 * 3600, help="seconds --watch waits "
+                                                                   "(default: 1 day)")
+    _cluster_args(p)
 
     data = add("data", None, "Datasets.").add_subparsers(dest="what", required=True, metavar="WHAT")
     p = data.add_parser("demo", help="Write the procedural demo set in the ESC-50 layout.",

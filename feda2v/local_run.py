@@ -100,7 +100,7 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None) -> int:
           + f", {config_mod.num_clients(cfg)} clients, under kfp.local")
     print(f"  full task log: {log_path}")
 
-    pipeline = pipelines.build(cfg, kind)
+    pipeline = pipelines.build(cfg, kind, pipelines.ClusterOptions.local())
     os.environ[TAG_ENV] = TAG
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
                raise_on_error=True)

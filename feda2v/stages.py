@@ -266,6 +266,26 @@ def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targ
     return accuracy
 
 
+def server_round(config_json: str, round_num: int, step: int, phase: str, update_uris: list[str],
+                 previous_uri: str, targets_uri: str, adapter_out_uri: str,
+                 synthetic_out_uri: str, mlflow_run_id: str) -> dict:
+    """The server's side of one round, as one task: aggregate, train the global adapter on the
+    synthetic pool when the round calls for it (Run 2 with global_model_train), evaluate.
+    Writes the round's global adapter to `adapter_out_uri`."""
+    cfg = config_mod.loads(config_json)
+    train = phase == "run2" and cfg["feda2v"]["global_model_train"]
+    aggregated = adapter_out_uri + ".fedavg" if train else adapter_out_uri
+    result = aggregate(config_json, round_num, step, update_uris, targets_uri, aggregated,
+                       synthetic_out_uri, mlflow_run_id)
+    if train:
+        result["global_train_loss"] = global_train(config_json, round_num, step, aggregated,
+                                                   previous_uri, synthetic_out_uri, targets_uri,
+                                                   adapter_out_uri, mlflow_run_id)
+    result["accuracy"] = evaluate(config_json, round_num, step, adapter_out_uri, targets_uri,
+                                  mlflow_run_id)
+    return result
+
+
 # --- tracking ----------------------------------------------------------------------------------
 
 def start_tracking(config_json: str, mlflow_run_id: str, run_name: str, phases: str) -> str:

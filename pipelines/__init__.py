@@ -5,5 +5,6 @@ the rounds of the config it is given and fans clients out with dsl.ParallelFor.
 """
 
 from pipelines.build import PIPELINES, build, phase_plan
+from pipelines.cluster import ClusterOptions
 
-__all__ = ["PIPELINES", "build", "phase_plan"]
+__all__ = ["PIPELINES", "ClusterOptions", "build", "phase_plan"]

@@ -1,0 +1,66 @@
+"""How compiled tasks run on a cluster: image, resources, GPUs, retries, secrets, scheduling.
+
+Applied to every task when a pipeline is built. Credentials never enter the pipeline spec: S3
+keys come from a Kubernetes Secret and the MLflow / S3 endpoints from a ConfigMap, both mounted
+as environment variables by name (kfp-kubernetes). kfp.local runs use `local()`, which leaves
+all of that out.
+"""
+
+from dataclasses import dataclass, field
+
+from kfp import kubernetes
+
+# Tasks that run models: extraction (encoders) and training (adapters, generators).
+GPU_TASKS = ("extract", "client-round", "global-train", "ablation-variant")
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
+
+@dataclass
+class ClusterOptions:
+    image: str = ""                      # "" keeps the components' image (FEDA2V_IMAGE)
+    gpus: int = 1                        # per extraction/training task; 0 for CPU clusters
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu_request: str = "1"
+    cpu_limit: str = "8"
+    memory_request: str = "4Gi"
+    memory_limit: str = "32Gi"
+    retries: int = 3
+    retry_backoff: str = "30s"           # doubled after every failed try, at most 1 h in all
+    s3_secret: str = "feda2v-s3"         # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    config_map: str = "feda2v-config"    # keys: MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...
+    node_selector: dict = field(default_factory=dict)
+    tolerations: list = field(default_factory=list)  # [{"key", "operator", "value", "effect"}]
+    kubernetes: bool = True              # False for kfp.local: no Secrets/ConfigMaps there
+
+    @classmethod
+    def local(cls) -> "ClusterOptions":
+        return cls(gpus=0, retries=0, kubernetes=False)
+
+
+def component_name(task) -> str:
+    return task.component_spec.name.replace("_", "-")
+
+
+def configure(task, options: ClusterOptions):
+    """Apply the options to one task; returns it for chaining."""
+    if options.image:
+        task.set_container_image(options.image)
+    if component_name(task) in GPU_TASKS:  # the heavy tasks; the others are light bookkeeping
+        task.set_cpu_request(options.cpu_request).set_cpu_limit(options.cpu_limit)
+        task.set_memory_request(options.memory_request).set_memory_limit(options.memory_limit)
+    if options.retries:
+        task.set_retry(options.retries, backoff_duration=options.retry_backoff,
+                       backoff_factor=2.0, backoff_max_duration="3600s")
+    if options.gpus and component_name(task) in GPU_TASKS:
+        task.set_accelerator_type(options.gpu_resource).set_accelerator_limit(options.gpus)
+    if options.kubernetes:
+        kubernetes.use_secret_as_env(task, options.s3_secret, {k: k for k in SECRET_KEYS},
+                                     optional=True)
+        kubernetes.use_config_map_as_env(task, options.config_map, {k: k for k in CONFIG_KEYS},
+                                         optional=True)
+        for key, value in options.node_selector.items():
+            kubernetes.add_node_selector(task, key, value)
+        for tol in options.tolerations:
+            kubernetes.add_toleration(task, **tol)
+    return task

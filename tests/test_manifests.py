@@ -1,0 +1,492 @@
+"""The Kubernetes manifests under manifests/, checked offline.
+
+Each kustomization is rendered by `render()` below, a small kustomize equivalent for exactly the
+features the manifests use (resources: files and directories; namespace; labels without
+selectors or templates; patches given by path, merged as strategic-merge patches of maps). It
+refuses any other kustomization field, so a manifest change that needs more fails loudly here
+instead of being checked against the wrong output. Where `kubectl` is on PATH, its built-in
+kustomize renders the same directories and the outputs must agree.
+
+Every rendered object, and each Secret template, is validated against the Kubernetes API schemas
+of K8S_VERSION (kubernetes-validate, strict: unknown fields fail).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+K8S_VERSION = "1.30"  # the oldest Kubernetes the manifests claim (manifests/README.md)
+KUSTOMIZATIONS = sorted(str(p.parent.relative_to(MANIFESTS))
+                        for p in MANIFESTS.rglob("kustomization.yaml"))
+DEPLOYABLE = ["base", "kfp-launcher", "overlays/local-seaweedfs"]  # what the README applies
+SECRET_TEMPLATES = sorted(MANIFESTS.rglob("secret-*.example.yaml"))
+PLACEHOLDER = "REPLACE_ME"
+# Keys the pipeline tasks read from the ConfigMap and the Secret (pipelines/cluster.py).
+TASK_CONFIG_KEYS = {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"}
+TASK_SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "PersistentVolume", "StorageClass", "PriorityClass"}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|KEY_ID|CREDENTIAL",
+                             re.IGNORECASE)
+PINNED_TAG = re.compile(r"^[a-z0-9.\-/]+:v?\d+\.\d+(\.\d+)?(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$")
+VAR_REF = re.compile(r"\$\((\w+)\)")
+
+
+# --- the renderer ---------------------------------------------------------------------------
+
+SUPPORTED_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "patches"}
+
+
+def load_yaml_documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def object_id(obj: dict) -> tuple:
+    meta = obj["metadata"]
+    return obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"]
+
+
+def merge_patch(target: dict, patch: dict) -> None:
+    """Strategic merge restricted to maps: nested maps merge, scalars replace, null deletes.
+    Lists would need the per-field merge keys of the real thing, so they are refused."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_patch(target[key], value)
+        elif isinstance(value, list):
+            raise NotImplementedError(f"list in a patch ({key}): extend render() first")
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def render(directory: Path) -> list[dict]:
+    kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = set(kust) - SUPPORTED_FIELDS
+    if unsupported:
+        raise NotImplementedError(f"{directory}: kustomization fields {sorted(unsupported)}")
+    objects: list[dict] = []
+    for entry in kust.get("resources", []):
+        path = (directory / entry).resolve()
+        objects += render(path) if path.is_dir() else load_yaml_documents(path)
+
+    for entry in kust.get("patches", []):
+        if set(entry) != {"path"}:
+            raise NotImplementedError(f"{directory}: only `path:` patches are supported")
+        patch = yaml.safe_load((directory / entry["path"]).read_text())
+        matches = [o for o in objects
+                   if (o["apiVersion"], o["kind"], o["metadata"]["name"])
+                   == (patch["apiVersion"], patch["kind"], patch["metadata"]["name"])
+                   and o["metadata"].get("namespace") == patch["metadata"].get("namespace")]
+        assert len(matches) == 1, f"{directory}/{entry['path']} matches {len(matches)} objects"
+        merge_patch(matches[0], patch)
+
+    if "namespace" in kust:
+        for obj in objects:
+            if obj["kind"] not in CLUSTER_SCOPED:
+                obj["metadata"]["namespace"] = kust["namespace"]
+
+    for spec in kust.get("labels", []):
+        if spec.get("includeSelectors") or spec.get("includeTemplates"):
+            raise NotImplementedError(f"{directory}: labels into selectors/templates")
+        for obj in objects:
+            obj["metadata"].setdefault("labels", {}).update(spec["pairs"])
+
+    ids = [object_id(o) for o in objects]
+    assert len(ids) == len(set(ids)), f"{directory}: duplicate objects"
+    return objects
+
+
+@cache
+def _rendered(name: str) -> tuple:
+    return tuple(render(MANIFESTS / name))
+
+
+def rendered(name: str) -> list[dict]:
+    return copy.deepcopy(list(_rendered(name)))
+
+
+def find(objects: list[dict], kind: str, name: str, namespace: str | None = None) -> dict:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name
+             and namespace in (None, o["metadata"].get("namespace"))]
+    assert len(found) == 1, f"{kind}/{name} in {namespace}: {len(found)} found"
+    return found[0]
+
+
+def pod_specs(objects: list[dict]):
+    for obj in objects:
+        if obj["kind"] in WORKLOADS:
+            yield obj, obj["spec"]["template"]["spec"]
+
+
+def containers(pod: dict):
+    yield from ((c, True) for c in pod.get("initContainers", []))
+    yield from ((c, False) for c in pod["containers"])
+
+
+def strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def mlflow_container(objects: list[dict]) -> dict:
+    deployment = find(objects, "Deployment", "mlflow", "feda2v")
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"]
+                if c["name"] == "mlflow")
+
+
+def flag(command: list[str], name: str) -> str:
+    assert name in command, f"{name} missing from {command}"
+    return command[command.index(name) + 1]
+
+
+# --- rendering and schemas ------------------------------------------------------------------
+
+
+def test_every_deployable_kustomization_is_present():
+    assert set(DEPLOYABLE) <= set(KUSTOMIZATIONS)
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_rendered_objects_validate_against_the_kubernetes_schemas(name):
+    objects = rendered(name)
+    assert objects
+    for obj in objects:
+        label = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{label} invalid at {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            pytest.fail(f"{label}: {e.message}")
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_renderer_agrees_with_kubectl_kustomize(name):
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl not on PATH")
+    out = subprocess.run([kubectl, "kustomize", str(MANIFESTS / name)], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    theirs = sorted((d for d in yaml.safe_load_all(out) if d), key=object_id)
+    assert sorted(rendered(name), key=object_id) == theirs
+
+
+def test_renderer_refuses_what_it_does_not_implement(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
+    with pytest.raises(NotImplementedError):
+        render(tmp_path)
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_everything_is_labelled_and_namespaced(name):
+    for obj in rendered(name):
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "feda2v"
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"].get("namespace"), obj["metadata"]["name"]
+
+
+def test_the_namespace_enforces_the_restricted_pod_security_standard():
+    namespace = find(rendered("base"), "Namespace", "feda2v")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert all(o["metadata"]["namespace"] == "feda2v"
+               for o in rendered("base") if o["kind"] != "Namespace")
+
+
+# --- Secrets --------------------------------------------------------------------------------
+
+
+def test_secret_templates_validate_and_hold_placeholders_only():
+    assert {p.name for p in SECRET_TEMPLATES} == {"secret-s3.example.yaml",
+                                                  "secret-postgres.example.yaml"}
+    for path in SECRET_TEMPLATES:
+        [secret] = load_yaml_documents(path)
+        kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+        assert secret["kind"] == "Secret" and "data" not in secret
+        for key, value in secret["stringData"].items():
+            if CREDENTIAL_NAME.search(key):
+                assert value == PLACEHOLDER, f"{path.name}: {key}"
+
+
+def test_secret_templates_are_not_part_of_any_kustomization():
+    for name in KUSTOMIZATIONS:
+        kust = yaml.safe_load((MANIFESTS / name / "kustomization.yaml").read_text())
+        for entry in kust.get("resources", []) + [p["path"] for p in kust.get("patches", [])]:
+            assert "secret" not in Path(entry).name.lower(), f"{name} lists {entry}"
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_rendered_output_holds_no_secret_values(name):
+    objects = rendered(name)
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    for text in strings(objects):
+        assert PLACEHOLDER not in text
+        assert not re.search(r"AKIA[0-9A-Z]{16}", text)
+        for userinfo in re.findall(r"://([^/@\s]+)@", text):  # user:password@ in URIs
+            assert VAR_REF.fullmatch(userinfo.split(":")[-1]), userinfo
+    for _, pod in pod_specs(objects):
+        for container, _ in containers(pod):
+            for env in container.get("env", []):
+                if CREDENTIAL_NAME.search(env["name"]):
+                    assert "value" not in env, env["name"]
+                    assert "secretKeyRef" in env["valueFrom"], env["name"]
+
+
+def test_every_referenced_secret_key_is_in_a_template():
+    templates = {}
+    for path in SECRET_TEMPLATES:
+        [secret] = load_yaml_documents(path)
+        templates[secret["metadata"]["name"]] = set(secret["stringData"])
+    refs = set()
+    for _, pod in pod_specs(rendered("base")):
+        for container, _ in containers(pod):
+            refs |= {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                     for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs
+    for secret, key in refs:
+        assert key in templates.get(secret, set()), f"{secret}/{key}"
+    assert TASK_SECRET_KEYS <= templates["feda2v-s3"]
+
+
+# --- workloads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_workloads_are_hardened_and_sized(name):
+    workloads = list(pod_specs(rendered(name)))
+    if name != "kfp-launcher":
+        assert {w["metadata"]["name"] for w, _ in workloads} == {"mlflow", "postgres"}
+    for workload, pod in workloads:
+        pod_ctx = pod.get("securityContext", {})
+        assert pod.get("automountServiceAccountToken") is False
+        assert pod_ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        for container, is_init in containers(pod):
+            label = f"{workload['metadata']['name']}/{container['name']}"
+            ctx = container.get("securityContext", {})
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"].get(kind, {})), label
+            assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, label
+            assert ctx.get("runAsUser", pod_ctx.get("runAsUser", 0)) != 0, label
+            assert ctx.get("allowPrivilegeEscalation") is False, label
+            assert "ALL" in ctx.get("capabilities", {}).get("drop", []), label
+            assert ctx.get("readOnlyRootFilesystem") is True, label
+            assert "privileged" not in ctx, label
+            if not is_init:
+                assert "readinessProbe" in container and "livenessProbe" in container, label
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_images_are_pinned_to_a_version(name):
+    images = [c["image"] for _, pod in pod_specs(rendered(name)) for c, _ in containers(pod)]
+    for image in images:
+        assert PINNED_TAG.match(image), image
+        assert ":latest" not in image, image
+    mlflow_images = {i for i in images if "/mlflow/mlflow:" in i}
+    assert len(mlflow_images) <= 1, "the init container must run the server's image"
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_services_select_pods_and_named_ports_exist(name):
+    objects = rendered(name)
+    for service in (o for o in objects if o["kind"] == "Service"):
+        selector = service["spec"]["selector"]
+        pods = [pod for w, pod in pod_specs(objects)
+                if w["metadata"]["namespace"] == service["metadata"]["namespace"]
+                and selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(pods) == 1, f"Service {service['metadata']['name']} selects {len(pods)}"
+        port_names = {p.get("name") for c in pods[0]["containers"] for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            if isinstance(port["targetPort"], str):
+                assert port["targetPort"] in port_names
+    for workload, _ in pod_specs(objects):
+        selector = workload["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_statefulset_service_is_headless_and_named():
+    objects = rendered("base")
+    statefulset = find(objects, "StatefulSet", "postgres", "feda2v")
+    service = find(objects, "Service", statefulset["spec"]["serviceName"], "feda2v")
+    assert service["spec"]["clusterIP"] == "None"
+
+
+def test_env_references_resolve_to_configmaps_and_secret_templates():
+    objects = rendered("base")
+    configmaps = {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
+    for _, pod in pod_specs(objects):
+        for container, _ in containers(pod):
+            env_names = [e["name"] for e in container.get("env", [])]
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("configMapKeyRef")
+                if ref:
+                    assert ref["key"] in configmaps[ref["name"]], ref
+            for text in strings(container.get("command", []) + container.get("args", [])):
+                for var in VAR_REF.findall(text):
+                    assert var in env_names, f"$({var}) in {container['name']}'s command"
+
+
+# --- MLflow ---------------------------------------------------------------------------------
+
+
+def test_mlflow_serves_artifacts_from_s3_with_a_postgres_backend():
+    objects = rendered("base")
+    container = mlflow_container(objects)
+    command = container["command"]
+    assert command[:2] == ["mlflow", "server"]
+    assert flag(command, "--host") == "0.0.0.0" and flag(command, "--port") == "5000"
+    assert "--serve-artifacts" in command
+    assert flag(command, "--artifacts-destination").startswith("s3://")
+    backend = flag(command, "--backend-store-uri")
+    assert backend.startswith("postgresql")
+    assert urlsplit(backend).hostname == find(objects, "Service", "postgres")["metadata"]["name"]
+    assert "--default-artifact-root" not in command  # would bypass the proxy
+    env = {e["name"]: e for e in container["env"]}
+    assert "PYTHONPATH" in env and "MLFLOW_S3_ENDPOINT_URL" in env
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["PYTHONPATH"]["value"] in mounts
+
+
+def test_mlflow_init_container_installs_exact_binary_drivers_where_the_server_looks():
+    deployment = find(rendered("base"), "Deployment", "mlflow")
+    pod = deployment["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    command = init["command"]
+    assert command[:4] == ["python", "-m", "pip", "install"]
+    assert "--only-binary=:all:" in command and "--no-deps" in command
+    packages = [c for c in command if not c.startswith("-") and "==" in c]
+    assert {p.split("==")[0] for p in packages} >= {"psycopg2-binary", "boto3", "botocore"}
+    assert len(packages) == len([c for c in command[4:] if not c.startswith("-")])
+    target = next(c.split("=", 1)[1] for c in command if c.startswith("--target="))
+    server = mlflow_container([deployment])
+    assert {e["name"]: e.get("value") for e in server["env"]}["PYTHONPATH"] == target
+
+
+def test_mlflow_probes_hit_health_on_its_port():
+    container = mlflow_container(rendered("base"))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 5000}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/health" and ports.get(get["port"], get["port"]) == 5000
+
+
+@pytest.mark.parametrize("name", ["base", "overlays/local-seaweedfs"])
+def test_tracking_uri_reaches_the_mlflow_service_and_passes_its_host_check(name):
+    objects = rendered(name)
+    uri = urlsplit(find(objects, "ConfigMap", "feda2v-config", "feda2v")["data"]
+                   ["MLFLOW_TRACKING_URI"])
+    service_name, namespace = uri.hostname.split(".")[:2]
+    service = find(objects, "Service", service_name, namespace)
+    assert uri.port in [p["port"] for p in service["spec"]["ports"]]
+    # MLflow >= 3.5 answers 403 to Host headers not in --allowed-hosts (fnmatch when "*")
+    allowed = flag(mlflow_container(objects)["command"], "--allowed-hosts").split(",")
+    for host in (uri.netloc, "localhost:5000"):
+        assert any(fnmatch.fnmatch(host, a) if "*" in a else host == a for a in allowed), host
+
+
+def test_mlflow_bucket_matches_the_pipeline_root_bucket():
+    objects = rendered("overlays/local-seaweedfs")
+    bucket = find(objects, "ConfigMap", "feda2v-config", "feda2v")["data"]["S3_BUCKET"]
+    assert flag(mlflow_container(objects)["command"], "--artifacts-destination") == \
+        "s3://$(S3_BUCKET)/mlflow"
+    root = find(objects, "ConfigMap", "kfp-launcher")["data"]["defaultPipelineRoot"]
+    assert urlsplit(root).netloc == bucket
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+def test_postgres_runs_as_the_images_user_with_a_persistent_volume():
+    statefulset = find(rendered("base"), "StatefulSet", "postgres", "feda2v")
+    pod = statefulset["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 999
+    assert pod["securityContext"]["fsGroup"] == 999
+    [container] = pod["containers"]
+    assert container["image"].split("/")[-1].startswith("postgres:")
+    readiness = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert "pg_isready" in readiness
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    data_mount = next(m["mountPath"] for m in container["volumeMounts"]
+                      if m["name"] == claim["metadata"]["name"])
+    pgdata = next(e["value"] for e in container["env"] if e["name"] == "PGDATA")
+    assert pgdata.startswith(data_mount + "/")  # a subdirectory: lost+found at the root
+    writable = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/var/run/postgresql", "/tmp"} <= writable  # read-only root filesystem
+
+
+# --- ConfigMaps for the tasks and the KFP launcher ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["kfp-launcher", "overlays/local-seaweedfs"])
+def test_launcher_config_has_an_s3_root_and_secret_backed_credentials(name):
+    objects = rendered(name)
+    launcher = find(objects, "ConfigMap", "kfp-launcher")
+    namespace = launcher["metadata"]["namespace"]
+    assert namespace not in ("feda2v", "default")
+    data = launcher["data"]
+    assert all(isinstance(v, str) for v in data.values())  # ConfigMap data: strings only
+    assert re.fullmatch(r"s3://[a-z0-9.\-]{3,63}/\S+", data["defaultPipelineRoot"])
+    providers = yaml.safe_load(data["providers"])
+    assert set(providers) == {"s3"}
+    default = providers["s3"]["default"]
+    assert set(default) <= {"endpoint", "region", "disableSSL", "forcePathStyle", "maxRetries",
+                            "credentials"}
+    assert default["endpoint"] and "://" not in default["endpoint"]  # host[:port], no scheme
+    assert default["region"] and isinstance(default["disableSSL"], bool)
+    credentials = default["credentials"]
+    assert credentials["fromEnv"] is False
+    ref = credentials["secretRef"]
+    assert set(ref) == {"secretName", "accessKeyKey", "secretKeyKey"}
+    [template] = [load_yaml_documents(p)[0] for p in SECRET_TEMPLATES
+                  if load_yaml_documents(p)[0]["metadata"]["name"] == ref["secretName"]]
+    assert {ref["accessKeyKey"], ref["secretKeyKey"]} <= set(template["stringData"])
+    # the tasks of a run read feda2v-config from the same namespace
+    config = find(objects, "ConfigMap", "feda2v-config", namespace)
+    assert TASK_CONFIG_KEYS <= set(config["data"])
+    endpoint = urlsplit(config["data"]["AWS_ENDPOINT_URL"])
+    assert endpoint.scheme == ("http" if default["disableSSL"] else "https")
+    assert config["data"]["AWS_DEFAULT_REGION"] == default["region"]
+
+
+def test_base_config_has_the_task_keys():
+    config = find(rendered("base"), "ConfigMap", "feda2v-config", "feda2v")
+    assert TASK_CONFIG_KEYS | {"S3_BUCKET"} <= set(config["data"])
+    assert urlsplit(config["data"]["AWS_ENDPOINT_URL"]).scheme in ("http", "https")
+
+
+def test_seaweedfs_overlay_points_everything_at_kfps_seaweedfs():
+    objects = rendered("overlays/local-seaweedfs")
+    configs = [o for o in objects if o["kind"] == "ConfigMap" and
+               o["metadata"]["name"] == "feda2v-config"]
+    assert len(configs) == 2  # MLflow's namespace and the profile namespace
+    for config in configs:
+        assert config["data"]["AWS_ENDPOINT_URL"] == "http://seaweedfs.kubeflow:8333"
+    providers = yaml.safe_load(find(objects, "ConfigMap", "kfp-launcher")["data"]["providers"])
+    assert providers["s3"]["default"]["endpoint"] == "seaweedfs.kubeflow:8333"
+    assert providers["s3"]["default"]["disableSSL"] is True
+    policy = find(objects, "NetworkPolicy", "seaweedfs-allow-feda2v", "kubeflow")
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "feda2v"}
+    assert [p["port"] for p in rule["ports"]] == [8333]
