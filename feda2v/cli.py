@@ -198,7 +198,10 @@ def cmd_submit(a) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         package = os.path.join(tmp, "pipeline.yaml")
         compile_pipeline(cfg, kind, package, _cluster_options(a))
-        client = kfp.Client(host=a.host, namespace=a.namespace or None)
+        try:
+            client = kfp.Client(host=a.host, namespace=a.namespace or None)
+        except Exception as e:  # noqa: BLE001 - kfp raises urllib3/ApiException types
+            raise ValueError(f"cannot reach Kubeflow Pipelines at {a.host}: {e}") from None
         run = client.create_run_from_pipeline_package(
             package, arguments={}, experiment_name=a.experiment,
             run_name=a.run_name or None, enable_caching=None)
