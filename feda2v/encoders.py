@@ -13,27 +13,11 @@ import os
 import numpy as np
 import torch
 
+from feda2v.audio_models import _load
+from feda2v.audio_models import _transformers as _quiet_transformers
 from feda2v.log import get_logger, progress
 
 log = get_logger()
-
-
-def _quiet_transformers():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return transformers
-
-
-def _load(kind: str, source: str, loader):
-    try:
-        return loader(source)
-    except OSError as e:
-        raise OSError(
-            f"cannot load {kind} model from {source!r}: {e}. A hub id needs network access; "
-            "offline, point the config at a local folder (`feda2v models tiny --out DIR` writes "
-            "small random-initialised ones)") from None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -107,8 +91,8 @@ def text_targets(source: str, prompts: list[str], device: str = "auto") -> torch
 
     tf = _quiet_transformers()
     source = resolve(source)
-    tokenizer = _load("text", source, tf.AutoTokenizer.from_pretrained)
-    model = _load("text", source, tf.CLIPTextModelWithProjection.from_pretrained)
+    tokenizer = _load("text model", source, tf.AutoTokenizer.from_pretrained)
+    model = _load("text model", source, tf.CLIPTextModelWithProjection.from_pretrained)
     dev = pick_device(device)
     model.to(dev).eval()
     batch = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(dev)
