@@ -52,27 +52,24 @@ def load_clip(uri: str, rate: int, seconds: float) -> np.ndarray:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Items are (index, waveform or prepared features or None, error text or None)."""
+    """Items are (index, waveform or None, error text or None)."""
 
-    def __init__(self, uris: list[str], rate: int, seconds: float, prepare=None):
-        self.uris, self.rate, self.seconds, self.prepare = uris, rate, seconds, prepare
+    def __init__(self, uris: list[str], rate: int, seconds: float):
+        self.uris, self.rate, self.seconds = uris, rate, seconds
 
     def __len__(self) -> int:
         return len(self.uris)
 
     def __getitem__(self, i: int):
         try:
-            wav = load_clip(self.uris[i], self.rate, self.seconds)
+            return i, load_clip(self.uris[i], self.rate, self.seconds), None
         except (ValueError, OSError) as e:
             return i, None, str(e)
-        return i, (self.prepare([wav]) if self.prepare else wav), None
 
 
-def clip_batches(uris: list[str], rate: int, seconds: float, batch_size: int, workers: int,
-                 prepare=None):
-    """Yield lists of (index, item | None, error | None), decoded by `workers` processes. With
-    `prepare` (waveforms -> model input features), the workers compute the features too."""
+def clip_batches(uris: list[str], rate: int, seconds: float, batch_size: int, workers: int):
+    """Yield lists of (index, waveform | None, error | None), decoded by `workers` processes."""
     loader = torch.utils.data.DataLoader(
-        ClipDataset(uris, rate, seconds, prepare), batch_size=batch_size, num_workers=workers,
+        ClipDataset(uris, rate, seconds), batch_size=batch_size, num_workers=workers,
         collate_fn=list, shuffle=False)
     yield from loader

@@ -75,30 +75,21 @@ class AudioBackbone:
     @torch.no_grad()
     def tokens(self, waves: list[np.ndarray]) -> torch.Tensor:
         """Mono waveforms at `sample_rate` -> tokens [B, T, dim] on `device`."""
-        return self.encode(self.prepare(waves))
-
-    def prepare(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """The CPU half: waveforms -> the model's input features (batch first). Extraction runs
-        it in the decoding workers, so the log-mel filterbank never blocks the device."""
         if self.family == "ast":
-            return dict(self.features(waves, sampling_rate=self.sample_rate, return_tensors="pt"))
+            inputs = self.features(waves, sampling_rate=self.sample_rate, return_tensors="pt")
+            return self.model(**inputs.to(self.device)).last_hidden_state
+        return self._clap_tokens(waves)
+
+    def _clap_tokens(self, waves: list[np.ndarray]) -> torch.Tensor:
         # The extractor repeat-pads short clips up to max_length_s but crops longer ones at a
         # random offset ("rand_trunc"); cropping from the start here keeps tokens reproducible.
         window = int(self.features.nb_max_samples)
-        inputs = dict(self.features([np.asarray(w)[:window] for w in waves],
-                                    sampling_rate=self.sample_rate, return_tensors="pt"))
+        inputs = self.features([np.asarray(w)[:window] for w in waves],
+                               sampling_rate=self.sample_rate, return_tensors="pt")
         # Fused checkpoints' extractors flag one random clip per batch as "longer" (a training
         # trick); after the crop no clip is longer than the window, so none is.
         inputs["is_longer"] = torch.zeros_like(inputs["is_longer"])
-        return inputs
-
-    @torch.no_grad()
-    def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The device half: input features from `prepare` -> tokens [B, T, dim]."""
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if self.family == "ast":
-            return self.model(**inputs).last_hidden_state
-        out = self.model(**inputs)
+        out = self.model(**inputs.to(self.device))
         # HTSAT (a Swin transformer over the mel spectrogram, folded into a square image) ends in
         # a feature map that transformers unfolds back to [B, C, freq_bands, time_steps]: for
         # clap-htsat-unfused, 2 bands of 32 mel bins x 32 steps of ~0.31 s over the 10 s window.

@@ -45,16 +45,12 @@ class AudioEncoder:
         self.sample_rate = self.backbone.sample_rate
         self.dim = self.backbone.dim
 
+    @torch.inference_mode()
     def embed(self, waves: list[np.ndarray]) -> torch.Tensor:
         """[B] waveforms -> [B, tokens, D] float32 on the CPU."""
-        return self.embed_prepared(self.backbone.prepare(waves))
-
-    @torch.inference_mode()
-    def embed_prepared(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Input features (from `backbone.prepare`) -> [B, tokens, D] float32 on the CPU."""
         # bf16 autocast on CUDA roughly doubles throughput; the CPU stays in fp32.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            hidden = self.backbone.encode(inputs)                         # [B, T, D]
+            hidden = self.backbone.tokens(waves)                          # [B, T, D]
         pooled = torch.nn.functional.adaptive_avg_pool1d(hidden.float().transpose(1, 2),
                                                          self.tokens)
         return pooled.transpose(1, 2).cpu()
@@ -63,19 +59,16 @@ class AudioEncoder:
 def embed_clips(encoder: AudioEncoder, uris: list[str], seconds: float, batch_size: int,
                 workers: int = 0, what: str = "Extracting"):
     """Embed clips -> (embeddings [N_ok, tokens, D], indices of the clips that were embedded,
-    [(uri, error), ...] of the clips that could not be read). Decoding, resampling and the
-    input features run in `workers` processes; this one only runs the model."""
+    [(uri, error), ...] of the clips that could not be read)."""
     from feda2v.audio import clip_batches
 
     out, kept, bad = [], [], []
     tick = progress(len(uris), what)
-    for batch in clip_batches(uris, encoder.sample_rate, seconds, batch_size, workers,
-                              prepare=encoder.backbone.prepare):
-        good = [(i, f) for i, f, _ in batch if f is not None]
-        bad += [(uris[i], err) for i, f, err in batch if f is None]
+    for batch in clip_batches(uris, encoder.sample_rate, seconds, batch_size, workers):
+        good = [(i, w) for i, w, _ in batch if w is not None]
+        bad += [(uris[i], err) for i, w, err in batch if w is None]
         if good:
-            inputs = {k: torch.cat([f[k] for _, f in good]) for k in good[0][1]}
-            out.append(encoder.embed_prepared(inputs))
+            out.append(encoder.embed([w for _, w in good]))
             kept += [i for i, _ in good]
         tick(len(batch))
     x = torch.cat(out) if out else torch.empty(0, encoder.tokens, encoder.dim)

@@ -41,9 +41,9 @@ def test_changed_clip_or_settings_miss_the_cache(make_config, copy_of_data, monk
     uri = extraction.embeddings_uri(cfg, 0)
     extract_client(cfg, 0, uri)
     calls = []
-    real = encoders.AudioEncoder.embed_prepared
-    monkeypatch.setattr(encoders.AudioEncoder, "embed_prepared",
-                        lambda self, x: calls.append(1) or real(self, x))
+    real = encoders.AudioEncoder.embed
+    monkeypatch.setattr(encoders.AudioEncoder, "embed",
+                        lambda self, w: calls.append(len(w)) or real(self, w))
     item = next(i for i in datasets.read_items(cfg) if i.label == "dog")
     with open(item.uri, "ab") as f:
         f.write(b"\0\0")  # one clip changed size
