@@ -4,12 +4,13 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 from components.image import IMAGE
 
 
+# The server's side of a round (aggregate, global training, evaluation) as one task keeps the
+# unrolled YAML small; no docstring or comments in the body for the same reason.
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def server_round(config_json: str, round_num: int, step: int, phase: str,
                  updates: Input[list[Artifact]], previous: Input[Model], targets: Input[Dataset],
                  mlflow_run_id: str, adapter: Output[Model], synthetic: Output[Dataset],
                  metrics: Output[Metrics]) -> float:
-    # One task per round (aggregate, global training, evaluation) keeps the unrolled YAML small.
     from feda2v import stages
 
     result = stages.server_round(config_json, round_num, step, phase,

@@ -19,6 +19,14 @@ def _cfg(path: str) -> dict:
     return config_mod.load(path)
 
 
+def _stage_cfg(path: str) -> dict:
+    """Stage commands resolve relative local paths as `feda2v run` does, so that a stage run by
+    hand reads and writes exactly where the pipeline's task would."""
+    from feda2v.local_run import resolve_local_paths
+
+    return resolve_local_paths(config_mod.load(path))
+
+
 def _json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
@@ -73,20 +81,20 @@ def cmd_config_keys(a) -> None:
 def cmd_class_targets(a) -> None:
     from feda2v import stages
 
-    cfg = _cfg(a.config)
+    cfg = _stage_cfg(a.config)
     _print(stages.class_targets(_json(cfg), a.out or _targets_uri(cfg)))
 
 
 def cmd_extract(a) -> None:
     from feda2v import stages
 
-    _print(stages.extract(_json(_cfg(a.config)), a.client, a.out or ""))
+    _print(stages.extract(_json(_stage_cfg(a.config)), a.client, a.out or ""))
 
 
 def cmd_init_adapter(a) -> None:
     from feda2v import stages
 
-    cfg = _cfg(a.config)
+    cfg = _stage_cfg(a.config)
     _print(stages.init_adapter(_json(cfg), _data_uris(cfg, a.data), a.targets or _targets_uri(cfg),
                                a.out))
 
@@ -94,7 +102,7 @@ def cmd_init_adapter(a) -> None:
 def cmd_client_round(a) -> None:
     from feda2v import stages
 
-    cfg = _cfg(a.config)
+    cfg = _stage_cfg(a.config)
     _print(stages.client_round(_json(cfg), a.client, a.round, a.phase, a.global_adapter,
                                a.targets or _targets_uri(cfg), a.out, a.data or ""))
 
@@ -102,7 +110,7 @@ def cmd_client_round(a) -> None:
 def cmd_aggregate(a) -> None:
     from feda2v import stages
 
-    cfg = _cfg(a.config)
+    cfg = _stage_cfg(a.config)
     _print(stages.aggregate(_json(cfg), a.round, a.step or a.round, a.updates,
                             a.targets or _targets_uri(cfg), a.out_adapter, a.out_synthetic,
                             a.mlflow_run_id))
@@ -111,7 +119,7 @@ def cmd_aggregate(a) -> None:
 def cmd_global_train(a) -> None:
     from feda2v import stages
 
-    cfg = _cfg(a.config)
+    cfg = _stage_cfg(a.config)
     _print(stages.global_train(_json(cfg), a.round, a.step or a.round, a.aggregated,
                                a.previous or a.aggregated, a.synthetic,
                                a.targets or _targets_uri(cfg), a.out, a.mlflow_run_id))
@@ -120,7 +128,7 @@ def cmd_global_train(a) -> None:
 def cmd_evaluate(a) -> None:
     from feda2v import stages
 
-    cfg = _cfg(a.config)
+    cfg = _stage_cfg(a.config)
     _print(stages.evaluate(_json(cfg), a.round, a.step or a.round, a.adapter,
                            a.targets or _targets_uri(cfg), a.mlflow_run_id, a.data))
 
@@ -152,14 +160,15 @@ def _cluster_options(a):
 
 
 def _check_no_credentials(cfg: dict) -> None:
-    """The config travels inside the compiled YAML: it must not carry credentials."""
+    """The config travels inside the compiled YAML: no URI in it may carry credentials."""
     from feda2v import tracking
 
-    uri = cfg["mlflow_tracking_uri"]
-    if uri and tracking.redact(uri) != uri:
-        raise ValueError("mlflow_tracking_uri contains credentials; they would be written into "
-                         "the pipeline YAML. Put them in the Kubernetes Secret instead "
-                         "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+    for key, value in tracking.flatten(cfg).items():
+        if "://" in value and tracking.redact(value) != value:
+            raise ValueError(f"{key} contains credentials (user:password@); they would be "
+                             "written into the pipeline YAML. Put them in the Kubernetes Secret "
+                             "instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
 
 
 def compile_pipeline(cfg: dict, kind: str, output: str, options) -> float:
@@ -284,8 +293,8 @@ def _cluster_args(p) -> None:
     g.add_argument("--memory-limit", default="32Gi", help="memory limit per task (32Gi)")
     g.add_argument("--retries", type=int, default=3, help="retries per task, exponential "
                                                           "backoff from 30 s (default 3)")
-    g.add_argument("--s3-secret", default="feda2v-s3", help="Secret with AWS_ACCESS_KEY_ID and "
-                                                            "AWS_SECRET_ACCESS_KEY")
+    g.add_argument("--s3-secret", default="feda2v-s3", help="Secret with AWS_ACCESS_KEY_ID, "
+                   "AWS_SECRET_ACCESS_KEY (and optionally MLFLOW_TRACKING_USERNAME/_PASSWORD)")
     g.add_argument("--config-map", default="feda2v-config", help="ConfigMap with "
                    "MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION")
     g.add_argument("--node-selector", action="append", metavar="KEY=VALUE",

@@ -61,18 +61,15 @@ def _file_stamps(uris: list[str]) -> dict[str, list]:
 
 
 def model_fingerprint(source: str) -> str:
-    """A hub id stands for itself; a folder is fingerprinted by its config and file sizes."""
-    if "://" in source or not os.path.isdir(source):
+    """A hub id stands for itself; a folder (local or fsspec URL) is fingerprinted by its
+    listing: names, sizes and modification stamps (ETags on object stores)."""
+    if "://" not in source and not os.path.isdir(source):
         return source
-    parts = {}
-    for name in sorted(os.listdir(source)):
-        path = os.path.join(source, name)
-        if name.endswith(".json"):
-            with open(path, "rb") as f:
-                parts[name] = hashlib.sha256(f.read()).hexdigest()
-        elif os.path.isfile(path):
-            parts[name] = os.path.getsize(path)
-    return _digest(parts)
+    fs, root = fsspec.core.url_to_fs(source)
+    listing = fs.find(root, detail=True)
+    return _digest({name[len(root):]: [e.get("size"), str(e.get("mtime") or e.get("ETag")
+                                                         or e.get("LastModified"))]
+                    for name, e in sorted(listing.items())})
 
 
 def client_clips(cfg: dict, client_id: int):
@@ -98,6 +95,7 @@ def extract_client(cfg: dict, client_id: int, out_uri: str) -> str:
     m, d = cfg["models"], cfg["data"]
     uris = [i.uri for i in train + test]
     key = _digest({"files": _file_stamps(uris), "uris": uris,
+                   "labels": [(i.label, i.split) for i in train + test],
                    "model": model_fingerprint(m["audio_model"]), "tokens": m["audio_tokens"],
                    "seconds": d["clip_seconds"], "dtype": m["embeddings_dtype"],
                    "version": FORMAT_VERSION})
@@ -141,6 +139,21 @@ def _check_bad(bad: list[tuple[str, str]], total: int, limit: float, client_id: 
                 listing, more)
 
 
+def split_codes(cfg: dict, tensors: dict, n: int) -> torch.Tensor:
+    """Per row of a precomputed-embeddings file: 0 train, 1 test, -1 unused (a fold in neither
+    data.train_folds nor data.test_folds), as for manifests."""
+    if "split" in tensors:
+        return tensors["split"].long()
+    if "fold" in tensors:
+        fold = tensors["fold"].long()
+        codes = torch.full((n,), -1, dtype=torch.long)
+        codes[torch.isin(fold, torch.tensor(cfg["data"]["train_folds"]))] = 0
+        codes[torch.isin(fold, torch.tensor(cfg["data"]["test_folds"]))] = 1
+        return codes
+    g = torch.Generator().manual_seed(cfg["seed"])
+    return (torch.rand(n, generator=g) < cfg["data"]["test_fraction"]).long()
+
+
 def _split_precomputed(cfg: dict, client_id: int, out_uri: str) -> str:
     """Bring-your-own embeddings: partition the rows of the file, no model involved."""
     uri = cfg["data"]["dataset_uri"]
@@ -152,15 +165,8 @@ def _split_precomputed(cfg: dict, client_id: int, out_uri: str) -> str:
         raise ValueError(f"class(es) {unknown} are not in {uri}'s class_names")
     remap = torch.tensor([names.index(c) if c in names else -1 for c in file_names])
     labels = remap[tensors["labels"].long()]
-    if "split" in tensors:
-        splits = tensors["split"].long()
-    elif "fold" in tensors:
-        test_folds = torch.tensor(cfg["data"]["test_folds"])
-        splits = torch.isin(tensors["fold"].long(), test_folds).long()
-    else:
-        g = torch.Generator().manual_seed(cfg["seed"])
-        splits = (torch.rand(len(labels), generator=g) < cfg["data"]["test_fraction"]).long()
-    keep = labels >= 0
+    splits = split_codes(cfg, tensors, len(labels))
+    keep = (labels >= 0) & (splits >= 0)
     shares = partition.shares_for(cfg, names)
     parts = partition.client_indices(labels[keep].numpy(), splits[keep].numpy(), shares,
                                      cfg["seed"], names)[client_id]

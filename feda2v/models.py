@@ -85,7 +85,10 @@ class ConditionedVAE(nn.Module):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """cond: [N, D_clip] -> N synthetic sequences [N, S, D_audio] in embedding units."""
-        z = torch.randn(cond.shape[0], self.latent_dim, generator=generator, device=cond.device)
+        # Draw on the generator's own device (a CPU generator may serve a CUDA model).
+        z = torch.randn(cond.shape[0], self.latent_dim, generator=generator,
+                        device=generator.device if generator is not None else cond.device)
+        z = z.to(cond.device)
         return self.denormalise(self.decoder(torch.cat([z, cond], dim=1)))
 
 

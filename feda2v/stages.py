@@ -7,6 +7,7 @@ It does not know whether it runs under KFP, kfp.local, docker or a test.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import torch
@@ -172,7 +173,9 @@ def aggregate(config_json: str, round_num: int, step: int, update_uris: list[str
             metrics[f"train/node_{m['client_id']}/{key}"] = value
     for client, per_class in quality.items():
         for group, entry in per_class.items():
-            prefix = f"quality/node_{client}" + ("" if group == "overall" else f"/{group}")
+            # MLflow metric names allow only a few punctuation marks; class names may have more.
+            safe = re.sub(r"[^\w\-. /]", "_", group)
+            prefix = f"quality/node_{client}" + ("" if group == "overall" else f"/{safe}")
             for key, value in entry.items():
                 if value is not None and not key.startswith("n_"):
                     metrics[f"{prefix}/{key}"] = float(value)
@@ -189,12 +192,17 @@ def _server_real_data(cfg: dict, class_names: list[str]):
     if not uri:
         return None
     from feda2v.datasets import read_embeddings
+    from feda2v.extraction import split_codes
 
     tensors, meta = read_embeddings(uri)
     remap = torch.tensor([class_names.index(c) if c in class_names else -1
                           for c in meta["class_names"]])
     y = remap[tensors["labels"].long()]
-    keep = y >= 0
+    # Only training rows: a held-out row here would let the server train on clients' test clips.
+    keep = (y >= 0) & (split_codes(cfg, tensors, len(y)) == 0)
+    if not keep.any():
+        raise ValueError(f"feda2v.server_real_data_uri {uri}: no training rows of this run's "
+                         "classes")
     return tensors["embeddings"][keep].float(), y[keep]
 
 
@@ -205,12 +213,12 @@ def global_train(config_json: str, round_num: int, step: int, aggregated_uri: st
     mixed with the server's own real data when it has some; logs accuracy before and after."""
     from feda2v.federated.client import round_seed
     from feda2v.federated.server import mix_real, train_global
-    from feda2v.federated.task import adapter_from_state
+    from feda2v.federated.task import adapter_from_state, device_of
 
     cfg = config_mod.loads(config_json)
     f = cfg["feda2v"]
     start = aggregated_uri if f["global_model_train_from_nodes_adapters"] else previous_uri
-    adapter = adapter_from_state(cfg, _load_adapter(start))
+    adapter = adapter_from_state(cfg, _load_adapter(start)).to(device_of(cfg))
     pool, _ = storage.load_tensors(synthetic_uri)
     if len(pool["y"]) == 0:
         raise ValueError(f"round {round_num}: global_model_train is on but no client sent "
@@ -251,10 +259,10 @@ def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targ
              mlflow_run_id: str, client_data_uris: list[str] | None = None) -> float:
     """Zero-shot accuracy over all classes on each client's test clips, weighted by test size.
     Client embeddings default to each client's file under the storage root."""
-    from feda2v.federated.task import adapter_from_state
+    from feda2v.federated.task import adapter_from_state, device_of
 
     cfg = config_mod.loads(config_json)
-    adapter = adapter_from_state(cfg, _load_adapter(adapter_uri))
+    adapter = adapter_from_state(cfg, _load_adapter(adapter_uri)).to(device_of(cfg))
     targets, _ = _load_targets(targets_uri)
     accuracy, per_client = _weighted_accuracy(cfg, adapter, targets, client_data_uris)
     metrics = {f"eval/node_{i}/accuracy": a for i, a in per_client.items()}
@@ -292,6 +300,11 @@ def start_tracking(config_json: str, mlflow_run_id: str, run_name: str, phases: 
     """Use the given MLflow run (or create one) and log the resolved config as params."""
     cfg = config_mod.loads(config_json)
     run_id = mlflow_run_id or tracking.create_run(cfg, run_name)
+    if tracking.run_info(cfg, run_id)[0]:
+        # A run that already has params belongs to another pipeline run: MLflow refuses to
+        # change them, and this run's steps would overlay its metrics.
+        raise ValueError(f"MLflow run {run_id} already holds another run's params; pass an "
+                         "empty mlflow_run_id (a new run) or one created for this pipeline run")
     tracking.log_params(cfg, run_id, {"feda2v.phases": phases})
     log.info("[Server] MLflow run %s at %s", run_id, tracking.redact(tracking.tracking_uri(cfg)))
     return run_id

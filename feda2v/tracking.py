@@ -66,8 +66,7 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
 def log_params(cfg: dict, run_id: str, extra: dict[str, Any] | None = None) -> None:
     from mlflow.entities import Param
 
-    params = flatten(cfg)
-    params["mlflow_tracking_uri"] = redact(params.get("mlflow_tracking_uri", ""))
+    params = {k: redact(v) for k, v in flatten(cfg).items()}  # no user:password@ in any URI
     params.update({k: str(v) for k, v in (extra or {}).items()})
     _client(tracking_uri(cfg)).log_batch(
         run_id, params=[Param(k, v[:6000]) for k, v in params.items()])

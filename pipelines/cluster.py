@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from kfp import kubernetes
 
 # Tasks that run models: extraction (encoders) and training (adapters, generators).
-GPU_TASKS = ("extract", "client-round", "global-train", "ablation-variant")
+GPU_TASKS = ("extract", "client-round", "server-round", "ablation-variant")
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Only for the tasks that write to MLflow, and only used by servers with authentication.
+MLFLOW_TASKS = ("server-round", "start-tracking", "finish-tracking", "ablation-variant",
+                "ablation-report")
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 
 
@@ -27,7 +31,7 @@ class ClusterOptions:
     memory_limit: str = "32Gi"
     retries: int = 3
     retry_backoff: str = "30s"           # doubled after every failed try, at most 1 h in all
-    s3_secret: str = "feda2v-s3"         # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    s3_secret: str = "feda2v-s3"         # keys: SECRET_KEYS (the MLflow ones optional)
     config_map: str = "feda2v-config"    # keys: MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...
     node_selector: dict = field(default_factory=dict)
     tolerations: list = field(default_factory=list)  # [{"key", "operator", "value", "effect"}]
@@ -55,8 +59,8 @@ def configure(task, options: ClusterOptions):
     if options.gpus and component_name(task) in GPU_TASKS:
         task.set_accelerator_type(options.gpu_resource).set_accelerator_limit(options.gpus)
     if options.kubernetes:
-        kubernetes.use_secret_as_env(task, options.s3_secret, {k: k for k in SECRET_KEYS},
-                                     optional=True)
+        keys = SECRET_KEYS + (MLFLOW_SECRET_KEYS if component_name(task) in MLFLOW_TASKS else ())
+        kubernetes.use_secret_as_env(task, options.s3_secret, {k: k for k in keys}, optional=True)
         kubernetes.use_config_map_as_env(task, options.config_map, {k: k for k in CONFIG_KEYS},
                                          optional=True)
         for key, value in options.node_selector.items():

@@ -115,7 +115,8 @@ def test_cluster_settings_in_the_compiled_yaml(make_config, tmp_path, monkeypatc
     assert "sentinel-secret-value-123" not in text
     executors = spec["deploymentSpec"]["executors"]
     platform = _platform(path)
-    gpu_tasks = ("exec-extract", "exec-client-round", "exec-ablation-variant")
+    gpu_tasks = ("exec-extract", "exec-client-round", "exec-server-round",
+                 "exec-ablation-variant")
     for name, ex in executors.items():
         container = ex["container"]
         assert container["image"] == "registry.example/feda2v:1.2.3"
@@ -128,8 +129,11 @@ def test_cluster_settings_in_the_compiled_yaml(make_config, tmp_path, monkeypatc
             assert "accelerator" not in resources, name
         k8s = platform[name]
         assert k8s["secretAsEnv"][0]["secretName"] == "feda2v-s3"
-        assert {m["envVar"] for m in k8s["secretAsEnv"][0]["keyToEnv"]} == {
-            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        if name.startswith(("exec-server-round", "exec-start-tracking", "exec-finish-tracking")):
+            keys |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+        assert {m["envVar"] for m in k8s["secretAsEnv"][0]["keyToEnv"]} == keys, name
+        assert k8s["secretAsEnv"][0]["optional"] is True
         assert k8s["configMapAsEnv"][0]["configMapName"] == "feda2v-config"
         assert k8s["nodeSelector"]["labels"] == {"pool": "gpu"}
         assert k8s["tolerations"][0]["effect"] == "NoSchedule"
@@ -157,10 +161,15 @@ def test_credentials_in_the_config_are_refused_at_compile(tmp_path, capsys):
     from feda2v.cli import main
 
     cfg = tmp_path / "c.json"
-    cfg.write_text('{"mlflow_tracking_uri": "https://user:pw@mlflow.example"}')
-    with pytest.raises(SystemExit):
-        main(["compile", "--config", str(cfg), "--output", str(tmp_path / "p.yaml")])
-    assert "contains credentials" in capsys.readouterr().err
+    for raw, key in (('{"mlflow_tracking_uri": "https://user:pw@mlflow.example"}',
+                      "mlflow_tracking_uri"),
+                     ('{"data": {"dataset_uri": "https://user:tok@data.example/esc50"}}',
+                      "data.dataset_uri")):
+        cfg.write_text(raw)
+        with pytest.raises(SystemExit):
+            main(["compile", "--config", str(cfg), "--output", str(tmp_path / "p.yaml")])
+        assert f"{key} contains credentials" in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_full_size_end_to_end_yaml_stays_under_1_mb(tmp_path):

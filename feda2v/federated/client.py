@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from feda2v.federated import generator
-from feda2v.federated.task import adapter_from_state, adapter_outputs, train_adapter
+from feda2v.federated.task import adapter_from_state, adapter_outputs, device_of, train_adapter
 from feda2v.log import get_logger
 
 log = get_logger()
@@ -60,7 +60,11 @@ def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     seed = round_seed(cfg["seed"], client_id, round_num)
     torch.manual_seed(seed)
-    adapter = adapter_from_state(cfg, global_state)
+    dev = device_of(cfg)
+    adapter = adapter_from_state(cfg, global_state).to(dev)
+    data = ClientData(data.train_x.to(dev), data.train_y.to(dev), data.test_x.to(dev),
+                      data.test_y.to(dev))
+    targets = targets.to(dev)
     vae = None
     if phase in ("run2", "sample"):
         vae, ckpt = _load_pretrained(cfg, client_id, checkpoint_dir, data, targets)
@@ -71,7 +75,7 @@ def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
         metrics["adapter_loss"] = train_adapter(adapter, data.train_x, data.train_y, targets,
                                                 cfg["local_epochs"], cfg["batch_size"],
                                                 cfg["learning_rate"], seed)
-    update = ClientUpdate({k: v.detach().clone() for k, v in adapter.state_dict().items()},
+    update = ClientUpdate({k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()},
                           len(data.train_x), metrics)
     if phase == "run1":
         update.metrics["generator_loss"] = _train_generator(
@@ -99,10 +103,12 @@ def _quality(vae, ckpt: dict, data: ClientData, class_names: list[str], client_i
 
     n = max(int(torch.bincount(data.train_y).max()), 2)
     ids = torch.tensor([class_names.index(c) for c in ckpt["class_names"]])
-    samples = generator.sample_per_class(vae, ckpt["class_conditions"], n, seed + 1)
+    conditions = ckpt["class_conditions"].to(data_device(vae))
+    samples = generator.sample_per_class(vae, conditions, n, seed + 1).cpu()
+    # The metrics run on the CPU (scipy's matrix square root).
     report = quality_report(samples.reshape(-1, *samples.shape[2:]), ids.repeat_interleave(n),
-                            data.train_x, data.train_y, data.test_x, data.test_y, class_names,
-                            seed=seed)
+                            data.train_x.cpu(), data.train_y.cpu(), data.test_x.cpu(),
+                            data.test_y.cpu(), class_names, seed=seed)
     o = report["overall"]
     log.info("[Client %d] Synthetic quality: cosine to class mean %.3f (%s), coverage %s, "
              "memorisation ratio %s", client_id, o["cosine_to_real_mean"],
@@ -130,8 +136,9 @@ def _train_generator(cfg, client_id, round_num, adapter, data, class_names, chec
     resume = round_num > 1 or f["use_pretrained_generators"]
     dims = _expected_dims(cfg, data, means.shape[1])
     log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
+    dev = data.train_x.device
     if resume and generator.storage.exists(latest):
-        vae, opt, ckpt = generator.load(latest, cfg, dims)
+        vae, opt, ckpt = generator.load(latest, cfg, dims, dev)
         done = int(ckpt["round"])
         log.info("[Client %d] Resuming %s generator from round %d", client_id,
                  f["generator_type"].upper(), done)
@@ -139,7 +146,8 @@ def _train_generator(cfg, client_id, round_num, adapter, data, class_names, chec
         if round_num > 1:
             raise FileNotFoundError(f"[Client {client_id}] generator checkpoint of the previous "
                                     f"round is missing: {latest}")
-        vae = generator.new_generator(cfg, dims["seq_len"], dims["audio_dim"], dims["cond_dim"])
+        vae = generator.new_generator(cfg, dims["seq_len"], dims["audio_dim"],
+                                      dims["cond_dim"]).to(dev)
         vae.fit_standardisation(data.train_x)
         opt = generator.new_optimizer(cfg, vae)
         done = 0
@@ -174,11 +182,16 @@ def _load_pretrained(cfg, client_id, checkpoint_dir, data, targets):
                                 "run Run 1 (generator_training_mode) with the same "
                                 "generator_checkpoint_dir first, or set "
                                 "feda2v.generator_missing_checkpoint to real_only")
-    vae, _, ckpt = generator.load(uri, cfg, _expected_dims(cfg, data, targets.shape[1]))
+    vae, _, ckpt = generator.load(uri, cfg, _expected_dims(cfg, data, targets.shape[1]),
+                                  data.train_x.device)
     log.info("[Client %d] Loaded %s generator from round %d", client_id,
              f["generator_type"].upper(), ckpt["round"])
     log.info("[Client %d] Generator checkpoint loaded successfully", client_id)
     return vae, ckpt
+
+
+def data_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _synthesise(cfg, client_id, vae, ckpt, class_names, seed):
@@ -188,7 +201,8 @@ def _synthesise(cfg, client_id, vae, ckpt, class_names, seed):
     if unknown:
         raise ValueError(f"[Client {client_id}] checkpoint classes {unknown} are not in this "
                          "run's data.clients")
-    samples = generator.sample_per_class(vae, ckpt["class_conditions"], k, seed)  # [C, K, S, D]
+    conditions = ckpt["class_conditions"].to(data_device(vae))
+    samples = generator.sample_per_class(vae, conditions, k, seed).cpu()  # [C, K, S, D]
     log.info("[Client %d] Generated %d synthetic sample sets", client_id, len(names))
     for name, s in zip(names, samples):
         log.info("  - %s: synthetic samples %s", name, tuple(s.shape))

@@ -89,7 +89,8 @@ def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, cl
         total = 0.0
         for start in range(0, len(x), bs):
             idx = order[start:start + bs]
-            noisy = x[idx] + noise * torch.randn(x[idx].shape, generator=gen) if noise else x[idx]
+            noisy = (x[idx] + noise * torch.randn(x[idx].shape, generator=gen).to(x.device)
+                     if noise else x[idx])
             recon, mu, logvar = vae(vae.normalise(noisy), cond[idx])
             loss = vae_loss(recon, clean[idx], mu, logvar, beta, w)
             opt.zero_grad()
@@ -132,7 +133,8 @@ def save(uri: str, cfg: dict, vae, opt, client_id: int,
     })
 
 
-def load(uri: str, cfg: dict, expect: dict[str, int]) -> tuple[Any, Any, dict[str, Any]]:
+def load(uri: str, cfg: dict, expect: dict[str, int],
+         device: torch.device | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Load a checkpoint and refuse it when its type or dims disagree with this run."""
     ckpt = storage.load_checkpoint(uri)
     want_type = cfg["feda2v"]["generator_type"]
@@ -146,6 +148,7 @@ def load(uri: str, cfg: dict, expect: dict[str, int]) -> tuple[Any, Any, dict[st
                              "in this run")
     vae = _model_class(want_type)(*(dims[k] for k in DIM_KEYS))
     vae.load_state_dict(ckpt["generator_state_dict"])
+    vae.to(device or torch.device("cpu"))  # before the optimizer, whose state follows the params
     opt = new_optimizer(cfg, vae)
     opt.load_state_dict(ckpt["optimizer_state_dict"])
     return vae, opt, ckpt

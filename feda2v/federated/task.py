@@ -8,6 +8,13 @@ import torch.nn.functional as F
 from feda2v.models import Adapter
 
 
+def device_of(cfg: dict) -> torch.device:
+    """The training device (models.device); tensors follow the model onto it."""
+    from feda2v.encoders import pick_device
+
+    return pick_device(cfg["models"]["device"])
+
+
 def new_adapter(cfg: dict, audio_dim: int, clip_dim: int) -> Adapter:
     f = cfg["feda2v"]
     return Adapter(audio_dim, clip_dim, tuple(f["adapter_hidden_dims"]), f["adapter_heads"])
@@ -28,6 +35,8 @@ def train_adapter(adapter: Adapter, x: torch.Tensor, y: torch.Tensor, targets: t
     if len(x) == 0:
         raise ValueError("cannot train an adapter on zero samples")
     gen = torch.Generator().manual_seed(seed)
+    dev = next(adapter.parameters()).device
+    x, y, targets = x.to(dev), y.to(dev), targets.to(dev)
     opt = torch.optim.AdamW(adapter.parameters(), lr=lr)
     adapter.train()
     epoch_loss = 0.0
@@ -49,7 +58,8 @@ def train_adapter(adapter: Adapter, x: torch.Tensor, y: torch.Tensor, targets: t
 @torch.no_grad()
 def adapter_outputs(adapter: Adapter, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     adapter.eval()
-    return torch.cat([adapter(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    dev = next(adapter.parameters()).device
+    return torch.cat([adapter(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
@@ -59,5 +69,5 @@ def zero_shot_accuracy(adapter: Adapter, x: torch.Tensor, y: torch.Tensor,
     if len(x) == 0:
         raise ValueError("cannot evaluate on zero samples")
     out = F.normalize(adapter_outputs(adapter, x), dim=-1)
-    pred = (out @ F.normalize(targets, dim=-1).T).argmax(dim=1)
-    return (pred == y).float().mean().item()
+    pred = (out @ F.normalize(targets.to(out.device), dim=-1).T).argmax(dim=1)
+    return (pred.cpu() == y.cpu()).float().mean().item()
