@@ -218,8 +218,8 @@ def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> s
 
 def run_variant_task(config_json: str, variant: str, targets_path: str, parent_run_id: str) -> dict:
     cfg = config_mod.loads(config_json)
-    root = storage.join(cfg["storage_root"], "experiments", "pipeline")
     run_id = tracking.create_run(cfg, f"ablation/{variant}", parent_run_id=parent_run_id)
+    root = storage.join(cfg["storage_root"], "experiments", "pipeline", run_id)
     try:
         result = run_variant(cfg, variant, root, targets_path, run_id)
     except BaseException:
@@ -248,13 +248,15 @@ def report_task(config_json: str, results_json: list[str], parent_run_id: str,
 def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "experiment") -> dict:
     """All variants on the same data and seed; returns {results, table, parent_run_id, dir}."""
     variants = list(variants or VARIANTS)
-    root = storage.join(cfg["storage_root"], "experiments", name)
     cfg_json = json.dumps(cfg, sort_keys=True)
+    parent = tracking.create_run(cfg, name)
+    # One folder per invocation (its MLflow run id): artifact paths, which also key generator
+    # rounds against task retries, never repeat across runs.
+    root = storage.join(cfg["storage_root"], "experiments", name, parent)
     targets_uri = storage.join(root, "class_targets.safetensors")
     stages.class_targets(cfg_json, targets_uri)
     for i in range(config_mod.num_clients(cfg)):
         stages.extract(cfg_json, i)
-    parent = tracking.create_run(cfg, name)
     tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants)})
     results = []
     for variant in variants:

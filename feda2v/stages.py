@@ -137,7 +137,7 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str,
                       tensors["test_y"])
     targets, names = _load_targets(targets_uri)
     update = run_round(cfg, client_id, round_num, phase, _load_adapter(global_adapter_uri), data,
-                       targets, names, checkpoint_dir(cfg))
+                       targets, names, checkpoint_dir(cfg), round_key=global_adapter_uri)
     out = {f"adapter.{k}": v for k, v in update.adapter_state.items()}
     out["synthetic_x"], out["synthetic_y"] = update.synthetic_x, update.synthetic_y
     storage.save_tensors(update_uri, out, {"client_id": client_id, "round": round_num,

@@ -156,3 +156,22 @@ def test_gan_generators_follow_the_same_checkpoint_contract(tmp_path):
     assert update.synthetic_x.shape == (12, 4, 16)
     with pytest.raises(ValueError, match="generator_type is 'gan' in the checkpoint but 'vae'"):
         run_round(_cfg(), 0, 1, "run2", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
+
+
+def test_a_retried_round_does_not_train_the_generator_twice(tmp_path):
+    cfg = _cfg()
+    ckpt_dir = str(tmp_path / "ckpt")
+    data = _data([0, 1])
+    run_round(cfg, 0, 1, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir, round_key="r1")
+    first = run_round(cfg, 0, 2, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir,
+                      round_key="r2")
+    before = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
+    retry = run_round(cfg, 0, 2, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir,
+                      round_key="r2")  # the same task again, after its checkpoint was written
+    after = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
+    assert after["round"] == before["round"] == 2
+    assert retry.metrics["generator_loss"] == pytest.approx(first.metrics["generator_loss"])
+    assert all(torch.equal(after["generator_state_dict"][k], v)
+               for k, v in before["generator_state_dict"].items())
+    run_round(cfg, 0, 3, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir, round_key="r3")
+    assert storage_round(ckpt_dir) == 3

@@ -54,8 +54,10 @@ def class_means(outputs: torch.Tensor, y: torch.Tensor, class_names: list[str],
 
 def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
               global_state: dict[str, torch.Tensor], data: ClientData, targets: torch.Tensor,
-              class_names: list[str], checkpoint_dir: str) -> ClientUpdate:
-    """`round_num` counts this pipeline's rounds from 1; `phase` is one of PHASES."""
+              class_names: list[str], checkpoint_dir: str, round_key: str = "") -> ClientUpdate:
+    """`round_num` counts this pipeline's rounds from 1; `phase` is one of PHASES. `round_key`
+    names this (pipeline run, round) — the global adapter's URI — so that a retried task whose
+    first try already saved the generator reuses it instead of training a round twice."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     seed = round_seed(cfg["seed"], client_id, round_num)
@@ -79,7 +81,7 @@ def run_round(cfg: dict, client_id: int, round_num: int, phase: str,
                           len(data.train_x), metrics)
     if phase == "run1":
         update.metrics["generator_loss"] = _train_generator(
-            cfg, client_id, round_num, adapter, data, class_names, checkpoint_dir, seed)
+            cfg, client_id, round_num, adapter, data, class_names, checkpoint_dir, seed, round_key)
     elif vae is not None:
         update.synthetic_x, update.synthetic_y = _synthesise(cfg, client_id, vae, ckpt,
                                                             class_names, seed)
@@ -126,11 +128,17 @@ def _expected_dims(cfg: dict, data: ClientData, cond_dim: int) -> dict[str, int]
 
 
 def _train_generator(cfg, client_id, round_num, adapter, data, class_names, checkpoint_dir,
-                     seed) -> float:
+                     seed, round_key="") -> float:
     f = cfg["feda2v"]
+    latest = generator.checkpoint_uri(checkpoint_dir, client_id)
+    if round_key and generator.storage.exists(latest):
+        done = generator.storage.load_checkpoint(latest)
+        if done.get("round_key") == round_key:
+            log.info("[Client %d] Generator already trained in this round (a retried task): "
+                     "keeping checkpoint round %d", client_id, done["round"])
+            return float(done["generator_loss"])
     ids, means = class_means(adapter_outputs(adapter, data.train_x), data.train_y, class_names,
                              client_id)
-    latest = generator.checkpoint_uri(checkpoint_dir, client_id)
     # Round 1 starts a fresh generator unless resuming (both mode flags); later rounds continue
     # from the checkpoint the previous round wrote: tasks share no memory, only storage.
     resume = round_num > 1 or f["use_pretrained_generators"]
@@ -163,7 +171,8 @@ def _train_generator(cfg, client_id, round_num, adapter, data, class_names, chec
     if this_round % f["generator_save_every"] == 0:
         uris.insert(0, generator.checkpoint_uri(checkpoint_dir, client_id, this_round))
     for uri in uris:
-        generator.save(uri, cfg, vae, opt, client_id, this_round, names, means)
+        generator.save(uri, cfg, vae, opt, client_id, this_round, names, means,
+                       {"round_key": round_key, "generator_loss": loss})
         log.info("[Client %d] Saved generator checkpoint to %s", client_id, uri)
     return loss
 

@@ -115,7 +115,8 @@ def sample_per_class(vae, conditions: torch.Tensor, per_class: int,
 
 
 def save(uri: str, cfg: dict, vae, opt, client_id: int,
-         round_num: int, class_names: list[str], conditions: torch.Tensor) -> None:
+         round_num: int, class_names: list[str], conditions: torch.Tensor,
+         extra: dict | None = None) -> None:
     storage.save_checkpoint(uri, {
         "client_id": client_id,
         "round": round_num,
@@ -130,6 +131,7 @@ def save(uri: str, cfg: dict, vae, opt, client_id: int,
         "class_names": list(class_names),
         "class_conditions": conditions.detach().cpu(),
         "config": dict(cfg["feda2v"]),
+        **(extra or {}),
     })
 
 
