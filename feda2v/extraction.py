@@ -99,7 +99,7 @@ def extract_client(cfg: dict, client_id: int, out_uri: str) -> str:
                    "model": model_fingerprint(m["audio_model"]), "tokens": m["audio_tokens"],
                    "seconds": d["clip_seconds"], "dtype": m["embeddings_dtype"],
                    "version": FORMAT_VERSION})
-    if storage.exists(out_uri) and storage.load_tensors(out_uri)[1].get("cache_key") == key:
+    if storage.exists(out_uri) and storage.read_meta(out_uri).get("cache_key") == key:
         log.info("[Client %d] Embeddings cache hit: %s (same clips, model and settings; "
                  "extraction skipped)", client_id, out_uri)
         return out_uri

@@ -208,7 +208,7 @@ def _server_real_data(cfg: dict, class_names: list[str]):
 
 def global_train(config_json: str, round_num: int, step: int, aggregated_uri: str,
                  previous_uri: str, synthetic_uri: str, targets_uri: str, out_uri: str,
-                 mlflow_run_id: str) -> float:
+                 mlflow_run_id: str, test_sets: list[tuple] | None = None) -> float:
     """Train the global adapter on the pooled synthetic samples (the seed's global training),
     mixed with the server's own real data when it has some; logs accuracy before and after."""
     from feda2v.federated.client import round_seed
@@ -227,10 +227,11 @@ def global_train(config_json: str, round_num: int, step: int, aggregated_uri: st
     seed = round_seed(cfg["seed"], -1, step)
     x, y = mix_real(pool["x"].float(), pool["y"], _server_real_data(cfg, names),
                     f["global_model_train_real_ratio"], seed)
-    before = _weighted_accuracy(cfg, adapter, targets)[0]
+    test_sets = test_sets if test_sets is not None else _test_sets(cfg)
+    before = _weighted_accuracy(adapter, targets, test_sets)[0]
     loss = train_global(adapter, x, y, targets, f["global_model_train_epochs"],
                         cfg["batch_size"], cfg["learning_rate"], seed)
-    after = _weighted_accuracy(cfg, adapter, targets)[0]
+    after = _weighted_accuracy(adapter, targets, test_sets)[0]
     log.info("[Server] Round %d: accuracy %.3f before global training, %.3f after", round_num,
              before, after)
     _save_adapter(out_uri, adapter.state_dict(), {"round": round_num, "global_trained": True})
@@ -240,23 +241,31 @@ def global_train(config_json: str, round_num: int, step: int, aggregated_uri: st
     return loss
 
 
-def _weighted_accuracy(cfg: dict, adapter, targets: torch.Tensor,
-                       client_data_uris: list[str] | None = None) -> tuple[float, dict]:
+def _test_sets(cfg: dict, client_data_uris: list[str] | None = None) -> list[tuple]:
+    """Every client's (test_x, test_y), read once per stage call."""
+    sets = []
+    for i in range(config_mod.num_clients(cfg)):
+        uri = client_uri(client_data_uris, i) if client_data_uris else embeddings_uri(cfg, i)
+        t, _ = storage.load_tensors(uri)
+        sets.append((t["test_x"].float(), t["test_y"]))
+    return sets
+
+
+def _weighted_accuracy(adapter, targets: torch.Tensor, test_sets: list[tuple]) -> tuple[float, dict]:
     """Zero-shot accuracy on every client's test clips, averaged weighted by test size."""
     from feda2v.federated.task import zero_shot_accuracy
 
     per_client, correct, total = {}, 0.0, 0
-    for i in range(config_mod.num_clients(cfg)):
-        uri = client_uri(client_data_uris, i) if client_data_uris else embeddings_uri(cfg, i)
-        t, _ = storage.load_tensors(uri)
-        per_client[i] = zero_shot_accuracy(adapter, t["test_x"].float(), t["test_y"], targets)
-        correct += per_client[i] * len(t["test_y"])
-        total += len(t["test_y"])
+    for i, (x, y) in enumerate(test_sets):
+        per_client[i] = zero_shot_accuracy(adapter, x, y, targets)
+        correct += per_client[i] * len(y)
+        total += len(y)
     return correct / total, per_client
 
 
 def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targets_uri: str,
-             mlflow_run_id: str, client_data_uris: list[str] | None = None) -> float:
+             mlflow_run_id: str, client_data_uris: list[str] | None = None,
+             test_sets: list[tuple] | None = None) -> float:
     """Zero-shot accuracy over all classes on each client's test clips, weighted by test size.
     Client embeddings default to each client's file under the storage root."""
     from feda2v.federated.task import adapter_from_state, device_of
@@ -264,7 +273,9 @@ def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targ
     cfg = config_mod.loads(config_json)
     adapter = adapter_from_state(cfg, _load_adapter(adapter_uri)).to(device_of(cfg))
     targets, _ = _load_targets(targets_uri)
-    accuracy, per_client = _weighted_accuracy(cfg, adapter, targets, client_data_uris)
+    if test_sets is None:
+        test_sets = _test_sets(cfg, client_data_uris)
+    accuracy, per_client = _weighted_accuracy(adapter, targets, test_sets)
     metrics = {f"eval/node_{i}/accuracy": a for i, a in per_client.items()}
     metrics["eval/global_accuracy"] = accuracy
     log.info("[Server] Round %d: global zero-shot accuracy %.3f over %d classes (%s)", round_num,
@@ -285,12 +296,13 @@ def server_round(config_json: str, round_num: int, step: int, phase: str, update
     aggregated = adapter_out_uri + ".fedavg" if train else adapter_out_uri
     result = aggregate(config_json, round_num, step, update_uris, targets_uri, aggregated,
                        synthetic_out_uri, mlflow_run_id)
+    test_sets = _test_sets(cfg)  # shared by the before/after and the round's evaluation
     if train:
         result["global_train_loss"] = global_train(config_json, round_num, step, aggregated,
                                                    previous_uri, synthetic_out_uri, targets_uri,
-                                                   adapter_out_uri, mlflow_run_id)
+                                                   adapter_out_uri, mlflow_run_id, test_sets)
     result["accuracy"] = evaluate(config_json, round_num, step, adapter_out_uri, targets_uri,
-                                  mlflow_run_id)
+                                  mlflow_run_id, test_sets=test_sets)
     return result
 
 

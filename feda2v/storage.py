@@ -68,11 +68,20 @@ def save_tensors(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any
 
 def load_tensors(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     raw = read_bytes(uri)
-    tensors = st_load(raw)
     header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + header_len])
-    meta = json.loads(header.get("__metadata__", {}).get("feda2v", "{}"))
-    return tensors, meta
+    return st_load(raw), _feda2v_meta(raw[8 : 8 + header_len])
+
+
+def _feda2v_meta(header: bytes) -> dict[str, Any]:
+    return json.loads(json.loads(header).get("__metadata__", {}).get("feda2v", "{}"))
+
+
+def read_meta(uri: str) -> dict[str, Any]:
+    """The 'feda2v' header metadata of a safetensors file, reading only its header (a cache
+    check should not download a whole embeddings file)."""
+    fs, path = _fs(uri)
+    with fs.open(path, "rb") as f:
+        return _feda2v_meta(f.read(int.from_bytes(f.read(8), "little")))
 
 
 def save_checkpoint(uri: str, checkpoint: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ def test_tensors_round_trip_with_metadata(tmp_path):
     tensors, meta = storage.load_tensors(uri)
     assert torch.equal(tensors["x"], torch.arange(6.0).reshape(2, 3))
     assert meta == {"client_id": 3, "k": [1]}
+    assert storage.read_meta(uri) == meta  # header only, same answer
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path):

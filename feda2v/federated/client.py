@@ -131,12 +131,13 @@ def _train_generator(cfg, client_id, round_num, adapter, data, class_names, chec
                      seed, round_key="") -> float:
     f = cfg["feda2v"]
     latest = generator.checkpoint_uri(checkpoint_dir, client_id)
-    if round_key and generator.storage.exists(latest):
-        done = generator.storage.load_checkpoint(latest)
-        if done.get("round_key") == round_key:
-            log.info("[Client %d] Generator already trained in this round (a retried task): "
-                     "keeping checkpoint round %d", client_id, done["round"])
-            return float(done["generator_loss"])
+    # Read once: both the retry check and the resume below need it.
+    existing = (generator.storage.load_checkpoint(latest)
+                if generator.storage.exists(latest) else None)
+    if round_key and existing is not None and existing.get("round_key") == round_key:
+        log.info("[Client %d] Generator already trained in this round (a retried task): "
+                 "keeping checkpoint round %d", client_id, existing["round"])
+        return float(existing["generator_loss"])
     ids, means = class_means(adapter_outputs(adapter, data.train_x), data.train_y, class_names,
                              client_id)
     # Round 1 starts a fresh generator unless resuming (both mode flags); later rounds continue
@@ -145,8 +146,8 @@ def _train_generator(cfg, client_id, round_num, adapter, data, class_names, chec
     dims = _expected_dims(cfg, data, means.shape[1])
     log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
     dev = data.train_x.device
-    if resume and generator.storage.exists(latest):
-        vae, opt, ckpt = generator.load(latest, cfg, dims, dev)
+    if resume and existing is not None:
+        vae, opt, ckpt = generator.load(latest, cfg, dims, dev, ckpt=existing)
         done = int(ckpt["round"])
         log.info("[Client %d] Resuming %s generator from round %d", client_id,
                  f["generator_type"].upper(), done)

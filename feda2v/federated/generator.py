@@ -135,10 +135,11 @@ def save(uri: str, cfg: dict, vae, opt, client_id: int,
     })
 
 
-def load(uri: str, cfg: dict, expect: dict[str, int],
-         device: torch.device | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """Load a checkpoint and refuse it when its type or dims disagree with this run."""
-    ckpt = storage.load_checkpoint(uri)
+def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | None = None,
+         ckpt: dict | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Load a checkpoint (or use `ckpt`, already read from `uri`) and refuse it when its type
+    or dims disagree with this run."""
+    ckpt = ckpt if ckpt is not None else storage.load_checkpoint(uri)
     want_type = cfg["feda2v"]["generator_type"]
     if ckpt.get("generator_type") != want_type:
         raise ValueError(f"{uri}: generator_type is {ckpt.get('generator_type')!r} in the "
