@@ -27,7 +27,7 @@ def decode(uri: str) -> tuple[np.ndarray, int]:
         raise ValueError(f"{uri}: cannot decode audio ({e})") from None
     if wav.size == 0:
         raise ValueError(f"{uri}: no audio samples")
-    return wav.mean(axis=1), rate
+    return (wav.reshape(-1) if wav.shape[1] == 1 else wav.mean(axis=1)), rate
 
 
 def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:

@@ -71,13 +71,16 @@ class AudioBackbone:
             self.dim = int(self.model.audio_projection.linear2.out_features)
         self.model.to(self.device).eval()
         self.sample_rate = int(self.features.sampling_rate)
+        if self.family == "ast":
+            from feda2v.fbank import ASTFilterbank
+
+            self.fbank = ASTFilterbank(self.features, self.device)  # the extractor's, batched
 
     @torch.no_grad()
     def tokens(self, waves: list[np.ndarray]) -> torch.Tensor:
         """Mono waveforms at `sample_rate` -> tokens [B, T, dim] on `device`."""
         if self.family == "ast":
-            inputs = self.features(waves, sampling_rate=self.sample_rate, return_tensors="pt")
-            return self.model(**inputs.to(self.device)).last_hidden_state
+            return self.model(input_values=self.fbank(waves)).last_hidden_state
         return self._clap_tokens(waves)
 
     def _clap_tokens(self, waves: list[np.ndarray]) -> torch.Tensor:
