@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -70,12 +71,14 @@ def batched(enc: AudioEncoder, uris: list[str], seconds: float, batch: int, work
 
 
 def measure(name: str, source: str, device: str, uris: list[str], single_n: int, batch: int,
-            workers: int) -> tuple:
+            workers: int, repeats: int) -> tuple:
+    """Median of `repeats` interleaved timings of each way (shared machines are noisy)."""
     enc = AudioEncoder(source, device=device)
     enc.embed([load_clip(uris[0], enc.sample_rate, 5.0)] * 2)  # warm-up (allocations, kernels)
-    loop = transformers_loop(enc, uris[:single_n], 5.0)
-    single = one_at_a_time(enc, uris[:single_n], 5.0)
-    many = batched(enc, uris, 5.0, batch, workers)
+    runs = [(transformers_loop(enc, uris[:single_n], 5.0),
+             one_at_a_time(enc, uris[:single_n], 5.0),
+             batched(enc, uris, 5.0, batch, workers)) for _ in range(repeats)]
+    loop, single, many = (statistics.median(way) for way in zip(*runs))
     return name, device, len(uris), loop, single, many
 
 
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=256, help="clips for the tiny model")
     parser.add_argument("--full-clips", type=int, default=32, help="clips for full-size AST on CPU")
     parser.add_argument("--gpu-clips", type=int, default=2000, help="clips for full-size on CUDA")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per figure (median)")
     args = parser.parse_args()
     workers = min(4, os.cpu_count() or 1)
     rows = []
@@ -96,13 +100,16 @@ def main() -> None:
         uris = sorted(os.path.join(audio, f) for f in os.listdir(audio))
         tiny = write_tiny_models(os.path.join(tmp, "tiny"))["audio"]
         full = full_size_ast(os.path.join(tmp, "full"))
-        rows.append(measure("tiny AST", tiny, "cpu", uris[:args.clips], 64, 32, workers))
-        rows.append(measure("full-size AST", full, "cpu", uris[:args.full_clips], 8, 16, workers))
+        rows.append(measure("tiny AST", tiny, "cpu", uris[:args.clips], 128, 32, workers,
+                            args.repeats))
+        rows.append(measure("full-size AST", full, "cpu", uris[:args.full_clips], 8, 16,
+                            workers, 1))  # minutes per run on 2 cores
         if torch.cuda.is_available():
             rows.append(measure("full-size AST", full, "cuda", uris[:args.gpu_clips], 64, 64,
-                                workers))
+                                workers, args.repeats))
     print(f"\nExtraction throughput ({torch.get_num_threads()} torch threads, {workers} decode "
-          f"workers, 5 s clips at 44.1 kHz)")
+          f"workers, 5 s clips at 44.1 kHz, "
+          f"median of {args.repeats} for the tiny and GPU rows)")
     print(f"{'':<29} {'transformers':>12} {'ours':>12} {'ours':>10}   batched vs")
     print(f"{'model':<15} {'device':<6} {'clips':>6} {'loop':>12} {'1-at-a-time':>12} "
           f"{'batched':>10}   {'loop':>5} {'ours 1':>7}")
