@@ -71,10 +71,11 @@ class AudioBackbone:
             self.dim = int(self.model.audio_projection.linear2.out_features)
         self.model.to(self.device).eval()
         self.sample_rate = int(self.features.sampling_rate)
-        if self.family == "ast":
-            from feda2v.fbank import ASTFilterbank
+        from feda2v.fbank import ASTFilterbank, ClapFilterbank
 
-            self.fbank = ASTFilterbank(self.features, self.device)  # the extractor's, batched
+        # the extractor's features, computed for the whole batch in torch on `device`
+        self.fbank = (ASTFilterbank if self.family == "ast" else ClapFilterbank)(
+            self.features, self.device)
 
     @torch.no_grad()
     def tokens(self, waves: list[np.ndarray]) -> torch.Tensor:
@@ -87,12 +88,11 @@ class AudioBackbone:
         # The extractor repeat-pads short clips up to max_length_s but crops longer ones at a
         # random offset ("rand_trunc"); cropping from the start here keeps tokens reproducible.
         window = int(self.features.nb_max_samples)
-        inputs = self.features([np.asarray(w)[:window] for w in waves],
-                               sampling_rate=self.sample_rate, return_tensors="pt")
+        features = self.fbank([np.asarray(w)[:window] for w in waves])
         # Fused checkpoints' extractors flag one random clip per batch as "longer" (a training
         # trick); after the crop no clip is longer than the window, so none is.
-        inputs["is_longer"] = torch.zeros_like(inputs["is_longer"])
-        out = self.model(**inputs.to(self.device))
+        is_longer = torch.zeros(len(waves), 1, dtype=torch.bool, device=self.device)
+        out = self.model(input_features=features, is_longer=is_longer)
         # HTSAT (a Swin transformer over the mel spectrogram, folded into a square image) ends in
         # a feature map that transformers unfolds back to [B, C, freq_bands, time_steps]: for
         # clap-htsat-unfused, 2 bands of 32 mel bins x 32 steps of ~0.31 s over the 10 s window.
