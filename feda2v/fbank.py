@@ -1,7 +1,7 @@
 """AST's and CLAP's input features (log-mel spectrograms) for a whole batch at once, in torch.
 
 The transformers extractors compute them one clip, and inside a clip one frame, at a time in
-numpy: about 6 ms per 5 s clip for AST and 13 ms per 10 s window for CLAP, more than a tiny
+numpy: about 6 ms per 5 s clip for AST and 12-19 ms per 10 s window for CLAP, more than a tiny
 model's forward pass and, on a GPU host, a CPU ceiling of a few hundred clips/s per core. Here
 the batch is framed with `unfold`, transformed with one `rfft` and projected with one matmul on
 the model's device. Steps and constants are the extractors' own; tests/test_fbank.py checks
@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 
-FRAME, HOP, FFT = 400, 160, 512           # 25 ms frames every 10 ms at 16 kHz
+FRAME, HOP, FFT = 400, 160, 512           # AST: 25 ms frames every 10 ms at 16 kHz
 PREEMPHASIS, MEL_FLOOR = 0.97, 1.192092955078125e-07
 
 
@@ -45,7 +45,9 @@ class _Filterbank:
     @torch.inference_mode()
     def __call__(self, waves: list[np.ndarray]) -> torch.Tensor:
         if self.device.type != "cpu":
-            return self._batch(waves)
+            # the encoder's bf16 autocast would round the mel matmul; features stay float32
+            with torch.autocast(self.device.type, enabled=False):
+                return self._batch(waves)
         step = max(1, self.CPU_CHUNK_BYTES // self.frame_bytes)
         return torch.cat([self._batch(waves[i:i + step]) for i in range(0, len(waves), step)])
 
