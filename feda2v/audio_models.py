@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from feda2v.fbank import ASTFilterbank, ClapFilterbank
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -71,8 +73,6 @@ class AudioBackbone:
             self.dim = int(self.model.audio_projection.linear2.out_features)
         self.model.to(self.device).eval()
         self.sample_rate = int(self.features.sampling_rate)
-        from feda2v.fbank import ASTFilterbank, ClapFilterbank
-
         # the extractor's features, computed for the whole batch in torch on `device`
         self.fbank = (ASTFilterbank if self.family == "ast" else ClapFilterbank)(
             self.features, self.device)
