@@ -1,4 +1,5 @@
-"""KFP components, one module per stage. Each body only calls `feda2v.stages`.
+"""KFP components, one module per stage. Each body only calls `feda2v.stages` (and
+`feda2v.runtime.resolve`, which applies the run form's typed parameters to the config).
 
 Imports live inside the bodies because KFP ships each function's source on its own. The
 container image (FEDA2V_IMAGE, read at import) has the `feda2v` package and kfp installed, so
@@ -6,12 +7,11 @@ no package is pip-installed at task start.
 """
 
 from components.ablations import ablation_report, ablation_variant
-from components.class_targets import class_targets
-from components.client_round import client_round
 from components.extract import extract
-from components.init_adapter import init_adapter
-from components.server_round import server_round
-from components.tracking import finish_tracking, start_tracking
+from components.federated_phase import federated_phase
+from components.finish import finish_run
+from components.generator import generate, train_generator
+from components.rounds import class_targets, client_round, init_adapter, server_round
 
 __all__ = [
            "ablation_report",
@@ -19,8 +19,10 @@ __all__ = [
            "class_targets",
            "client_round",
            "extract",
-           "finish_tracking",
+           "federated_phase",
+           "finish_run",
+           "generate",
            "init_adapter",
            "server_round",
-           "start_tracking",
+           "train_generator",
 ]

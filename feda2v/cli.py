@@ -99,38 +99,52 @@ def cmd_init_adapter(a) -> None:
                                a.out))
 
 
+def _run_key(a) -> str:
+    return a.run_key or "manual"
+
+
 def cmd_client_round(a) -> None:
     from feda2v import stages
 
     cfg = _stage_cfg(a.config)
     _print(stages.client_round(_json(cfg), a.client, a.round, a.phase, a.global_adapter,
-                               a.targets or _targets_uri(cfg), a.out, a.data or ""))
+                               a.targets or _targets_uri(cfg), a.out, a.run_key, a.data or ""))
 
 
-def cmd_aggregate(a) -> None:
+def cmd_server_round(a) -> None:
     from feda2v import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.aggregate(_json(cfg), a.round, a.step or a.round, a.updates,
-                            a.targets or _targets_uri(cfg), a.out_adapter, a.out_synthetic,
-                            a.mlflow_run_id))
+    _print(stages.server_round(_json(cfg), a.round, a.phase, a.updates, a.previous,
+                               a.targets or _targets_uri(cfg), a.out, a.mlflow_run_id,
+                               step=a.step or a.round))
 
 
-def cmd_global_train(a) -> None:
+def cmd_phase(a) -> None:
     from feda2v import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.global_train(_json(cfg), a.round, a.step or a.round, a.aggregated,
-                               a.previous or a.aggregated, a.synthetic,
-                               a.targets or _targets_uri(cfg), a.out, a.mlflow_run_id))
+    _print(stages.federated_phase(_json(cfg), a.phase, _run_key(a), a.mlflow_run_id,
+                                  a.out or ""))
+
+
+def cmd_train_generator(a) -> None:
+    from feda2v import stages
+
+    _print(stages.train_generator(_json(_stage_cfg(a.config)), a.client, _run_key(a)))
+
+
+def cmd_generate(a) -> None:
+    from feda2v import stages
+
+    _print(stages.generate(_json(_stage_cfg(a.config)), a.client, _run_key(a)))
 
 
 def cmd_evaluate(a) -> None:
     from feda2v import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.evaluate(_json(cfg), a.round, a.step or a.round, a.adapter,
-                           a.targets or _targets_uri(cfg), a.mlflow_run_id, a.data))
+    _print(stages.evaluate(_json(cfg), a.adapter, a.targets or _targets_uri(cfg), a.data))
 
 
 def _cluster_options(a):
@@ -171,7 +185,7 @@ def _check_no_credentials(cfg: dict) -> None:
                              "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
 
 
-def compile_pipeline(cfg: dict, kind: str, output: str, options) -> float:
+def compile_pipeline(cfg: dict, kind: str, output: str, options, execution=None) -> float:
     """Compile to `output`; returns the seconds it took."""
     import time
 
@@ -181,7 +195,7 @@ def compile_pipeline(cfg: dict, kind: str, output: str, options) -> float:
 
     _check_no_credentials(cfg)
     start = time.perf_counter()
-    compiler.Compiler().compile(pipelines.build(cfg, kind, options), output)
+    compiler.Compiler().compile(pipelines.build(cfg, kind, options, execution), output)
     return time.perf_counter() - start
 
 
@@ -190,11 +204,13 @@ def cmd_compile(a) -> None:
 
     cfg = _cfg(a.config)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
-    seconds = compile_pipeline(cfg, kind, a.output, _cluster_options(a))
+    execution = a.execution or cfg["execution"]
+    seconds = compile_pipeline(cfg, kind, a.output, _cluster_options(a), execution)
     size = os.path.getsize(a.output)
-    plan = "variants" if kind == "ablations" else pipelines.phase_plan(cfg, kind)
-    print(f"Wrote {kind} pipeline ({plan}, {config_mod.num_clients(cfg)} clients) to "
-          f"{a.output} ({size / 1024:.0f} KiB, compiled in {seconds:.1f} s)")
+    plan = ("variants" if kind == "ablations" else
+            ", ".join(f"{p} x {n} rounds" for p, n in pipelines.phase_plan(cfg, kind)))
+    print(f"Wrote {kind} pipeline ({plan}, {config_mod.num_clients(cfg)} clients, {execution} "
+          f"execution) to {a.output} ({size / 1024:.0f} KiB, compiled in {seconds:.1f} s)")
 
 
 def cmd_submit(a) -> None:
@@ -206,7 +222,7 @@ def cmd_submit(a) -> None:
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         package = os.path.join(tmp, "pipeline.yaml")
-        compile_pipeline(cfg, kind, package, _cluster_options(a))
+        compile_pipeline(cfg, kind, package, _cluster_options(a), a.execution)
         try:
             client = kfp.Client(host=a.host, namespace=a.namespace or None)
         except Exception as e:  # noqa: BLE001 - kfp raises urllib3/ApiException types
@@ -253,10 +269,18 @@ def cmd_run(a) -> None:
     from feda2v.local_run import run_locally
 
     cfg = _cfg(a.config)
-    sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root))
+    sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,
+                         a.execution))
 
 
 # --- parser ------------------------------------------------------------------------------------
+
+def _execution_arg(p) -> None:
+    p.add_argument("--execution", choices=["phase", "round"],
+                   help="task granularity (default: the config's `execution` key): phase = one "
+                        "task per federated phase, rounds in-process; round = one task per "
+                        "client per round (silo mode)")
+
 
 def _config_arg(p) -> None:
     p.add_argument("--config", required=True, help="run config (JSON, seed format)")
@@ -270,6 +294,11 @@ def _uris_args(p, data=True, targets=True) -> None:
     if targets:
         p.add_argument("--targets", help="class targets URI (default: "
                                          "storage_root/class_targets.safetensors)")
+
+
+def _run_key_arg(p) -> None:
+    p.add_argument("--run-key", default="", help="run folder under storage_root/runs that holds "
+                   "this run's round state (default: manual)")
 
 
 def _round_args(p, mlflow=True) -> None:
@@ -322,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline to run (default: the config's `pipeline` key)")
     p.add_argument("--pipeline-root", help="where kfp.local keeps task artifacts (default: "
                                            "storage_root/kfp-local)")
+    _execution_arg(p)
 
     p = add("experiment", cmd_experiment,
             "Run the ablations on the same data and seed (FedAvg only, Run 1 -> Run 2 with "
@@ -339,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="pipeline YAML to write")
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to compile (default: the config's `pipeline` key)")
+    _execution_arg(p)
     _cluster_args(p)
 
     p = add("submit", cmd_submit, "Compile and submit the pipeline to a Kubeflow Pipelines "
@@ -351,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to submit (default: the config's `pipeline` key)")
+    _execution_arg(p)
     p.add_argument("--watch", action="store_true", help="wait for the run and exit non-zero "
                                                         "unless it succeeds")
     p.add_argument("--timeout", type=int, default=24 * 3600, help="seconds --watch waits "
@@ -414,45 +446,64 @@ def build_parser() -> argparse.ArgumentParser:
     _uris_args(p)
     p.add_argument("--out", required=True, help="adapter output URI (safetensors)")
 
+    p = add("phase", cmd_phase,
+            "Stage: every round of one federated phase for every client, in this process "
+            "(what a phase-execution task runs); resumes after the last finished round.")
+    _config_arg(p)
+    p.add_argument("--phase", choices=["fedavg", "run1", "run2", "sample"], required=True,
+                   help="fedavg: adapters only; run1: + class conditions for the generators; "
+                        "run2: + synthetic samples (run `generate` first); sample: synthetic only")
+    _run_key_arg(p)
+    p.add_argument("--mlflow-run-id", default="", help="log into this MLflow run (default: the "
+                                                       "run tagged with the run key, or a new one)")
+    p.add_argument("--out", help="final global adapter output URI (safetensors)")
+
+    p = add("train-generator", cmd_train_generator,
+            "Stage: one client's generator over every Run 1 round (after `phase --phase run1`); "
+            "checkpoints under the seed's names.")
+    _config_arg(p)
+    p.add_argument("--client", type=int, required=True, help="client id (0-based)")
+    _run_key_arg(p)
+
+    p = add("generate", cmd_generate,
+            "Stage: one client's synthetic samples for every Run 2 round, from one read of its "
+            "generator checkpoint.")
+    _config_arg(p)
+    p.add_argument("--client", type=int, required=True, help="client id (0-based)")
+    _run_key_arg(p)
+
     p = add("client-round", cmd_client_round,
-            "Stage: one client's round (adapter on real data; run1 trains and checkpoints the "
-            "generator, run2 loads it and samples synthetic data).")
+            "Stage: one client's round (adapter on real data; run1 also writes the class "
+            "conditions its generator trains on, run2 adds the round's synthetic samples).")
     _config_arg(p)
     p.add_argument("--client", type=int, required=True, help="client id (0-based)")
     p.add_argument("--round", type=int, required=True, help="round number within its phase")
     p.add_argument("--phase", choices=["fedavg", "run1", "run2", "sample"], required=True,
-                   help="fedavg: adapter only; run1: + generator training; run2: + synthetic "
+                   help="fedavg: adapter only; run1: + class conditions; run2: + synthetic "
                         "samples; sample: synthetic samples only")
     p.add_argument("--global-adapter", required=True, help="global adapter URI (safetensors)")
     p.add_argument("--data", metavar="URI", help="this client's embeddings (default: its file "
                                                  "under storage_root/embeddings)")
     _uris_args(p, data=False)
+    p.add_argument("--run-key", default="", help="run folder under storage_root/runs (run1 "
+                   "writes conditions there, run2 reads synthetic samples from it)")
     p.add_argument("--out", required=True, help="client update output URI (safetensors)")
 
-    p = add("aggregate", cmd_aggregate, "Stage: weighted FedAvg of client adapters and pooling of "
-                                        "their synthetic samples.")
+    p = add("server-round", cmd_server_round,
+            "Stage: the server's round: weighted FedAvg of the client updates, global training "
+            "on their pooled synthetic samples (run2 with global_model_train), evaluation.")
     _config_arg(p)
     _round_args(p)
+    p.add_argument("--phase", choices=["fedavg", "run1", "run2", "sample"], required=True,
+                   help="the round's phase")
     p.add_argument("--updates", nargs="+", required=True, metavar="URI", help="client update URIs")
+    p.add_argument("--previous", required=True, help="previous global adapter URI")
     _uris_args(p, data=False)
-    p.add_argument("--out-adapter", required=True, help="aggregated adapter output URI")
-    p.add_argument("--out-synthetic", required=True, help="pooled synthetic samples output URI")
-
-    p = add("global-train", cmd_global_train, "Stage: train the global adapter on the pooled "
-                                              "synthetic samples.")
-    _config_arg(p)
-    _round_args(p)
-    p.add_argument("--aggregated", required=True, help="aggregated adapter URI")
-    p.add_argument("--previous", help="previous global adapter URI (used when "
-                                      "global_model_train_from_nodes_adapters is false)")
-    p.add_argument("--synthetic", required=True, help="pooled synthetic samples URI")
-    _uris_args(p, data=False)
-    p.add_argument("--out", required=True, help="trained global adapter output URI")
+    p.add_argument("--out", required=True, help="new global adapter output URI")
 
     p = add("evaluate", cmd_evaluate, "Stage: zero-shot accuracy of an adapter on every client's "
                                       "test clips, weighted by test size.")
     _config_arg(p)
-    _round_args(p)
     p.add_argument("--adapter", required=True, help="adapter URI to evaluate")
     _uris_args(p)
     return parser

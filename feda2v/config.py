@@ -112,6 +112,10 @@ TOP_LEVEL: dict[str, Key] = {
     "learning_rate": Key(1e-3, _float(0, strict_lo=True), "Adapter learning rate (AdamW)."),
     "pipeline": Key("auto", _choice("auto", "run1", "run2", "end_to_end"),
                     "Which pipeline `feda2v run/compile` builds; auto follows the feda2v mode flags."),
+    "execution": Key("phase", _choice("phase", "round"),
+                     "Task granularity: phase = one task per federated phase running all its "
+                     "rounds in-process (rounds and clients are run-time parameters); round = "
+                     "one task per client per round (silo mode, rounds unrolled)."),
     "storage_root": Key("feda2v-store", _nonempty_str,
                         "fsspec URL or path under which embeddings, checkpoints and runs live."),
     "experiment_name": Key("feda2v", _nonempty_str, "MLflow experiment name."),

@@ -22,7 +22,7 @@ import json
 import torch
 
 from feda2v import config as config_mod
-from feda2v import stages, storage, tracking
+from feda2v import runstate, stages, storage, tracking
 from feda2v.log import get_logger
 
 log = get_logger()
@@ -42,80 +42,6 @@ def _variant_config(cfg: dict, variant: str, root: str) -> dict:
     return cfg
 
 
-class _Run:
-    """Artifact paths of one variant and the stage calls of a round, as the pipeline wires them."""
-
-    def __init__(self, cfg: dict, variant: str, root: str, run_id: str, targets: str):
-        self.cfg, self.json = cfg, json.dumps(cfg, sort_keys=True)
-        self.dir, self.run_id, self.targets = storage.join(root, variant), run_id, targets
-        self.clients = range(config_mod.num_clients(cfg))
-        self.history: list[dict] = []
-        self.last_pool = ""  # the latest pooled synthetic set (for quality and the report)
-
-    def path(self, *parts: str) -> str:
-        return storage.join(self.dir, *parts)
-
-    def init_adapter(self) -> str:
-        uri = self.path("adapter_init.safetensors")
-        uris = [stages.embeddings_uri(self.cfg, i) for i in self.clients]
-        stages.init_adapter(self.json, uris, self.targets, uri)
-        return uri
-
-    def federated_round(self, phase: str, r: int, step: int, adapter: str) -> str:
-        updates = []
-        for i in self.clients:
-            updates.append(self.path(phase, f"round_{r}", f"update_{i}.safetensors"))
-            stages.client_round(self.json, i, r, phase, adapter, self.targets, updates[-1])
-        agg = self.path(phase, f"round_{r}", "aggregated.safetensors")
-        pool = self.path(phase, f"round_{r}", "synthetic.safetensors")
-        stages.aggregate(self.json, r, step, updates, self.targets, agg, pool, self.run_id)
-        self.last_pool = pool
-        new = agg
-        if phase == "run2" and self.cfg["feda2v"]["global_model_train"]:
-            new = self.path(phase, f"round_{r}", "global.safetensors")
-            stages.global_train(self.json, r, step, agg, adapter, pool, self.targets, new,
-                                self.run_id)
-        self.evaluate(phase, r, step, new)
-        return new
-
-    def server_only_round(self, r: int, step: int, adapter: str) -> str:
-        """Data-free: clients only sample; the server trains its own adapter on the pool."""
-        updates = []
-        for i in self.clients:
-            updates.append(self.path("sample", f"round_{r}", f"update_{i}.safetensors"))
-            stages.client_round(self.json, i, r, "sample", adapter, self.targets, updates[-1])
-        ignored = self.path("sample", f"round_{r}", "client_average.safetensors")
-        pool = self.path("sample", f"round_{r}", "synthetic.safetensors")
-        stages.aggregate(self.json, r, step, updates, self.targets, ignored, pool, self.run_id)
-        self.last_pool = pool
-        new = self.path("sample", f"round_{r}", "global.safetensors")
-        trained_cfg = json.loads(self.json)
-        trained_cfg["feda2v"]["global_model_train_from_nodes_adapters"] = False
-        stages.global_train(json.dumps(trained_cfg), r, step, ignored, adapter, pool,
-                            self.targets, new, self.run_id)
-        self.evaluate("synthetic_only", r, step, new)
-        return new
-
-    def centralized_round(self, r: int, step: int, adapter: str, data) -> str:
-        from feda2v.federated.client import round_seed
-        from feda2v.federated.task import adapter_from_state, train_adapter
-
-        model = adapter_from_state(self.cfg, storage.load_tensors(adapter)[0])
-        targets = storage.load_tensors(self.targets)[0]["targets"]
-        loss = train_adapter(model, data[0], data[1], targets, self.cfg["local_epochs"],
-                             self.cfg["batch_size"], self.cfg["learning_rate"],
-                             round_seed(self.cfg["seed"], -2, step))
-        tracking.log_metrics(self.cfg, self.run_id, {"train/central/adapter_loss": loss}, step)
-        new = self.path("centralized", f"round_{r}.safetensors")
-        storage.save_tensors(new, model.state_dict(), {"round": r})
-        self.evaluate("centralized", r, step, new)
-        return new
-
-    def evaluate(self, phase: str, r: int, step: int, adapter: str) -> None:
-        acc = stages.evaluate(self.json, r, step, adapter, self.targets, self.run_id)
-        self.history.append({"phase": phase, "round": r, "step": step, "accuracy": acc})
-
-
 def _pooled_real(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for i in range(config_mod.num_clients(cfg)):
@@ -125,39 +51,102 @@ def _pooled_real(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
+def _log(cfg: dict, run_id: str):
+    return lambda metrics, step: tracking.log_metrics(cfg, run_id, metrics, step)
+
+
+def _generators(cfg: dict, run: str, key: str, fed, rounds_r1: int, rounds_r2: int) -> None:
+    """Each client's generator over Run 1's rounds, then its synthetic samples for Run 2's: the
+    same stage code as the per-client pipeline tasks."""
+    from feda2v.federated.generator import generate_client, train_client
+
+    for i, data in enumerate(fed.clients):
+        train_client(cfg, i, run, key, data.train_x, data.train_y, fed.class_names, rounds_r1,
+                     stages.checkpoint_dir(cfg))
+        generate_client(cfg, i, data, fed.class_names, rounds_r2,
+                        runstate.generator_state_uri(run, i), runstate.synthetic_uri(run, i))
+
+
+def _centralized(cfg: dict, fed, rounds: int, start: dict, run: str, run_id: str) -> list[dict]:
+    from feda2v.federated.client import round_seed
+    from feda2v.federated.server import weighted_accuracy
+    from feda2v.federated.task import adapter_from_state, device_of, train_adapter
+
+    model = adapter_from_state(cfg, start).to(device_of(cfg))
+    x = torch.cat([d.train_x for d in fed.clients])
+    y = torch.cat([d.train_y for d in fed.clients])
+    history = []
+    for r in range(1, rounds + 1):
+        loss = train_adapter(model, x, y, fed.targets, cfg["local_epochs"], cfg["batch_size"],
+                             cfg["learning_rate"], round_seed(cfg["seed"], -2, r))
+        accuracy, per_client = weighted_accuracy(model, fed.targets, fed.test_sets)
+        metrics = {"train/central/adapter_loss": loss, "eval/global_accuracy": accuracy,
+                   **{f"eval/node_{i}/accuracy": a for i, a in per_client.items()}}
+        tracking.log_metrics(cfg, run_id, metrics, r)
+        history.append({"phase": "centralized", "round": r, "step": r, "accuracy": accuracy})
+    storage.save_tensors(storage.join(run, "centralized.safetensors"), model.state_dict())
+    return history
+
+
 def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: str) -> dict:
-    """Run one ablation; returns {variant, history, final_accuracy, quality}."""
+    """Run one ablation through the library's round loop; returns {variant, history,
+    final_accuracy, quality}."""
+    from feda2v.federated.loop import run_phase
+
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     vcfg = _variant_config(cfg, variant, root)
     r1, r2 = cfg["feda2v"]["generator_training_rounds"], cfg["global_rounds"]
-    run = _Run(vcfg, variant, root, run_id, targets_uri)
+    key = f"{variant}"
+    run = storage.join(root, variant)
     log.info("=== Ablation %s ===", variant)
-    init = run.init_adapter()
-    adapter, step = init, 0
+    fed = stages.federation(vcfg, targets_uri)
+    init = stages.initial_state(vcfg, fed)
+    history, pool = [], ""
     if variant == "fedavg":
-        for r in range(1, r1 + r2 + 1):
-            adapter = run.federated_round("fedavg", r, r, adapter)
+        _, history = run_phase(fed, "fedavg", r1 + r2, 1, init, run, None, _log(vcfg, run_id))
     elif variant == "centralized":
-        data = _pooled_real(vcfg)
-        for r in range(1, r1 + r2 + 1):
-            adapter = run.centralized_round(r, r, adapter, data)
+        history = _centralized(vcfg, fed, r1 + r2, init, run, run_id)
     else:
-        for r in range(1, r1 + 1):
-            step += 1
-            adapter = run.federated_round("run1", r, step, adapter)
-        adapter = init  # Run 2 starts from the initial adapter, as a separate seed run would
-        for r in range(1, r2 + 1):
-            step += 1
-            adapter = (run.federated_round("run2", r, step, adapter) if variant == "synthetic"
-                       else run.server_only_round(r, step, adapter))
+        _, history = run_phase(fed, "run1", r1, 1, init, run, None, _log(vcfg, run_id))
+        _generators(vcfg, run, key, fed, r1, r2)
+        _log_generator_losses(vcfg, run, run_id)
+        phase = "run2" if variant == "synthetic" else "sample"
+        synthetic = stages._synthetic_source(run, len(fed.clients))
+        # Run 2 starts from the initial adapter, as a separate seed run would.
+        _, more = run_phase(fed, phase, r2, r1 + 1, init, run, synthetic, _log(vcfg, run_id))
+        history += [dict(h, phase="synthetic_only" if phase == "sample" else h["phase"])
+                    for h in more]
+        pool = run
     quality = {}
-    if run.last_pool and variant == "synthetic":
-        quality = storage.load_tensors(run.last_pool)[1].get("quality", {})
-    return {"variant": variant, "history": run.history,
-            "final_accuracy": run.history[-1]["accuracy"], "adapter": adapter,
-            "synthetic_pool": run.last_pool if variant == "synthetic" else "",
-            "quality": quality}
+    if pool and variant == "synthetic":
+        quality = {str(i): storage.load_tensors(runstate.synthetic_uri(run, i))[1]["quality"]
+                   for i in range(len(fed.clients))}
+        quality = {k: v for k, v in quality.items() if v}
+    return {"variant": variant, "history": history,
+            "final_accuracy": history[-1]["accuracy"], "run_dir": run,
+            "synthetic_pool": run if variant == "synthetic" else "", "quality": quality}
+
+
+def _log_generator_losses(cfg: dict, run: str, run_id: str) -> None:
+    for i in range(config_mod.num_clients(cfg)):
+        uri = runstate.generator_losses_uri(run, i)
+        for r, loss in runstate.read_losses(uri).items():
+            tracking.log_metrics(cfg, run_id, {f"train/node_{i}/generator_loss": loss}, r)
+
+
+def _pooled_synthetic(run: str, num_clients: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last Run 2 round's synthetic samples of every client."""
+    from feda2v.federated.generator import load_synthetic, synthetic_round
+
+    xs, ys = [], []
+    for i in range(num_clients):
+        loaded = load_synthetic(runstate.synthetic_uri(run, i))
+        got = synthetic_round(loaded, loaded[1]["rounds"]) if not loaded[1].get("missing") else None
+        if got is not None:
+            xs.append(got[0])
+            ys.append(got[1])
+    return torch.cat(xs), torch.cat(ys)
 
 
 def results_table(results: list[dict]) -> str:
@@ -200,11 +189,11 @@ def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> s
     projection = None
     pool = next((r["synthetic_pool"] for r in results if r.get("synthetic_pool")), "")
     if pool:
-        syn, _ = storage.load_tensors(pool)
+        syn_x, syn_y = _pooled_synthetic(pool, config_mod.num_clients(cfg))
         real_x, real_y = _pooled_real(cfg)
         names = storage.load_tensors(stages.embeddings_uri(cfg, 0))[1]["class_names"]
-        projection = {"real_x": real_x, "real_y": real_y, "synthetic_x": syn["x"].float(),
-                      "synthetic_y": syn["y"], "class_names": names}
+        projection = {"real_x": real_x, "real_y": real_y, "synthetic_x": syn_x,
+                      "synthetic_y": syn_y, "class_names": names}
     quality = next((r["quality"] for r in results if r.get("quality")), {})
     files = report_html.write_report(out_dir, results,
                                      {int(k): v for k, v in quality.items()}, projection)

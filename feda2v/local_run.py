@@ -8,9 +8,12 @@ results table and where everything was written.
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -77,58 +80,163 @@ def _filtered_output(log_path: str):
         terminal.close()
 
 
-def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None) -> int:
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (ps works on Linux and macOS alike)."""
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True,
+                         check=False).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_descendants(grace_s: float = 5.0) -> int:
+    """SIGTERM every task process this one started, SIGKILL what is left after `grace_s`."""
+    pids = [p for p in _descendants(os.getpid()) if p != _watchdog_pid]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while sig == signal.SIGTERM and time.monotonic() < deadline:
+            alive = [p for p in pids if _alive(p)]
+            if not alive:
+                return len(pids)
+            time.sleep(0.1)
+    return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+_watchdog_pid = -1
+
+
+class Stopped(BaseException):
+    """SIGTERM (or SIGINT) reached `feda2v run`."""
+
+
+def _start_watchdog(cfg: dict, run_id: str):
+    """A small process that outlives a SIGKILL of this one: when our end of its pipe closes
+    without a word, it marks the MLflow run KILLED. (Task processes notice the lost parent
+    themselves: feda2v.runtime.task_setup.)"""
+    global _watchdog_pid
+    proc = subprocess.Popen([sys.executable, "-m", "feda2v.watchdog"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, text=True)
+    # The config travels on the pipe, never on a command line (ps shows those to everyone).
+    proc.stdin.write(json.dumps({"config": cfg, "run_id": run_id, "parent": os.getpid()}) + "\n")
+    proc.stdin.flush()
+    _watchdog_pid = proc.pid
+    return proc
+
+
+def _stop_watchdog(proc) -> None:
+    try:
+        proc.stdin.write("done\n")
+        proc.stdin.close()
+    except (BrokenPipeError, ValueError):
+        pass
+    proc.wait(timeout=30)
+
+
+def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
+                execution: str | None = None) -> int:
     from kfp import local
 
     import pipelines
+    from feda2v import runtime
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = resolve_local_paths(cfg)
-    if not storage.is_local(cfg["storage_root"]):
-        print("feda2v run: kfp.local runs need a local storage_root; use `feda2v compile` for "
-              "a cluster", file=sys.stderr)
-        return 2
+    execution = execution or cfg["execution"]
     root = cfg["storage_root"]
-    pipeline_root = os.path.abspath(pipeline_root or os.path.join(root, "kfp-local"))
-    plan = [] if kind == "ablations" else pipelines.phase_plan(cfg, kind)
+    local_root = storage.local_path(root) if storage.is_local(root) else os.path.abspath(".feda2v-local")
+    pipeline_root = os.path.abspath(pipeline_root or os.path.join(local_root, "kfp-local"))
+    if not storage.is_local(root) and not (cfg["mlflow_tracking_uri"]
+                                           or os.environ.get("MLFLOW_TRACKING_URI")):
+        # Tensors and checkpoints go to the object store; the local run's tracking stays local.
+        cfg["mlflow_tracking_uri"] = "sqlite:///" + os.path.join(local_root, "mlflow.db")
+        os.makedirs(local_root, exist_ok=True)
+    plan = [] if kind == "ablations" else runtime.plan(dict(cfg, pipeline=kind))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_name = f"{kind}-{stamp}"
     run_id = tracking.create_run(cfg, run_name)
-    log_path = os.path.join(root, "logs", f"{run_name}.log")
+    log_path = os.path.join(local_root, "logs", f"{run_name}-{run_id[:8]}.log")
     print(f"FedA2V {kind}: " + (", ".join(f"{p} x {n} rounds" for p, n in plan) or "variants")
-          + f", {config_mod.num_clients(cfg)} clients, under kfp.local")
+          + f", {config_mod.num_clients(cfg)} clients, {execution} execution under kfp.local")
     print(f"  full task log: {log_path}")
 
-    pipeline = pipelines.build(cfg, kind, pipelines.ClusterOptions.local())
+    pipeline = pipelines.build(cfg, kind, pipelines.ClusterOptions.local(), execution)
     os.environ[TAG_ENV] = TAG
+    # Client tasks run two at a time (kfp.local's ParallelFor cap): each gets half the cores.
+    os.environ[runtime.LOCAL_CORES_ENV] = str(os.cpu_count() or 1)
+    os.environ[runtime.LOCAL_PARALLEL_ENV] = str(min(2, config_mod.num_clients(cfg)))
+    os.environ[runtime.PARENT_ENV] = str(os.getpid())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
                raise_on_error=True)
+    watchdog = _start_watchdog(cfg, run_id)
     start = time.monotonic()
-    failure = None
+    failure, status = None, "FINISHED"
+
+    def stop(signum, frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     # kfp.local indents task output by patching builtins.print; with parallel tasks its
     # save/restore can interleave and leave a patched print behind, so keep the real one.
     real_print = builtins.print
-    with _filtered_output(log_path), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            pipeline(mlflow_run_id=run_id)
-        except Exception as e:  # noqa: BLE001 - kfp.local raises on the first failed task
-            failure = e
-        finally:
-            builtins.print = real_print
-    os.environ.pop(TAG_ENV, None)
+    try:
+        with _filtered_output(log_path), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                pipeline(mlflow_run_id=run_id)
+            except Stopped as e:
+                failure, status = f"stopped by {e}", "KILLED"
+            except Exception as e:  # noqa: BLE001 - kfp.local raises on the first failed task
+                failure, status = e, "FAILED"
+            finally:
+                builtins.print = real_print
+                if failure is not None:
+                    stop_descendants()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for key in (TAG_ENV, runtime.LOCAL_CORES_ENV, runtime.LOCAL_PARALLEL_ENV,
+                    runtime.PARENT_ENV):
+            os.environ.pop(key, None)
+        if failure is not None:
+            tracking.end_run(cfg, run_id, status)
+        _stop_watchdog(watchdog)
     minutes = (time.monotonic() - start) / 60
     if failure is not None:
-        tracking.set_status(cfg, run_id, "FAILED")
         with open(log_path, errors="replace") as f:
             tail = [ANSI.sub("", line) for line in f.readlines()[-40:]]
         print("".join(tail), file=sys.stderr)
-        print(f"feda2v run: pipeline failed after {minutes:.1f} min: {failure}\n"
-              f"  full log: {log_path}", file=sys.stderr)
-        return 1
+        print(f"feda2v run: pipeline {status.lower()} after {minutes:.1f} min: {failure}\n"
+              f"  MLflow run {run_id} marked {status}\n  full log: {log_path}", file=sys.stderr)
+        return 130 if status == "KILLED" else 1
     if kind == "ablations":  # the report task printed the table; its runs nest under run_id
-        tracking.set_status(cfg, run_id, "FINISHED")
+        tracking.end_run(cfg, run_id, "FINISHED")
         print(f"\nFedA2V ablations finished in {minutes:.1f} min (MLflow parent run {run_id}; "
               f"HTML report under {pipeline_root})")
         return 0

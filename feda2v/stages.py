@@ -6,14 +6,14 @@ It does not know whether it runs under KFP, kfp.local, docker or a test.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import tempfile
 
 import torch
 
 from feda2v import config as config_mod
-from feda2v import report, storage, tracking
+from feda2v import report, runstate, storage, tracking
 from feda2v.log import get_logger
 
 log = get_logger()
@@ -78,115 +78,40 @@ def class_targets(config_json: str, out_uri: str) -> dict:
 def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
     """Embed one client's train and test clips -> [N, tokens, D] safetensors; returns its URI.
     A rerun with the same clips, model and settings reuses the stored file."""
+    from feda2v import runtime
     from feda2v.extraction import extract_client
 
     cfg = config_mod.loads(config_json)
+    runtime.task_setup(parallel=True)
+    client_id = runtime.as_int(client_id, "client_id")
     if not 0 <= client_id < config_mod.num_clients(cfg):
         raise ValueError(f"client {client_id} does not exist: the config has "
                          f"{config_mod.num_clients(cfg)} clients")
     return extract_client(cfg, client_id, out_uri or embeddings_uri(cfg, client_id))
 
 
-# --- federated rounds ---------------------------------------------------------------------------
+# --- what every federated task reads ------------------------------------------------------
 
 def _load_targets(uri: str) -> tuple[torch.Tensor, list[str]]:
     tensors, meta = storage.load_tensors(uri)
     return tensors["targets"], meta["class_names"]
 
 
-def _save_adapter(uri: str, state: dict, meta: dict) -> None:
-    storage.save_tensors(uri, state, meta)
-
-
 def _load_adapter(uri: str) -> dict[str, torch.Tensor]:
     return storage.load_tensors(uri)[0]
 
 
-def init_adapter(config_json: str, client_data_uris: list[str], targets_uri: str,
-                 out_uri: str) -> dict:
-    """The server's initial global adapter; dims come from the embeddings and targets."""
-    from feda2v.federated.task import new_adapter
+def client_data(cfg: dict, client_id: int, uri: str = ""):
+    from feda2v.federated.client import ClientData
+    from feda2v.federated.task import device_of
 
-    cfg = config_mod.loads(config_json)
-    for i in range(config_mod.num_clients(cfg)):
-        if client_uri(client_data_uris, i) != embeddings_uri(cfg, i):
-            raise ValueError(f"client {i}: embeddings at {client_uri(client_data_uris, i)}, but "
-                             f"the rounds read {embeddings_uri(cfg, i)}")
-    torch.manual_seed(cfg["seed"])
-    x = storage.load_tensors(client_uri(client_data_uris, 0))[0]["train_x"]
-    targets, _ = _load_targets(targets_uri)
-    adapter = new_adapter(cfg, x.shape[2], targets.shape[1])
-    _save_adapter(out_uri, adapter.state_dict(), {"round": 0})
-    n = sum(p.numel() for p in adapter.parameters())
-    log.info("[Server] Initialised global adapter %d -> %d (%d parameters)", x.shape[2],
-             targets.shape[1], n)
-    return {"audio_dim": x.shape[2], "clip_dim": targets.shape[1], "parameters": n}
+    t, _ = storage.load_tensors(uri or embeddings_uri(cfg, client_id))
+    dev = device_of(cfg)
+    return ClientData(t["train_x"].float().to(dev), t["train_y"].to(dev),
+                      t["test_x"].float().to(dev), t["test_y"].to(dev))
 
 
-def client_round(config_json: str, client_id: int, round_num: int, phase: str,
-                 global_adapter_uri: str, targets_uri: str, update_uri: str,
-                 data_uri: str = "") -> dict:
-    """One client's round; writes its update (adapter, sample count, metrics, synthetic set).
-    The client's embeddings are `data_uri`, by default its file under the storage root."""
-    from feda2v.federated.client import ClientData, run_round
-
-    cfg = config_mod.loads(config_json)
-    log.info("=== Round %d (%s) — Client %d ===", round_num, phase, client_id)
-    tensors, _ = storage.load_tensors(data_uri or embeddings_uri(cfg, client_id))
-    data = ClientData(tensors["train_x"].float(), tensors["train_y"], tensors["test_x"].float(),
-                      tensors["test_y"])
-    targets, names = _load_targets(targets_uri)
-    update = run_round(cfg, client_id, round_num, phase, _load_adapter(global_adapter_uri), data,
-                       targets, names, checkpoint_dir(cfg), round_key=global_adapter_uri)
-    out = {f"adapter.{k}": v for k, v in update.adapter_state.items()}
-    out["synthetic_x"], out["synthetic_y"] = update.synthetic_x, update.synthetic_y
-    storage.save_tensors(update_uri, out, {"client_id": client_id, "round": round_num,
-                                           "num_samples": update.num_samples,
-                                           "metrics": update.metrics, "quality": update.quality})
-    return {"client_id": client_id, "num_samples": update.num_samples, **update.metrics}
-
-
-def aggregate(config_json: str, round_num: int, step: int, update_uris: list[str],
-              targets_uri: str, adapter_out_uri: str, synthetic_out_uri: str,
-              mlflow_run_id: str) -> dict:
-    """Weighted FedAvg of client adapters + pooled synthetic samples; logs client metrics."""
-    from feda2v.federated.server import fedavg, pool_synthetic
-
-    cfg = config_mod.loads(config_json)
-    _, names = _load_targets(targets_uri)
-    updates = sorted((storage.load_tensors(u) for u in update_uris),
-                     key=lambda tm: tm[1]["client_id"])
-    states = [{k[len("adapter."):]: v for k, v in t.items() if k.startswith("adapter.")}
-              for t, _ in updates]
-    weights = [m["num_samples"] for _, m in updates]
-    log.info("[Server] Round %d: FedAvg of %d client adapters (weights %s)", round_num,
-             len(states), weights)
-    _save_adapter(adapter_out_uri, fedavg(states, weights), {"round": round_num})
-    x, y, counts = pool_synthetic([(m["client_id"], t["synthetic_x"], t["synthetic_y"])
-                                   for t, m in updates], names)
-    quality = {m["client_id"]: m["quality"] for _, m in updates if m.get("quality")}
-    storage.save_tensors(synthetic_out_uri, {"x": x, "y": y}, {"counts": counts,
-                                                               "quality": quality})
-    metrics = {}
-    for _, m in updates:
-        for key, value in m["metrics"].items():
-            metrics[f"train/node_{m['client_id']}/{key}"] = value
-    for client, per_class in quality.items():
-        for group, entry in per_class.items():
-            # MLflow metric names allow only a few punctuation marks; class names may have more.
-            safe = re.sub(r"[^\w\-. /]", "_", group)
-            prefix = f"quality/node_{client}" + ("" if group == "overall" else f"/{safe}")
-            for key, value in entry.items():
-                if value is not None and not key.startswith("n_"):
-                    metrics[f"{prefix}/{key}"] = float(value)
-    if counts:
-        metrics["server/synthetic_samples_total"] = len(y)
-        metrics["server/synthetic_samples_classes"] = len(counts)
-    tracking.log_metrics(cfg, mlflow_run_id, metrics, step)
-    return {"clients": len(states), "synthetic_samples": len(y), "synthetic_classes": len(counts)}
-
-
-def _server_real_data(cfg: dict, class_names: list[str]):
+def server_real_data(cfg: dict, class_names: list[str]):
     """The server's own real embeddings (x, y in this run's class order), or None."""
     uri = cfg["feda2v"]["server_real_data_uri"]
     if not uri:
@@ -206,141 +131,337 @@ def _server_real_data(cfg: dict, class_names: list[str]):
     return tensors["embeddings"][keep].float(), y[keep]
 
 
-def global_train(config_json: str, round_num: int, step: int, aggregated_uri: str,
-                 previous_uri: str, synthetic_uri: str, targets_uri: str, out_uri: str,
-                 mlflow_run_id: str, test_sets: list[tuple] | None = None) -> float:
-    """Train the global adapter on the pooled synthetic samples (the seed's global training),
-    mixed with the server's own real data when it has some; logs accuracy before and after."""
-    from feda2v.federated.client import round_seed
-    from feda2v.federated.server import mix_real, train_global
-    from feda2v.federated.task import adapter_from_state, device_of
+def federation(cfg: dict, targets_uri: str):
+    """Every client's embeddings, the class targets and the server's real data, read once."""
+    from feda2v.federated.loop import Federation
+    from feda2v.federated.task import device_of
+
+    targets, names = _load_targets(targets_uri)
+    clients = [client_data(cfg, i) for i in range(config_mod.num_clients(cfg))]
+    return Federation(cfg, clients, targets.to(device_of(cfg)), names,
+                      server_real_data(cfg, names))
+
+
+def targets_uri(cfg: dict, run_key: str) -> str:
+    return storage.join(runstate.run_dir(cfg, run_key), "class_targets.safetensors")
+
+
+def ensure_targets(cfg: dict, run_key: str) -> str:
+    """This run's class targets, computed once (the first phase task) and read by the rest."""
+    uri = targets_uri(cfg, run_key)
+    if not storage.exists(uri):
+        class_targets(json.dumps(cfg, sort_keys=True), uri)
+    return uri
+
+
+def initial_state(cfg: dict, fed) -> dict[str, torch.Tensor]:
+    """The server's initial global adapter: a function of the seed and the dims only, so every
+    phase and every mode starts from the same one."""
+    from feda2v.federated.task import new_adapter
+
+    torch.manual_seed(cfg["seed"])
+    x = fed.clients[0].train_x
+    adapter = new_adapter(cfg, x.shape[2], fed.targets.shape[1])
+    return {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()}
+
+
+def init_adapter(config_json: str, client_data_uris: list[str], targets_uri: str,
+                 out_uri: str) -> dict:
+    """The server's initial global adapter; dims come from the embeddings and targets."""
+    from feda2v.federated.task import new_adapter
 
     cfg = config_mod.loads(config_json)
-    f = cfg["feda2v"]
-    start = aggregated_uri if f["global_model_train_from_nodes_adapters"] else previous_uri
-    adapter = adapter_from_state(cfg, _load_adapter(start)).to(device_of(cfg))
-    pool, _ = storage.load_tensors(synthetic_uri)
-    if len(pool["y"]) == 0:
-        raise ValueError(f"round {round_num}: global_model_train is on but no client sent "
-                         "synthetic samples")
-    targets, names = _load_targets(targets_uri)
-    seed = round_seed(cfg["seed"], -1, step)
-    x, y = mix_real(pool["x"].float(), pool["y"], _server_real_data(cfg, names),
-                    f["global_model_train_real_ratio"], seed)
-    test_sets = test_sets if test_sets is not None else _test_sets(cfg)
-    before = _weighted_accuracy(adapter, targets, test_sets)[0]
-    loss = train_global(adapter, x, y, targets, f["global_model_train_epochs"],
-                        cfg["batch_size"], cfg["learning_rate"], seed)
-    after = _weighted_accuracy(adapter, targets, test_sets)[0]
-    log.info("[Server] Round %d: accuracy %.3f before global training, %.3f after", round_num,
-             before, after)
-    _save_adapter(out_uri, adapter.state_dict(), {"round": round_num, "global_trained": True})
-    tracking.log_metrics(cfg, mlflow_run_id, {"server/global_train_loss": loss,
-                                              "eval/accuracy_before_global_train": before,
-                                              "eval/accuracy_after_global_train": after}, step)
-    return loss
-
-
-def _test_sets(cfg: dict, client_data_uris: list[str] | None = None) -> list[tuple]:
-    """Every client's (test_x, test_y), read once per stage call."""
-    sets = []
     for i in range(config_mod.num_clients(cfg)):
-        uri = client_uri(client_data_uris, i) if client_data_uris else embeddings_uri(cfg, i)
-        t, _ = storage.load_tensors(uri)
-        sets.append((t["test_x"].float(), t["test_y"]))
-    return sets
+        if client_uri(client_data_uris, i) != embeddings_uri(cfg, i):
+            raise ValueError(f"client {i}: embeddings at {client_uri(client_data_uris, i)}, but "
+                             f"the rounds read {embeddings_uri(cfg, i)}")
+    torch.manual_seed(cfg["seed"])
+    x = storage.load_tensors(client_uri(client_data_uris, 0))[0]["train_x"]
+    targets, _ = _load_targets(targets_uri)
+    adapter = new_adapter(cfg, x.shape[2], targets.shape[1])
+    storage.save_tensors(out_uri, adapter.state_dict(), {"round": 0})
+    n = sum(p.numel() for p in adapter.parameters())
+    log.info("[Server] Initialised global adapter %d -> %d (%d parameters)", x.shape[2],
+             targets.shape[1], n)
+    return {"audio_dim": x.shape[2], "clip_dim": targets.shape[1], "parameters": n}
 
 
-def _weighted_accuracy(adapter, targets: torch.Tensor, test_sets: list[tuple]) -> tuple[float, dict]:
-    """Zero-shot accuracy on every client's test clips, averaged weighted by test size."""
-    from feda2v.federated.task import zero_shot_accuracy
+def _synthetic_source(run: str, num_clients: int):
+    """Round r's synthetic samples of client i, from the generation tasks' files (each read
+    once per phase)."""
+    from feda2v.federated.generator import load_synthetic, synthetic_round
 
-    per_client, correct, total = {}, 0.0, 0
-    for i, (x, y) in enumerate(test_sets):
-        per_client[i] = zero_shot_accuracy(adapter, x, y, targets)
-        correct += per_client[i] * len(y)
-        total += len(y)
-    return correct / total, per_client
+    loaded: dict = {}
+
+    def get(client_id: int, r: int):
+        if client_id not in loaded:
+            loaded[client_id] = load_synthetic(runstate.synthetic_uri(run, client_id))
+        return synthetic_round(loaded[client_id], r)
+
+    return get
 
 
-def evaluate(config_json: str, round_num: int, step: int, adapter_uri: str, targets_uri: str,
-             mlflow_run_id: str, client_data_uris: list[str] | None = None,
-             test_sets: list[tuple] | None = None) -> float:
-    """Zero-shot accuracy over all classes on each client's test clips, weighted by test size.
-    Client embeddings default to each client's file under the storage root."""
+# --- phase execution: one task runs every round of a phase ----------------------------------
+
+def phase_plan_steps(plan: list[tuple[str, int]], phase: str) -> int:
+    """The MLflow step of `phase`'s first round: phases follow each other in one run."""
+    step = 1
+    for p, rounds in plan:
+        if p == phase:
+            return step
+        step += rounds
+    raise ValueError(f"phase {phase!r} is not in the plan {plan}")
+
+
+def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: str,
+                    adapter_out: str = "") -> dict:
+    """Every round of one federated phase (fedavg, run1, run2, sample) for every client, in this
+    process; resumes after the last round a previous try finished. The config's plan gives the
+    rounds and the MLflow steps."""
+    from feda2v import runtime
+    from feda2v.federated.loop import run_phase
+
+    cfg = config_mod.loads(config_json)
+    runtime.task_setup(parallel=False)
+    plan = runtime.plan(cfg)
+    rounds = dict(plan)[phase]
+    run = runstate.run_dir(cfg, run_key)
+    run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
+    fed = federation(cfg, ensure_targets(cfg, run_key))
+    log.info("[Server] %s: %d rounds x %d clients in one task (run folder %s)", phase, rounds,
+             len(fed.clients), run)
+    synthetic = (_synthetic_source(run, len(fed.clients))
+                 if phase in ("run2", "sample") else None)
+    state, history = run_phase(fed, phase, rounds, phase_plan_steps(plan, phase),
+                               initial_state(cfg, fed), run, synthetic,
+                               lambda m, step: tracking.log_metrics(cfg, run_id, m, step))
+    if adapter_out:
+        storage.save_tensors(adapter_out, state, {"round": rounds, "phase": phase})
+    return {"phase": phase, "rounds": rounds, "accuracy": history[-1]["accuracy"],
+            "mlflow_run_id": run_id}
+
+
+def train_generator(config_json: str, client_id: int, run_key: str) -> dict:
+    """Stage: one client's generator over all Run 1 rounds, from the class conditions its
+    adapter rounds wrote; checkpoints under the seed's names."""
+    from feda2v import runtime
+    from feda2v.federated.generator import train_client
+
+    cfg = config_mod.loads(config_json)
+    runtime.task_setup(parallel=True)
+    client_id = runtime.as_int(client_id, "client_id")
+    rounds = dict(runtime.plan(cfg))["run1"]
+    data = client_data(cfg, client_id)
+    names = datasets_class_names(cfg)
+    losses = train_client(cfg, client_id, runstate.run_dir(cfg, run_key), run_key, data.train_x,
+                          data.train_y, names, rounds, checkpoint_dir(cfg))
+    return {"client_id": client_id, "rounds": len(losses),
+            "generator_loss": losses[max(losses)] if losses else None}
+
+
+def datasets_class_names(cfg: dict) -> list[str]:
+    from feda2v import datasets
+
+    return datasets.class_names(cfg)
+
+
+def generate(config_json: str, client_id: int, run_key: str) -> dict:
+    """Stage: Run 2's synthetic samples of one client for every round, from one read of its
+    generator: this run's own (after Run 1 in the same run) or the published checkpoint."""
+    from feda2v import runtime
+    from feda2v.federated.generator import checkpoint_uri, generate_client
+
+    cfg = config_mod.loads(config_json)
+    runtime.task_setup(parallel=True)
+    client_id = runtime.as_int(client_id, "client_id")
+    plan = dict(runtime.plan(cfg))
+    phase = "run2" if "run2" in plan else "sample"
+    run = runstate.run_dir(cfg, run_key)
+    own = runstate.generator_state_uri(run, client_id)
+    source = own if "run1" in plan else checkpoint_uri(checkpoint_dir(cfg), client_id)
+    if "run1" not in plan:
+        holder = runstate.lease_holder(checkpoint_dir(cfg))
+        if holder and holder["run"] != run_key:
+            log.warning("[Client %d] %s is being written by live run %s", client_id,
+                        checkpoint_dir(cfg), holder["run"])
+    return generate_client(cfg, client_id, client_data(cfg, client_id), datasets_class_names(cfg),
+                           plan[phase], source, runstate.synthetic_uri(run, client_id))
+
+
+# --- round execution (silo mode): one task per client round and per server round ------------
+
+def client_round(config_json: str, client_id: int, round_num: int, phase: str,
+                 global_adapter_uri: str, targets_uri: str, update_uri: str,
+                 run_key: str = "", data_uri: str = "") -> dict:
+    """One client's round; writes its update (adapter, sample count, metrics, synthetic set).
+    Run 1 also writes the round's class conditions under the run folder (run_key)."""
+    from feda2v import runtime
+    from feda2v.federated.client import client_step
+    from feda2v.federated.loop import save_conditions
+
+    cfg = config_mod.loads(config_json)
+    runtime.task_setup(parallel=True)
+    log.info("=== Round %d (%s) — Client %d ===", round_num, phase, client_id)
+    targets, names = _load_targets(targets_uri)
+    run = runstate.run_dir(cfg, run_key) if run_key else ""
+    synthetic = None
+    if phase in ("run2", "sample"):
+        from feda2v.federated.generator import load_synthetic, synthetic_round
+
+        if not run:
+            raise ValueError(f"phase {phase} needs the run key of the generation tasks")
+        synthetic = synthetic_round(load_synthetic(runstate.synthetic_uri(run, client_id)),
+                                    round_num)
+    update = client_step(cfg, client_id, round_num, phase, _load_adapter(global_adapter_uri),
+                         client_data(cfg, client_id, data_uri), targets, names, synthetic)
+    if phase == "run1" and run:
+        save_conditions(run, update, round_num)
+    out = {f"adapter.{k}": v for k, v in update.adapter_state.items()}
+    out["synthetic_x"], out["synthetic_y"] = update.synthetic_x, update.synthetic_y
+    storage.save_tensors(update_uri, out, {"client_id": client_id, "round": round_num,
+                                           "num_samples": update.num_samples,
+                                           "metrics": update.metrics, "quality": update.quality})
+    return {"client_id": client_id, "num_samples": update.num_samples, **update.metrics}
+
+
+def read_update(uri: str):
+    from feda2v.federated.client import ClientUpdate
+
+    t, m = storage.load_tensors(uri)
+    state = {k[len("adapter."):]: v for k, v in t.items() if k.startswith("adapter.")}
+    return ClientUpdate(m["client_id"], state, m["num_samples"], m["metrics"],
+                        t["synthetic_x"], t["synthetic_y"], m.get("quality") or {})
+
+
+def server_round(config_json: str, round_num: int, phase: str, update_uris: list[str],
+                 previous_uri: str, targets_uri: str, adapter_out_uri: str, mlflow_run_id: str,
+                 run_key: str = "", step: int = 0) -> dict:
+    """The server's side of one round, as one task: FedAvg, global training on the synthetic
+    pool when the round calls for it, evaluation; metrics to MLflow at the round's step."""
+    from feda2v import runtime
+    from feda2v.federated.loop import save_round
+    from feda2v.federated.server import server_step
+
+    cfg = config_mod.loads(config_json)
+    runtime.task_setup(parallel=False)
+    plan = runtime.plan(cfg) if run_key else [(phase, round_num)]
+    step = step or phase_plan_steps(plan, phase) + round_num - 1
+    run_id = (tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
+              if run_key else mlflow_run_id)
+    targets, names = _load_targets(targets_uri)
+    from feda2v.federated.task import device_of
+
+    test_sets = [(d.test_x, d.test_y) for d in
+                 (client_data(cfg, i) for i in range(config_mod.num_clients(cfg)))]
+    updates = [read_update(u) for u in update_uris]
+    state, metrics, accuracy = server_step(cfg, round_num, step, phase, updates,
+                                           _load_adapter(previous_uri),
+                                           targets.to(device_of(cfg)), names, test_sets,
+                                           server_real_data(cfg, names))
+    tracking.log_metrics(cfg, run_id, metrics, step)
+    storage.save_tensors(adapter_out_uri, state, {"round": round_num})
+    if run_key:
+        save_round(runstate.run_dir(cfg, run_key), phase, round_num, step, state, metrics)
+    return {"accuracy": accuracy, "synthetic_samples": metrics.get("server/synthetic_samples_total", 0),
+            **({"global_train_loss": metrics["server/global_train_loss"]}
+               if "server/global_train_loss" in metrics else {})}
+
+
+def client_round_task(config_json, client_id, round_num, phase, run_key, global_adapter, targets,
+                      update) -> float:
+    """The body of the round-execution client task (KFP artifacts in, adapter loss out)."""
+    result = client_round(config_json, client_id, round_num, phase, global_adapter.path,
+                          targets.path, update.path, run_key)
+    return result.get("adapter_loss", 0.0)
+
+
+def server_round_task(config_json, round_num, phase, run_key, updates, previous, targets,
+                      mlflow_run_id, adapter, metrics, ready=None) -> float:
+    """The body of the round-execution server task."""
+    result = server_round(config_json, round_num, phase, [u.path for u in updates],
+                          previous.path, targets.path, adapter.path, mlflow_run_id, run_key)
+    metrics.log_metric("accuracy", result["accuracy"])
+    return result["accuracy"]
+
+
+def evaluate(config_json: str, adapter_uri: str, targets_uri: str,
+             client_data_uris: list[str] | None = None) -> dict:
+    """Zero-shot accuracy over all classes on each client's test clips, weighted by test size."""
+    from feda2v.federated.server import weighted_accuracy
     from feda2v.federated.task import adapter_from_state, device_of
 
     cfg = config_mod.loads(config_json)
     adapter = adapter_from_state(cfg, _load_adapter(adapter_uri)).to(device_of(cfg))
     targets, _ = _load_targets(targets_uri)
-    if test_sets is None:
-        test_sets = _test_sets(cfg, client_data_uris)
-    accuracy, per_client = _weighted_accuracy(adapter, targets, test_sets)
-    metrics = {f"eval/node_{i}/accuracy": a for i, a in per_client.items()}
-    metrics["eval/global_accuracy"] = accuracy
-    log.info("[Server] Round %d: global zero-shot accuracy %.3f over %d classes (%s)", round_num,
-             accuracy, len(targets),
-             ", ".join(f"node {i}: {a:.3f}" for i, a in per_client.items()))
-    tracking.log_metrics(cfg, mlflow_run_id, metrics, step)
-    return accuracy
-
-
-def server_round(config_json: str, round_num: int, step: int, phase: str, update_uris: list[str],
-                 previous_uri: str, targets_uri: str, adapter_out_uri: str,
-                 synthetic_out_uri: str, mlflow_run_id: str) -> dict:
-    """The server's side of one round, as one task: aggregate, train the global adapter on the
-    synthetic pool when the round calls for it (Run 2 with global_model_train), evaluate.
-    Writes the round's global adapter to `adapter_out_uri`."""
-    cfg = config_mod.loads(config_json)
-    train = phase == "run2" and cfg["feda2v"]["global_model_train"]
-    aggregated = adapter_out_uri + ".fedavg" if train else adapter_out_uri
-    result = aggregate(config_json, round_num, step, update_uris, targets_uri, aggregated,
-                       synthetic_out_uri, mlflow_run_id)
-    test_sets = _test_sets(cfg)  # shared by the before/after and the round's evaluation
-    if train:
-        result["global_train_loss"] = global_train(config_json, round_num, step, aggregated,
-                                                   previous_uri, synthetic_out_uri, targets_uri,
-                                                   adapter_out_uri, mlflow_run_id, test_sets)
-    result["accuracy"] = evaluate(config_json, round_num, step, adapter_out_uri, targets_uri,
-                                  mlflow_run_id, test_sets=test_sets)
-    return result
+    n = config_mod.num_clients(cfg)
+    sets = [client_data(cfg, i, client_uri(client_data_uris, i) if client_data_uris else "")
+            for i in range(n)]
+    accuracy, per_client = weighted_accuracy(adapter, targets.to(device_of(cfg)),
+                                             [(d.test_x, d.test_y) for d in sets])
+    return {"global_accuracy": accuracy, **{f"node_{i}": a for i, a in per_client.items()}}
 
 
 # --- tracking ----------------------------------------------------------------------------------
 
-def start_tracking(config_json: str, mlflow_run_id: str, run_name: str, phases: str) -> str:
-    """Use the given MLflow run (or create one) and log the resolved config as params."""
-    cfg = config_mod.loads(config_json)
-    run_id = mlflow_run_id or tracking.create_run(cfg, run_name)
-    if tracking.run_info(cfg, run_id)[0]:
-        # A run that already has params belongs to another pipeline run: MLflow refuses to
-        # change them, and this run's steps would overlay its metrics.
-        raise ValueError(f"MLflow run {run_id} already holds another run's params; pass an "
-                         "empty mlflow_run_id (a new run) or one created for this pipeline run")
-    tracking.log_params(cfg, run_id, {"feda2v.phases": phases})
-    log.info("[Server] MLflow run %s at %s", run_id, tracking.redact(tracking.tracking_uri(cfg)))
-    return run_id
+def final_adapter_uri(cfg: dict, run_key: str, plan: list[tuple[str, int]]) -> str:
+    phase, rounds = plan[-1]
+    return runstate.round_uri(runstate.run_dir(cfg, run_key), phase, rounds)
 
 
-def finish_tracking(config_json: str, mlflow_run_id: str, adapter_uri: str,
-                    report_path: str) -> str:
-    """Write the results table (Markdown), log it and the final adapter, close the run."""
+def log_generator_losses(cfg: dict, run_key: str, run_id: str) -> None:
+    """Run 1's per-round generator losses (written by the per-client generator tasks) as the
+    seed's train/node_{i}/generator_loss, at Run 1's steps."""
+    run = runstate.run_dir(cfg, run_key)
+    plan = runtime_plan(cfg)
+    if "run1" not in dict(plan):
+        return
+    first = phase_plan_steps(plan, "run1")
+    by_step: dict[int, dict] = {}
+    for i in range(config_mod.num_clients(cfg)):
+        uri = runstate.generator_losses_uri(run, i)
+        if storage.exists(uri):
+            for r, loss in runstate.read_losses(uri).items():
+                by_step.setdefault(first + r - 1, {})[f"train/node_{i}/generator_loss"] = loss
+    for step, metrics in sorted(by_step.items()):
+        tracking.log_metrics(cfg, run_id, metrics, step)
+
+
+def runtime_plan(cfg: dict) -> list[tuple[str, int]]:
+    from feda2v import runtime
+
+    return runtime.plan(cfg)
+
+
+def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: str,
+                    report_path: str, error: str = "") -> str:
+    """The pipeline's exit handler: generator losses, results table (Markdown), final adapter
+    and report to MLflow; the MLflow run ends FINISHED, FAILED or KILLED whatever happened
+    before; the run's lease on the checkpoint folder is released."""
     cfg = config_mod.loads(config_json)
-    params, history = tracking.run_info(cfg, mlflow_run_id)
-    rows = report.results_rows(report.parse_phases(params["feda2v.phases"]), history,
-                               config_mod.num_clients(cfg))
-    text = "# FedA2V results\n\n" + report.results_table(rows, markdown=True) + "\n"
+    plan = runtime_plan(cfg)
+    runstate.release(checkpoint_dir(cfg), run_key)
+    run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
+    log_generator_losses(cfg, run_key, run_id)
+    _, history = tracking.run_info(cfg, run_id)
+    rows = report.results_rows(plan, history, config_mod.num_clients(cfg))
+    text = f"# FedA2V results ({state.lower()})\n\n" + report.results_table(rows, markdown=True) + "\n"
+    if error:
+        text += f"\n{error}\n"
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     with open(report_path, "w") as f:
         f.write(text)
     with tempfile.TemporaryDirectory() as tmp:
-        adapter_file = os.path.join(tmp, "global_adapter.safetensors")
-        storage.write_bytes(adapter_file, storage.read_bytes(adapter_uri))
-        tracking.log_artifact(cfg, mlflow_run_id, adapter_file, "model")
+        adapter = final_adapter_uri(cfg, run_key, plan)
+        if state == "SUCCEEDED" and storage.exists(adapter):
+            adapter_file = os.path.join(tmp, "global_adapter.safetensors")
+            storage.write_bytes(adapter_file, storage.read_bytes(adapter))
+            tracking.log_artifact(cfg, run_id, adapter_file, "model")
         report_file = os.path.join(tmp, "results.md")
         storage.write_bytes(report_file, text.encode())
-        tracking.log_artifact(cfg, mlflow_run_id, report_file, "report")
-    tracking.set_status(cfg, mlflow_run_id, "FINISHED")
-    log.info("[Server] Results of %d rounds written to %s and logged to MLflow run %s",
-             len(rows), report_path, mlflow_run_id)
+        tracking.log_artifact(cfg, run_id, report_file, "report")
+    status = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(
+        state.upper(), "FAILED")
+    tracking.end_run(cfg, run_id, status)
+    log.info("[Server] Pipeline %s: results of %d rounds written to %s; MLflow run %s %s",
+             state.lower(), len(rows), report_path, run_id, status)
     return text

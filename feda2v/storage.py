@@ -11,13 +11,16 @@ import json
 import os
 import posixpath
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import torch
 from fsspec.implementations.local import LocalFileSystem
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported where tensors are read or written: `feda2v --help`, config
+# checks and tracking-only code never pay for them.
 
 
 def _fs(uri: str):
@@ -61,12 +64,16 @@ def read_bytes(uri: str) -> bytes:
 
 def save_tensors(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     """safetensors file; `meta` (any JSON value) travels in the header under 'feda2v'."""
+    from safetensors.torch import save as st_save
+
     header = {"feda2v": json.dumps(meta or {})}
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_bytes(uri, st_save(data, metadata=header))
 
 
 def load_tensors(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors.torch import load as st_load
+
     raw = read_bytes(uri)
     header_len = int.from_bytes(raw[:8], "little")
     return st_load(raw), _feda2v_meta(raw[8 : 8 + header_len])
@@ -85,6 +92,8 @@ def read_meta(uri: str) -> dict[str, Any]:
 
 
 def save_checkpoint(uri: str, checkpoint: dict[str, Any]) -> None:
+    import torch
+
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
     write_bytes(uri, buf.getvalue())
@@ -92,6 +101,8 @@ def save_checkpoint(uri: str, checkpoint: dict[str, Any]) -> None:
 
 def load_checkpoint(uri: str) -> dict[str, Any]:
     """Load a .pt checkpoint without unpickling arbitrary objects (weights_only=True)."""
+    import torch
+
     return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
 
 

@@ -32,25 +32,93 @@ def redact(uri: str) -> str:
     return re.sub(r"//[^/@]+@", "//***@", uri)
 
 
+# MLflow retries an unreachable server for minutes by default; a run should fail in seconds.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_checked: set[str] = set()
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the server, when an http(s) tracking URI does not answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not uri.startswith(("http://", "https://")) or uri in _checked:
+        return
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"MLflow tracking server {redact(uri)} is unreachable ({e}); "
+                              "start it or fix mlflow_tracking_uri / $MLFLOW_TRACKING_URI") from None
+    _checked.add(uri)
+
+
 def _client(uri: str):
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    check_reachable(uri)
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
-def create_run(cfg: dict, run_name: str, parent_run_id: str = "") -> str:
-    uri = tracking_uri(cfg)
-    client = _client(uri)
+def _experiment_id(cfg: dict, client, uri: str) -> str:
     exp = client.get_experiment_by_name(cfg["experiment_name"])
     if exp is None:
         artifacts = None
         if storage.is_local(cfg["storage_root"]) and uri.startswith("sqlite:"):
             artifacts = "file://" + os.path.join(storage.absolute(cfg["storage_root"]), "mlartifacts")
-        exp_id = client.create_experiment(cfg["experiment_name"], artifact_location=artifacts)
+        return client.create_experiment(cfg["experiment_name"], artifact_location=artifacts)
+    return exp.experiment_id
+
+
+def create_run(cfg: dict, run_name: str, parent_run_id: str = "",
+               tags: dict[str, str] | None = None) -> str:
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    tags = dict(tags or {}, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}))
+    return client.create_run(_experiment_id(cfg, client, uri), run_name=run_name,
+                             tags=tags or None).info.run_id
+
+
+RUN_KEY_TAG = "feda2v.run_key"
+
+
+def ensure_run(cfg: dict, run_id: str, run_key: str, phases: str) -> str:
+    """The MLflow run of pipeline run `run_key`: `run_id` when given (claimed on first use),
+    else the run tagged with the key, else a new one. Idempotent, so a retried task or the exit
+    handler finds the same run; params (the resolved config) are logged once."""
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    if run_id:
+        run = client.get_run(run_id)
+        owner = run.data.tags.get(RUN_KEY_TAG)
+        if owner == run_key:
+            return run_id
+        if owner or run.data.params:
+            # Its params belong to another pipeline run: MLflow refuses to change them, and
+            # this run's steps would overlay its metrics.
+            raise ValueError(f"MLflow run {run_id} already holds another run's params; pass an "
+                             "empty mlflow_run_id (a new run) or one created for this pipeline run")
     else:
-        exp_id = exp.experiment_id
-    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
-    return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        exp_id = _experiment_id(cfg, client, uri)
+        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                                   max_results=1)
+        if found:
+            return found[0].info.run_id
+        run_id = client.create_run(exp_id, run_name=run_key).info.run_id
+    log_params(cfg, run_id, {"feda2v.phases": phases})
+    client.set_tag(run_id, RUN_KEY_TAG, run_key)  # last: a claimed run has its params
+    return run_id
+
+
+def end_run(cfg: dict, run_id: str, status: str) -> None:
+    """End the run unless something else already ended it (a KILLED stays KILLED)."""
+    client = _client(tracking_uri(cfg))
+    if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(run_id, status)
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:

@@ -1,5 +1,13 @@
-"""Assemble the pipeline DAG for a config: prepare, then rounds per phase, then finish."""
+"""Assemble the pipeline DAG for a config, in one of two execution granularities.
 
+phase (default): extraction and the generator stages run one task per client; each federated
+  phase runs all its rounds for all clients in one task. Rounds and clients are typed run-time
+  parameters, so the YAML does not grow with rounds.
+round (silo mode): one task per client per round and one per server round, unrolled.
+
+Both call the same library round loop (feda2v.federated) and give the same numbers. Every run
+ends in an exit handler that closes its MLflow run (FINISHED / FAILED / KILLED).
+"""
 
 import json
 
@@ -7,29 +15,27 @@ from kfp import dsl
 
 import components as c
 from feda2v import config as config_mod
-from feda2v.report import phases_param
+from feda2v import runtime
 from pipelines.cluster import ClusterOptions, configure
 
 PIPELINES = ("run1", "run2", "end_to_end", "ablations")
-PHASE_OF = {"run1": "run1", "run2": "run2"}
+EXECUTIONS = ("phase", "round")
 
 PARAMS_DOC = """
         Args:
-            config_json: The run config (JSON, seed format with the feda2v section). Rounds and
-                clients are fixed at compile time; every other key may be changed here.
-            mlflow_run_id: Log into this existing MLflow run; empty creates one per pipeline run.
+            config_json: The run config (JSON, seed format with the feda2v section).{fixed}
+            mlflow_run_id: Log into this existing MLflow run; empty creates one per pipeline run.{typed}
 """
+TYPED_DOC = """
+            global_rounds: Rounds of the last federated phase (the config's global_rounds).
+            generator_training_rounds: Run 1 rounds before Run 2 (feda2v.generator_training_rounds).
+            client_ids: One id per client, [0, 1, ..., n-1]; n must match data.clients (or sets
+                data.num_clients for the pathological, dirichlet and iid partitions)."""
 
 
 def phase_plan(cfg: dict, kind: str) -> "list[tuple[str, int]]":
     """[(phase, rounds), ...] of a pipeline kind. Without generators every round is fedavg."""
-    if kind not in PIPELINES or kind == "ablations":
-        raise ValueError(f"no round plan for pipeline {kind!r}; expected one of {PIPELINES[:3]}")
-    if not cfg["feda2v"]["use_generator"]:
-        return [("fedavg", cfg["global_rounds"])]
-    if kind == "end_to_end":
-        return [("run1", cfg["feda2v"]["generator_training_rounds"]), ("run2", cfg["global_rounds"])]
-    return [(PHASE_OF[kind], cfg["global_rounds"])]
+    return runtime.plan(cfg, kind)
 
 
 class _Tasks:
@@ -43,37 +49,71 @@ class _Tasks:
         return configure(task.set_caching_options(cache), self.options)
 
 
-def _prepare(t: _Tasks, config_json, clients: "list[int]"):
-    targets = t(c.class_targets(config_json=config_json), cache=True)
-    with dsl.ParallelFor(clients, name="extract-clients") as client_id:
-        extracted = t(c.extract(config_json=config_json, client_id=client_id), cache=True)
-    # Clients find their embeddings under the storage root by id; the init task collects the
-    # extraction outputs, checks them, and orders every round after extraction.
-    init = t(c.init_adapter(config_json=config_json,
-                            client_data_uris=dsl.Collected(extracted.output),
-                            targets=targets.outputs["targets"]))
-    return targets.outputs["targets"], init
+def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
+    """Extraction per client, then each phase as one task; generator training and synthetic
+    generation per client between Run 1 and Run 2."""
+    phases = dict(plan)
+    ids = common["client_ids"]
+    keyed = dict(common, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    shape = {k: common[k] for k in ("config_json", "compiled", "client_ids")}
+    last = None
+    with dsl.ParallelFor(ids, name="clients") as i:
+        extracted = t(c.extract(**shape, client_id=i), cache=True)
+        if "run2" in phases and "run1" not in phases:  # Run 2 alone: sample right away
+            sampled = t(c.generate(**keyed, client_id=i)).after(extracted)
+    if "fedavg" in phases:
+        last = t(c.federated_phase(**keyed, phase="fedavg", mlflow_run_id=mlflow_run_id,
+                                   ready=dsl.Collected(extracted.output)))
+    if "run1" in phases:
+        last = t(c.federated_phase(**keyed, phase="run1", mlflow_run_id=mlflow_run_id,
+                                   ready=dsl.Collected(extracted.output)))
+        with dsl.ParallelFor(ids, name="generators") as i:
+            trained = t(c.train_generator(**keyed, client_id=i)).after(last)
+            if "run2" in phases:
+                sampled = t(c.generate(**keyed, client_id=i)).after(trained)
+    if "run2" in phases:
+        t(c.federated_phase(**keyed, phase="run2", mlflow_run_id=mlflow_run_id,
+                            ready=dsl.Collected(sampled.output)))
 
 
-def _rounds(t: _Tasks, config_json, phase: str, rounds: int, first_step: int,
-            clients: "list[int]", adapter, targets, run_id, after):
-    """Unroll `rounds` rounds; returns (final global adapter output, last task)."""
-    last = after
-    for r in range(1, rounds + 1):
-        step = first_step + r - 1
-        with dsl.ParallelFor(clients, name=f"{phase}-round-{r}-clients") as client_id:
-            update = t(c.client_round(config_json=config_json, client_id=client_id, round_num=r,
-                                      phase=phase, global_adapter=adapter, targets=targets))
-            if last is not None:
-                update.after(last)  # e.g. Run 2 waits for the checkpoints of Run 1
-        server = t(c.server_round(config_json=config_json, round_num=r, step=step, phase=phase,
-                                  updates=dsl.Collected(update.outputs["update"]),
-                                  previous=adapter, targets=targets, mlflow_run_id=run_id))
-        server.set_display_name(f"server-{phase}-round-{r}")
-        if last is not None:
+def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]"):
+    """Today's silo shape: one task per client per round, one server task per round; the
+    generator of a client trains right after its last Run 1 round and samples right before its
+    first Run 2 round."""
+    keyed = dict(common, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    base = {k: common[k] for k in ("config_json", "compiled")}
+    targets = t(c.class_targets(**base), cache=True).outputs["targets"]
+    with dsl.ParallelFor(clients, name="clients") as i:
+        extracted = t(c.extract(**base, client_ids=clients, client_id=i), cache=True)
+    init = t(c.init_adapter(**base, client_data_uris=dsl.Collected(extracted.output),
+                            targets=targets))
+    last, phases = init, [p for p, _ in plan]
+    for phase, rounds in plan:
+        adapter = init.outputs["adapter"]  # every phase starts from the initial adapter
+        for r in range(1, rounds + 1):
+            with dsl.ParallelFor(clients, name=f"{phase}-round-{r}") as i:
+                before = None
+                if phase == "run2" and r == 1:
+                    before = t(c.generate(**keyed, client_id=i)).after(last)
+                update = t(c.client_round(config_json=base["config_json"], client_id=i,
+                                          round_num=r, phase=phase,
+                                          run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                          global_adapter=adapter, targets=targets))
+                update.after(before or last)
+                trained = None
+                if phase == "run1" and r == rounds:
+                    trained = t(c.train_generator(**keyed, client_id=i)).after(update)
+            server = t(c.server_round(config_json=base["config_json"], round_num=r, phase=phase,
+                                      run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                      updates=dsl.Collected(update.outputs["update"]),
+                                      previous=adapter, targets=targets,
+                                      mlflow_run_id=mlflow_run_id,
+                                      **({"ready": dsl.Collected(trained.output)} if trained
+                                         else {})))
+            server.set_display_name(f"server-{phase}-round-{r}")
             server.after(last)  # one MLflow writer at a time
-        adapter, last = server.outputs["adapter"], server
-    return adapter, last
+            adapter, last = server.outputs["adapter"], server
+    assert phases  # every plan has a phase
 
 
 def build_ablations(cfg: dict, options: ClusterOptions):
@@ -83,12 +123,20 @@ def build_ablations(cfg: dict, options: ClusterOptions):
     t = _Tasks(options)
     clients = list(range(config_mod.num_clients(cfg)))
     default_json = json.dumps(cfg, sort_keys=True)
+    compiled = runtime.compiled_values(cfg)
 
     def pipeline(config_json: str = default_json, mlflow_run_id: str = "") -> dsl.HTML:
-        targets, ready = _prepare(t, config_json, clients)
+        targets = t(c.class_targets(config_json=config_json, compiled=compiled), cache=True)
+        with dsl.ParallelFor(clients, name="clients") as i:
+            extracted = t(c.extract(config_json=config_json, compiled=compiled,
+                                    client_ids=clients, client_id=i), cache=True)
+        ready = t(c.init_adapter(config_json=config_json, compiled=compiled,
+                                 client_data_uris=dsl.Collected(extracted.output),
+                                 targets=targets.outputs["targets"]))
         with dsl.ParallelFor(list(VARIANTS), name="variants") as variant:
             result = t(c.ablation_variant(config_json=config_json, variant=variant,
-                                          targets=targets, parent_run_id=mlflow_run_id))
+                                          targets=targets.outputs["targets"],
+                                          parent_run_id=mlflow_run_id))
             result.after(ready)
         report = t(c.ablation_report(config_json=config_json,
                                      results=dsl.Collected(result.output),
@@ -96,40 +144,75 @@ def build_ablations(cfg: dict, options: ClusterOptions):
         return report.outputs["report"]
 
     # The docstring becomes the parameter help of the KFP UI's run form.
-    pipeline.__doc__ = "FedA2V ablations on the same data and seed.\n" + PARAMS_DOC
+    pipeline.__doc__ = "FedA2V ablations on the same data and seed.\n" + PARAMS_DOC.format(
+        fixed="", typed="")
     return dsl.pipeline(name="feda2v-ablations",
                         description="FedA2V ablations: " + ", ".join(VARIANTS))(pipeline)
 
 
-def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None" = None):
+def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None" = None,
+          execution: "str | None" = None):
     """Return the KFP pipeline function for `cfg` (kind: run1, run2, end_to_end, ablations;
-    default from the config's `pipeline` key and mode flags)."""
+    default from the config's `pipeline` key and mode flags; execution: phase or round, default
+    the config's `execution`)."""
     kind = kind or config_mod.pipeline_kind(cfg)
     options = options or ClusterOptions()
     if kind == "ablations":
         return build_ablations(cfg, options)
+    execution = execution or cfg["execution"]
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+    # Tasks read the kind and the mode from the config they are given.
+    cfg = dict(cfg, pipeline=kind, execution=execution)
     t = _Tasks(options)
-    plan = phase_plan(cfg, kind)
+    plan = runtime.plan(cfg)
     clients = list(range(config_mod.num_clients(cfg)))
     default_json = json.dumps(cfg, sort_keys=True)
+    compiled = runtime.compiled_values(cfg)
+    rounds = {"global_rounds": cfg["global_rounds"],
+              "generator_training_rounds": cfg["feda2v"]["generator_training_rounds"]}
 
-    def pipeline(config_json: str = default_json, mlflow_run_id: str = "") -> dsl.Markdown:
-        targets, init = _prepare(t, config_json, clients)
-        run = t(c.start_tracking(config_json=config_json, mlflow_run_id=mlflow_run_id,
-                                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                 phases=phases_param(plan)))
-        step, last, adapter = 1, None, None
-        for phase, rounds in plan:
-            # Each phase starts from the same initial adapter, as separate seed runs would.
-            adapter, last = _rounds(t, config_json, phase, rounds, step, clients,
-                                    init.outputs["adapter"], targets, run.output, last)
-            step += rounds
-        done = t(c.finish_tracking(config_json=config_json, mlflow_run_id=run.output,
-                                   adapter=adapter))
-        done.after(last)
+    def body(config_json, mlflow_run_id, global_rounds, generator_training_rounds, client_ids):
+        common = {"config_json": config_json, "compiled": compiled,
+                  "global_rounds": global_rounds,
+                  "generator_training_rounds": generator_training_rounds, "client_ids": client_ids}
+        done = t(c.finish_run(**common, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                              mlflow_run_id=mlflow_run_id))
+        with dsl.ExitHandler(done, name="feda2v-run"):
+            if execution == "phase":
+                _phase_dag(t, plan, common, mlflow_run_id)
+            else:
+                _round_dag(t, plan, common, mlflow_run_id, clients)
         return done.outputs["report"]
 
-    rounds_text = ", ".join(f"{p} x {n} rounds" for p, n in plan)
-    pipeline.__doc__ = f"FedA2V {kind}: {rounds_text}.\n" + PARAMS_DOC
+    if execution == "round":
+        def pipeline(config_json: str = default_json, mlflow_run_id: str = "") -> dsl.Markdown:
+            return body(config_json, mlflow_run_id, rounds["global_rounds"],
+                        rounds["generator_training_rounds"], clients)
+        fixed = (" Rounds, clients and the generator flags are fixed at compile time "
+                 "(execution 'round'); every other key may be changed here.")
+        typed = ""
+    elif [p for p, _ in plan] == ["run1", "run2"]:
+        def pipeline(config_json: str = default_json, mlflow_run_id: str = "",
+                     global_rounds: int = rounds["global_rounds"],
+                     generator_training_rounds: int = rounds["generator_training_rounds"],
+                     client_ids: list = clients) -> dsl.Markdown:
+            return body(config_json, mlflow_run_id, global_rounds, generator_training_rounds,
+                        client_ids)
+        fixed = " The generator flags are fixed at compile time; rounds and clients are the parameters below."
+        typed = TYPED_DOC
+    else:  # one phase: global_rounds is its only round count
+        def pipeline(config_json: str = default_json, mlflow_run_id: str = "",
+                     global_rounds: int = rounds["global_rounds"],
+                     client_ids: list = clients) -> dsl.Markdown:
+            return body(config_json, mlflow_run_id, global_rounds,
+                        rounds["generator_training_rounds"], client_ids)
+        fixed = " The generator flags are fixed at compile time; rounds and clients are the parameters below."
+        typed = TYPED_DOC.replace(TYPED_DOC.splitlines()[2] + "\n", "")
+
+    rounds_text = (", ".join(f"{p} x {n} rounds" for p, n in plan) if execution == "round" else
+                   " then ".join(p for p, _ in plan) + " (rounds: run-time parameters)")
+    pipeline.__doc__ = (f"FedA2V {kind} ({execution} execution): {rounds_text}.\n"
+                        + PARAMS_DOC.format(fixed=fixed, typed=typed))
     return dsl.pipeline(name=f"feda2v-{kind.replace('_', '-')}",
-                        description=f"FedA2V {kind}: {rounds_text}")(pipeline)
+                        description=f"FedA2V {kind}, {execution} execution: {rounds_text}")(pipeline)

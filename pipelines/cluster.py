@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from kfp import kubernetes
 
 # Tasks that run models: extraction (encoders) and training (adapters, generators).
-GPU_TASKS = ("extract", "client-round", "server-round", "ablation-variant")
+GPU_TASKS = ("extract", "federated-phase", "train-generator", "generate", "client-round",
+             "server-round", "ablation-variant")
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Only for the tasks that write to MLflow, and only used by servers with authentication.
-MLFLOW_TASKS = ("server-round", "start-tracking", "finish-tracking", "ablation-variant",
+MLFLOW_TASKS = ("federated-phase", "server-round", "finish-run", "ablation-variant",
                 "ablation-report")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")

@@ -5,8 +5,8 @@ import pytest
 
 from feda2v.cli import build_parser, main
 
-STAGES = ["class-targets", "extract", "init-adapter", "client-round", "aggregate",
-          "global-train", "evaluate"]
+STAGES = ["class-targets", "extract", "init-adapter", "phase", "train-generator", "generate",
+          "client-round", "server-round", "evaluate"]
 
 
 def _help(*args) -> str:
@@ -28,7 +28,20 @@ def test_every_stage_option_has_help(stage):
     for action in sub._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"{stage} {action.option_strings} has no help"
-    assert "--config" in _help(stage)
+    assert "--config" in sub.format_help()
+
+
+def test_help_and_config_check_do_not_import_torch_or_mlflow():
+    """A task or a user pays for heavy imports only where they are used."""
+    probe = ("import sys\nfrom feda2v import cli\n"
+             "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'mlflow', 'transformers', 'kfp') if m in sys.modules]\n"
+             "print('HEAVY', heavy, file=sys.stderr)")
+    for args in (["--help"], ["config", "check", "--config", "configs/demo.json"],
+                 ["config", "keys"]):
+        err = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                             text=True, check=True).stderr
+        assert "HEAVY []" in err, (args, err[-500:])
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):

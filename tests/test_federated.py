@@ -8,7 +8,8 @@ import torch
 
 from feda2v import config as config_mod
 from feda2v.federated import generator
-from feda2v.federated.client import ClientData, run_round
+from feda2v.federated.client import ClientData, client_step
+from feda2v.federated.loop import save_conditions
 from feda2v.federated.server import train_global
 from feda2v.federated.task import new_adapter, zero_shot_accuracy
 
@@ -45,49 +46,80 @@ def _global(cfg):
     return new_adapter(cfg, 16, 16).state_dict()
 
 
-def test_run1_trains_and_saves_seed_named_checkpoints(tmp_path, caplog):
+def _run1(cfg, tmp_path, data, client=0, rounds=3, key="k1", ckpt_dir=None):
+    """Run 1 of one client as the pipeline does it: adapter rounds write class conditions under
+    the run folder, then the client's generator trains over all of them."""
+    run = str(tmp_path / "runs" / key)
+    for r in range(1, rounds + 1):
+        save_conditions(run, client_step(cfg, client, r, "run1", _global(cfg), data, TARGETS,
+                                         NAMES), r)
+    losses = generator.train_client(cfg, client, run, key, data.train_x, data.train_y, NAMES,
+                                    rounds, ckpt_dir or str(tmp_path / "ckpt"))
+    return run, losses
+
+
+def _files(folder):
+    return sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+
+
+def test_run1_trains_and_saves_seed_named_checkpoints(tmp_path):
     cfg = _cfg()
     ckpt_dir = str(tmp_path / "ckpt")
     data = _data([0, 1])
-    for r in (1, 2, 3):
-        update = run_round(cfg, 0, r, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
-        assert update.num_samples == len(data.train_x)
-        assert update.metrics["generator_loss"] > 0
-    assert sorted(os.listdir(ckpt_dir)) == ["client_0_generator.pt",
-                                            "client_0_generator_round_2.pt"]
+    _, losses = _run1(cfg, tmp_path, data)
+    assert sorted(losses) == [1, 2, 3] and all(v > 0 for v in losses.values())
+    assert _files(ckpt_dir) == ["client_0_generator.pt", "client_0_generator_round_2.pt"]
     ckpt = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
-    assert ckpt["round"] == 3 and ckpt["client_id"] == 0
+    assert ckpt["round"] == 3 and ckpt["client_id"] == 0 and ckpt["run"] == "k1"
     assert ckpt["generator_type"] == "vae" and ckpt["diffusion_type"] == "flux"
     assert {"generator_state_dict", "optimizer_state_dict"} <= set(ckpt)
     assert ckpt["class_names"] == ["dog", "rooster"]
     assert ckpt["optimizer_state_dict"]["state"]  # optimizer moments saved for resume
+    snapshot = torch.load(generator.checkpoint_uri(ckpt_dir, 0, 2), weights_only=True)
+    assert snapshot["round"] == 2 and snapshot["optimizer_state_dict"] == {}  # weights only
+    with pytest.raises(ValueError, match="weights-only round snapshot cannot resume"):
+        generator.load(generator.checkpoint_uri(ckpt_dir, 0, 2), cfg, {})
 
 
 def test_run1_resume_continues_the_round_counter(tmp_path):
-    ckpt_dir = str(tmp_path / "ckpt")
     data = _data([0, 1])
-    cfg = _cfg()
-    run_round(cfg, 0, 1, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
+    _run1(_cfg(), tmp_path, data, rounds=1, key="first")
+    from feda2v import runstate
+
+    runstate.release(str(tmp_path / "ckpt"), "first")  # what the first run's exit handler does
     resume = _cfg(generator_training_mode=True, use_pretrained_generators=True)
-    run_round(resume, 0, 1, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
-    assert storage_round(ckpt_dir) == 2
-    assert os.path.exists(generator.checkpoint_uri(ckpt_dir, 0, 2))
+    _run1(resume, tmp_path, data, rounds=1, key="second")
+    assert storage_round(str(tmp_path / "ckpt")) == 2
+    assert os.path.exists(generator.checkpoint_uri(str(tmp_path / "ckpt"), 0, 2))
 
 
 def storage_round(ckpt_dir):
     return torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)["round"]
 
 
+def _generate(cfg, tmp_path, data, client=1, rounds=2, source=None):
+    out = str(tmp_path / f"synthetic_{client}.safetensors")
+    source = source or generator.checkpoint_uri(str(tmp_path / "ckpt"), client)
+    result = generator.generate_client(cfg, client, data, NAMES, rounds, source, out)
+    return result, generator.load_synthetic(out)
+
+
 def test_run2_samples_with_the_training_conditions(tmp_path):
     cfg = _cfg()
-    ckpt_dir = str(tmp_path / "ckpt")
     data = _data([2, 3])
-    run_round(cfg, 1, 1, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
-    update = run_round(cfg, 1, 1, "run2", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
-    assert update.synthetic_x.shape == (12, 4, 16)
-    assert update.synthetic_y.tolist() == [2] * 6 + [3] * 6
-    ckpt = torch.load(generator.checkpoint_uri(ckpt_dir, 1), weights_only=True)
+    _run1(cfg, tmp_path, data, client=1, rounds=1)
+    result, loaded = _generate(cfg, tmp_path, data)
+    x, y, quality = generator.synthetic_round(loaded, 2)
+    assert x.shape == (12, 4, 16) and result["checkpoint_round"] == 1
+    assert y.tolist() == [2] * 6 + [3] * 6
+    assert quality["overall"]["n_synthetic"] > 0  # measured once, sent with the last round
+    assert generator.synthetic_round(loaded, 1)[2] == {}
+    assert not torch.equal(generator.synthetic_round(loaded, 1)[0], x)  # fresh draws per round
+    ckpt = torch.load(generator.checkpoint_uri(str(tmp_path / "ckpt"), 1), weights_only=True)
     assert ckpt["class_conditions"].shape == (2, 16)
+    update = client_step(cfg, 1, 2, "run2", _global(cfg), data, TARGETS, NAMES,
+                         generator.synthetic_round(loaded, 2))
+    assert torch.equal(update.synthetic_x, x) and update.quality == quality
 
 
 def test_run2_missing_checkpoint_warns_like_the_seed_and_fails_naming_the_client(tmp_path, caplog):
@@ -96,8 +128,7 @@ def test_run2_missing_checkpoint_warns_like_the_seed_and_fails_naming_the_client
     try:
         with caplog.at_level(logging.WARNING, logger="feda2v"), pytest.raises(
                 FileNotFoundError, match=r"\[Client 1\] Generator checkpoint not found"):
-            run_round(cfg, 1, 1, "run2", _global(cfg), _data([2, 3]), TARGETS, NAMES,
-                      str(tmp_path))
+            _generate(cfg, tmp_path, _data([2, 3]))
     finally:
         logging.getLogger("feda2v").propagate = False
     assert "[Client 1] Warning: Generator checkpoint not found at" in caplog.text
@@ -105,9 +136,8 @@ def test_run2_missing_checkpoint_warns_like_the_seed_and_fails_naming_the_client
 
 def test_checkpoint_with_other_dims_or_type_is_refused(tmp_path):
     cfg = _cfg()
-    ckpt_dir = str(tmp_path)
-    run_round(cfg, 0, 1, "run1", _global(cfg), _data([0, 1]), TARGETS, NAMES, ckpt_dir)
-    uri = generator.checkpoint_uri(ckpt_dir, 0)
+    _run1(cfg, tmp_path, _data([0, 1]), rounds=1)
+    uri = generator.checkpoint_uri(str(tmp_path / "ckpt"), 0)
     bigger = _cfg(generator_latent_dim=9)
     with pytest.raises(ValueError, match="latent_dim is 8 in the checkpoint but 9"):
         generator.load(uri, bigger, {"latent_dim": 9})
@@ -133,45 +163,68 @@ def test_global_training_on_synthetic_samples_teaches_unseen_classes():
     assert after >= 0.9 and after > before
 
 
-def test_run2_missing_checkpoint_can_fall_back_to_real_data(tmp_path, caplog):
+def test_run2_missing_checkpoint_can_fall_back_to_real_data(tmp_path):
     cfg = _cfg(generator_missing_checkpoint="real_only")
-    update = run_round(cfg, 1, 1, "run2", _global(cfg), _data([2, 3]), TARGETS, NAMES,
-                       str(tmp_path))
+    data = _data([2, 3])
+    result, loaded = _generate(cfg, tmp_path, data)
+    assert result["samples"] == 0 and generator.synthetic_round(loaded, 1) is None
+    update = client_step(cfg, 1, 1, "run2", _global(cfg), data, TARGETS, NAMES, None)
     assert update.num_samples == 24 and len(update.synthetic_y) == 0
     assert update.metrics["adapter_loss"] > 0
 
 
 def test_gan_generators_follow_the_same_checkpoint_contract(tmp_path):
     cfg = _cfg(generator_type="gan")
-    ckpt_dir = str(tmp_path / "ckpt")
     data = _data([0, 1])
-    for r in (1, 2):
-        update = run_round(cfg, 0, r, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
-        assert update.metrics["generator_loss"] == update.metrics["generator_loss"]  # not NaN
-    ckpt = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
+    _, losses = _run1(cfg, tmp_path, data, client=0, rounds=2)
+    assert all(v == v for v in losses.values())  # not NaN
+    ckpt = torch.load(generator.checkpoint_uri(str(tmp_path / "ckpt"), 0), weights_only=True)
     assert ckpt["generator_type"] == "gan" and ckpt["round"] == 2
     assert set(ckpt["optimizer_state_dict"]) == {"generator", "discriminator"}
     assert any(k.startswith("discriminator.") for k in ckpt["generator_state_dict"])
-    update = run_round(cfg, 0, 1, "run2", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
-    assert update.synthetic_x.shape == (12, 4, 16)
+    _, loaded = _generate(cfg, tmp_path, data, client=0)
+    assert generator.synthetic_round(loaded, 1)[0].shape == (12, 4, 16)
     with pytest.raises(ValueError, match="generator_type is 'gan' in the checkpoint but 'vae'"):
-        run_round(_cfg(), 0, 1, "run2", _global(cfg), data, TARGETS, NAMES, ckpt_dir)
+        _generate(_cfg(), tmp_path, data, client=0)
 
 
-def test_a_retried_round_does_not_train_the_generator_twice(tmp_path):
-    cfg = _cfg()
-    ckpt_dir = str(tmp_path / "ckpt")
+def test_a_retried_generator_task_resumes_and_ends_where_an_unbroken_one_does(tmp_path, caplog):
+    cfg = _cfg(generator_save_every=1)
     data = _data([0, 1])
-    run_round(cfg, 0, 1, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir, round_key="r1")
-    first = run_round(cfg, 0, 2, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir,
-                      round_key="r2")
-    before = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
-    retry = run_round(cfg, 0, 2, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir,
-                      round_key="r2")  # the same task again, after its checkpoint was written
-    after = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
-    assert after["round"] == before["round"] == 2
-    assert retry.metrics["generator_loss"] == pytest.approx(first.metrics["generator_loss"])
-    assert all(torch.equal(after["generator_state_dict"][k], v)
-               for k, v in before["generator_state_dict"].items())
-    run_round(cfg, 0, 3, "run1", _global(cfg), data, TARGETS, NAMES, ckpt_dir, round_key="r3")
-    assert storage_round(ckpt_dir) == 3
+    run, unbroken = _run1(cfg, tmp_path / "a", data, rounds=3)
+    # A first try that died after round 2: its resume state says round 2.
+    run_b, _ = _run1(cfg, tmp_path / "b", data, rounds=2)
+    save_conditions(run_b, client_step(cfg, 0, 3, "run1", _global(cfg), data, TARGETS, NAMES), 3)
+    logging.getLogger("feda2v").propagate = True
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="feda2v"):
+            retried = generator.train_client(cfg, 0, run_b, "k1", data.train_x, data.train_y,
+                                             NAMES, 3, str(tmp_path / "b" / "ckpt"))
+    finally:
+        logging.getLogger("feda2v").propagate = False
+    assert "Resuming this run's generator after round 2" in caplog.text
+    assert "Generator round 1/3" not in caplog.text  # rounds 1-2 are not trained again
+    assert retried == pytest.approx(unbroken)
+    a = torch.load(generator.checkpoint_uri(str(tmp_path / "a" / "ckpt"), 0), weights_only=True)
+    b = torch.load(generator.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0), weights_only=True)
+    assert a["round"] == b["round"] == 3
+    assert all(torch.equal(a["generator_state_dict"][k], v)
+               for k, v in b["generator_state_dict"].items())
+
+
+def test_a_live_run_keeps_the_checkpoint_folder_until_it_ends(tmp_path):
+    from feda2v import runstate
+
+    cfg = _cfg()
+    data = _data([0, 1])
+    folder = str(tmp_path / "ckpt")
+    _run1(cfg, tmp_path, data, rounds=1, key="alive")
+    mine = torch.load(generator.checkpoint_uri(folder, 0), weights_only=True)
+    _run1(cfg, tmp_path, data, rounds=2, key="other")  # while "alive" still holds the lease
+    assert torch.load(generator.checkpoint_uri(folder, 0), weights_only=True)["run"] == "alive"
+    assert mine["run"] == "alive"
+    assert os.path.exists(runstate.generator_state_uri(str(tmp_path / "runs" / "other"), 0))
+    runstate.release(folder, "alive")  # the exit handler of "alive"
+    _run1(cfg, tmp_path, data, rounds=2, key="later")
+    assert torch.load(generator.checkpoint_uri(folder, 0), weights_only=True)["run"] == "later"

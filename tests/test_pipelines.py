@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import yaml
 from kfp import compiler
 
@@ -14,14 +15,17 @@ def _compile(cfg, kind, tmp_path, options=None):
     return next(yaml.safe_load_all(path.read_text())), path
 
 
-def _server_phases(spec):
-    """The `phase` constant of every server-round task, in round order."""
-    out = []
-    for name, task in spec["root"]["dag"]["tasks"].items():
-        if name.startswith("server-round"):  # server-round, server-round-2, ...
-            order = int(name.rsplit("-", 1)[1]) if name != "server-round" else 1
-            out.append((order, task["inputs"]["parameters"]["phase"]["runtimeValue"]["constant"]))
-    return [phase for _, phase in sorted(out)]
+def _tasks_by_component(spec):
+    """{component name: [(task name, constant `phase` input or None), ...]} over the root DAG
+    and every sub-DAG (loop bodies, the exit handler)."""
+    out = {}
+    for comp in [spec["root"], *spec["components"].values()]:
+        for name, task in comp.get("dag", {}).get("tasks", {}).items():
+            ref = task["componentRef"]["name"].removeprefix("comp-")
+            phase = task.get("inputs", {}).get("parameters", {}).get("phase", {})
+            out.setdefault(ref.rstrip("-0123456789") if ref[-1].isdigit() else ref, []).append(
+                (name, phase.get("runtimeValue", {}).get("constant")))
+    return out
 
 
 def _tasks(spec):
@@ -32,35 +36,82 @@ def _tasks(spec):
     return names
 
 
-def test_run1_unrolls_rounds_and_fans_out_clients(make_config, tmp_path):
-    cfg = make_config(global_rounds=3)
+def _phases(spec, component):
+    return sorted(p for _, p in _tasks_by_component(spec).get(component, []))
+
+
+def test_phase_execution_is_one_task_per_phase_plus_per_client_stages(make_config, tmp_path):
+    spec, _ = _compile(make_config(global_rounds=3), "end_to_end", tmp_path)
+    comps = _tasks_by_component(spec)
+    assert _phases(spec, "federated-phase") == ["run1", "run2"]
+    for stage in ("extract", "train-generator", "generate", "finish-run"):
+        assert len(comps[stage]) == 1, stage  # one task each, fanned out over clients
+    assert "client-round" not in comps and "server-round" not in comps
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["global_rounds"]["parameterType"] == "NUMBER_INTEGER"
+    assert params["global_rounds"]["defaultValue"] == 3
+    assert params["generator_training_rounds"]["defaultValue"] == 2
+    assert params["client_ids"]["defaultValue"] == [0, 1]
+    # The exit handler closes the MLflow run whatever happened inside.
+    finish = spec["root"]["dag"]["tasks"]["finish-run"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    default = spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
+    assert json.loads(default) == dict(cfg_of(make_config(global_rounds=3)),
+                                       pipeline="end_to_end")
+
+
+def cfg_of(cfg):
+    return json.loads(json.dumps(cfg))
+
+
+def test_phase_execution_of_each_pipeline_kind(make_config, tmp_path):
+    cfg = make_config()
+    assert _phases(_compile(cfg, "run1", tmp_path)[0], "federated-phase") == ["run1"]
+    run2 = _compile(cfg, "run2", tmp_path)[0]
+    assert _phases(run2, "federated-phase") == ["run2"]
+    assert "train-generator" not in _tasks_by_component(run2)  # Run 2 reads published ones
+    assert "generate" in _tasks_by_component(run2)
+    fedavg = _compile(make_config(feda2v={"use_generator": False}), "end_to_end", tmp_path)[0]
+    assert _phases(fedavg, "federated-phase") == ["fedavg"]
+    assert "generator_training_rounds" not in fedavg["root"]["inputDefinitions"]["parameters"]
+
+
+def test_round_execution_unrolls_rounds_and_fans_out_clients(make_config, tmp_path):
+    cfg = make_config(global_rounds=3, execution="round")
     spec, _ = _compile(cfg, "run1", tmp_path)
-    tasks = _tasks(spec)
-    assert sum(t.startswith("server-round") for t in tasks) == 3
-    assert _server_phases(spec) == ["run1"] * 3
-    loops = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert _phases(spec, "server-round") == ["run1"] * 3
+    loops = [t for c in [spec["root"], *spec["components"].values()]
+             for t in c.get("dag", {}).get("tasks", {}).values() if "parameterIterator" in t]
     assert len(loops) == 1 + 3  # extraction + one client fan-out per round
     assert all(json.loads(t["parameterIterator"]["items"]["raw"]) == [0, 1] for t in loops)
-    default = spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
-    assert json.loads(default) == cfg
-
-
-def test_run2_trains_the_global_adapter_each_round(make_config, tmp_path):
-    spec, _ = _compile(make_config(global_rounds=2), "run2", tmp_path)
-    assert _server_phases(spec) == ["run2", "run2"]
-
-
-def test_end_to_end_runs_both_phases(make_config, tmp_path):
-    cfg = make_config(global_rounds=2, feda2v={"generator_training_rounds": 3})
-    spec, _ = _compile(cfg, "end_to_end", tmp_path)
-    tasks = _tasks(spec)
-    assert sum(t.startswith("server-round") for t in tasks) == 5
-    assert _server_phases(spec) == ["run1"] * 3 + ["run2"] * 2
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config_json", "mlflow_run_id"}
+    e2e, _ = _compile(make_config(global_rounds=2, execution="round",
+                                  feda2v={"generator_training_rounds": 3}), "end_to_end", tmp_path)
+    assert _phases(e2e, "server-round") == ["run1"] * 3 + ["run2"] * 2
+    assert len(_tasks_by_component(e2e)["train-generator"]) == 1  # after the last Run 1 round
+    assert len(_tasks_by_component(e2e)["generate"]) == 1         # before the first Run 2 round
 
 
 def test_fedavg_only_when_generators_are_off(make_config):
     cfg = make_config(feda2v={"use_generator": False})
     assert pipelines.phase_plan(cfg, "end_to_end") == [("fedavg", 2)]
+
+
+def test_phase_yaml_does_not_grow_with_rounds(tmp_path):
+    """100 clients, 10+10 and 1000+1000 rounds: the same YAML but for the default values."""
+    sizes, texts = {}, {}
+    for rounds in (10, 1000):
+        cfg = config_mod.validate({"global_rounds": rounds, "data": {"partition": "iid",
+                                                                     "num_clients": 100},
+                                   "feda2v": {"generator_training_rounds": rounds}})
+        (tmp_path / str(rounds)).mkdir()
+        _, path = _compile(cfg, "end_to_end", tmp_path / str(rounds))
+        sizes[rounds] = path.stat().st_size
+        texts[rounds] = path.read_text()
+    assert sizes[1000] < 200_000
+    # YAML folds long lines differently with longer numbers: compare the parsed documents.
+    parsed = {r: json.dumps(list(yaml.safe_load_all(t))) for r, t in texts.items()}
+    assert parsed[1000].replace("1000", "10") == parsed[10]
 
 
 def test_cli_compile_writes_yaml(tmp_path):
@@ -75,14 +126,17 @@ def test_cli_compile_writes_yaml(tmp_path):
     )["global_rounds"] == 30
 
 
-def test_only_extraction_and_class_targets_are_cacheable(make_config, tmp_path):
-    spec, _ = _compile(make_config(global_rounds=1), "run2", tmp_path)
+@pytest.mark.parametrize("execution", ["phase", "round"])
+def test_only_extraction_and_class_targets_are_cacheable(make_config, tmp_path, execution):
+    spec, _ = _compile(make_config(global_rounds=1, execution=execution), "run2", tmp_path)
     caching = {}
     for comp in [spec["root"], *spec["components"].values()]:
         for name, task in comp.get("dag", {}).get("tasks", {}).items():
             if "componentRef" in task and "parameterIterator" not in task:
                 caching[name] = task.get("cachingOptions", {}).get("enableCache", False)
-    assert caching.pop("extract") is True and caching.pop("class-targets") is True
+    assert caching.pop("extract") is True
+    if execution == "round":
+        assert caching.pop("class-targets") is True
     assert caching and not any(caching.values()), caching
 
 
@@ -115,8 +169,8 @@ def test_cluster_settings_in_the_compiled_yaml(make_config, tmp_path, monkeypatc
     assert "sentinel-secret-value-123" not in text
     executors = spec["deploymentSpec"]["executors"]
     platform = _platform(path)
-    gpu_tasks = ("exec-extract", "exec-client-round", "exec-server-round",
-                 "exec-ablation-variant")
+    gpu_tasks = ("exec-extract", "exec-federated-phase", "exec-train-generator",
+                 "exec-generate", "exec-ablation-variant")
     for name, ex in executors.items():
         container = ex["container"]
         assert container["image"] == "registry.example/feda2v:1.2.3"
@@ -130,7 +184,7 @@ def test_cluster_settings_in_the_compiled_yaml(make_config, tmp_path, monkeypatc
         k8s = platform[name]
         assert k8s["secretAsEnv"][0]["secretName"] == "feda2v-s3"
         keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-        if name.startswith(("exec-server-round", "exec-start-tracking", "exec-finish-tracking")):
+        if name.startswith(("exec-federated-phase", "exec-finish-run")):
             keys |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
         assert {m["envVar"] for m in k8s["secretAsEnv"][0]["keyToEnv"]} == keys, name
         assert k8s["secretAsEnv"][0]["optional"] is True
@@ -139,11 +193,12 @@ def test_cluster_settings_in_the_compiled_yaml(make_config, tmp_path, monkeypatc
         assert k8s["tolerations"][0]["effect"] == "NoSchedule"
     for comp in [spec["root"], *spec["components"].values()]:
         for name, task in comp.get("dag", {}).get("tasks", {}).items():
-            if "componentRef" in task and "parameterIterator" not in task:
+            if "dag" not in spec["components"][task["componentRef"]["name"]]:
                 assert task["retryPolicy"]["maxRetryCount"] == 3, name
                 assert task["retryPolicy"]["backoffFactor"] == 2.0
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert "Rounds and" in params["config_json"]["description"]  # the UI form explains it
+    assert "fixed at compile time" in params["config_json"]["description"]  # the form says so
+    assert "Run 1 rounds" in params["generator_training_rounds"]["description"]
     assert "MLflow" in params["mlflow_run_id"]["description"]
 
 
@@ -172,13 +227,13 @@ def test_credentials_in_the_config_are_refused_at_compile(tmp_path, capsys):
     assert not (tmp_path / "p.yaml").exists()
 
 
-def test_full_size_end_to_end_yaml_stays_under_1_mb(tmp_path):
-    """30 + 50 rounds x 3 clients (the seed's runs), and 50 clients: rounds are unrolled, clients
-    are not (ParallelFor), so the size depends on the rounds."""
+def test_full_size_round_execution_yaml_stays_under_1_mb(tmp_path):
+    """Round execution, 30 + 50 rounds x 3 clients (the seed's runs), and 50 clients: rounds are
+    unrolled, clients are not (ParallelFor), so the size depends on the rounds."""
     from feda2v import config as config_mod
 
     for data in ({}, {"partition": "iid", "num_clients": 50}):
-        cfg = config_mod.validate({"global_rounds": 50, "data": data,
+        cfg = config_mod.validate({"global_rounds": 50, "data": data, "execution": "round",
                                    "feda2v": {"generator_training_rounds": 30,
                                               "global_model_train": True}})
         _, path = _compile(cfg, "end_to_end", tmp_path)

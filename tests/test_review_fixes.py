@@ -18,7 +18,7 @@ def test_server_real_data_keeps_only_training_rows(tmp_path):
     cfg = config_mod.validate({"data": {"clients": [["dog"]], "train_folds": [1, 2, 3],
                                         "test_folds": [5]},
                                "feda2v": {"server_real_data_uri": uri}})
-    x, y = stages._server_real_data(cfg, ["dog"])
+    x, y = stages.server_real_data(cfg, ["dog"])
     assert y.tolist() == [0] * 6
     assert sorted(x[:, 0, 0].tolist()) == [0, 1, 2, 3, 4, 5]  # folds 1-3 only: no 4 (unused), 5
     codes = extraction.split_codes(cfg, storage.load_tensors(uri)[0], 10)
@@ -43,25 +43,20 @@ def test_relabelled_clip_misses_the_extraction_cache(make_config, tmp_path, demo
     assert int((t["train_y"] == names.index("rooster")).sum()) == 17  # 16 + the relabelled one
 
 
-def _update(path, client_id, quality):
-    storage.save_tensors(path, {"adapter.w": torch.ones(2), "synthetic_x": torch.zeros(0),
-                                "synthetic_y": torch.zeros(0, dtype=torch.long)},
-                         {"client_id": client_id, "num_samples": 3, "metrics": {},
-                          "quality": quality})
-
-
 def test_quality_of_classes_with_unusual_names_is_logged(tmp_path):
     cfg = config_mod.validate({"storage_root": str(tmp_path), "experiment_name": "q",
                                "data": {"clients": [["dog (bark)", "children's voices"]]}})
     targets = str(tmp_path / "targets.safetensors")
     storage.save_tensors(targets, {"targets": torch.eye(2)},
                          {"class_names": ["dog (bark)", "children's voices"]})
+    from feda2v.federated.client import ClientUpdate
+    from feda2v.federated.server import update_metrics
+
     entry = {"coverage": 0.5, "n_real": 3, "frechet": None}
-    update = str(tmp_path / "u0.safetensors")
-    _update(update, 0, {"dog (bark)": entry, "children's voices": entry, "overall": entry})
+    update = ClientUpdate(0, {"w": torch.ones(2)}, 3, {}, quality={
+        "dog (bark)": entry, "children's voices": entry, "overall": entry})
     run_id = tracking.create_run(cfg, "q")
-    stages.aggregate(json.dumps(cfg), 1, 1, [update], targets, str(tmp_path / "a"),
-                     str(tmp_path / "s"), run_id)
+    tracking.log_metrics(cfg, run_id, update_metrics([update], {}, 0), 1)
     _, history = tracking.run_info(cfg, run_id)
     assert {"quality/node_0/coverage", "quality/node_0/dog _bark_/coverage",
             "quality/node_0/children_s voices/coverage"} <= set(history)
@@ -70,9 +65,13 @@ def test_quality_of_classes_with_unusual_names_is_logged(tmp_path):
 def test_a_run_that_belongs_to_another_pipeline_run_is_refused(tmp_path):
     cfg = config_mod.validate({"storage_root": str(tmp_path), "experiment_name": "r"})
     run_id = tracking.create_run(cfg, "first")
-    stages.start_tracking(json.dumps(cfg), run_id, "first", "run1:1")  # fresh run: accepted
+    assert tracking.ensure_run(cfg, run_id, "key-1", "run1:1") == run_id  # fresh run: claimed
+    assert tracking.ensure_run(cfg, run_id, "key-1", "run1:1") == run_id  # a retry: the same
     with pytest.raises(ValueError, match="already holds another run's params"):
-        stages.start_tracking(json.dumps(cfg), run_id, "second", "run2:1")
+        tracking.ensure_run(cfg, run_id, "key-2", "run2:1")
+    found = tracking.ensure_run(cfg, "", "key-1", "run1:1")  # no id given: found by its key
+    assert found == run_id
+    assert tracking.ensure_run(cfg, "", "key-3", "run1:1") != run_id
 
 
 def test_a_stage_run_by_hand_writes_where_the_pipeline_reads(make_config, tmp_path, monkeypatch,

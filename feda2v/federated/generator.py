@@ -3,6 +3,8 @@ checkpoint contract. Both kinds share the data side (standardisation, `sample`).
 
 from __future__ import annotations
 
+import io
+import os
 from typing import Any
 
 import torch
@@ -114,16 +116,18 @@ def sample_per_class(vae, conditions: torch.Tensor, per_class: int,
     return torch.stack([vae.sample(c.expand(per_class, -1), generator=gen) for c in conditions])
 
 
-def save(uri: str, cfg: dict, vae, opt, client_id: int,
-         round_num: int, class_names: list[str], conditions: torch.Tensor,
-         extra: dict | None = None) -> None:
-    storage.save_checkpoint(uri, {
+def checkpoint_dict(cfg: dict, vae, opt, client_id: int, round_num: int,
+                    class_names: list[str], conditions: torch.Tensor,
+                    extra: dict | None = None) -> dict:
+    """The seed's checkpoint dict. `opt` None keeps weights only (a round snapshot: resume reads
+    the latest checkpoint, which carries the optimizer state)."""
+    return {
         "client_id": client_id,
         "round": round_num,
         "generator_type": cfg["feda2v"]["generator_type"],
         "diffusion_type": DIFFUSION_TYPE,
         "generator_state_dict": vae.state_dict(),
-        "optimizer_state_dict": opt.state_dict(),
+        "optimizer_state_dict": opt.state_dict() if opt is not None else {},
         "dims": {"seq_len": vae.seq_len, "audio_dim": vae.audio_dim,
                  "cond_dim": conditions.shape[1], "hidden_dim": cfg["feda2v"]["generator_hidden_dim"],
                  "latent_dim": vae.latent_dim},
@@ -132,13 +136,25 @@ def save(uri: str, cfg: dict, vae, opt, client_id: int,
         "class_conditions": conditions.detach().cpu(),
         "config": dict(cfg["feda2v"]),
         **(extra or {}),
-    })
+    }
+
+
+def checkpoint_bytes(ckpt: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return buf.getvalue()
+
+
+def save(uri: str, cfg: dict, vae, opt, client_id: int, round_num: int, class_names: list[str],
+         conditions: torch.Tensor, extra: dict | None = None) -> None:
+    storage.write_bytes(uri, checkpoint_bytes(checkpoint_dict(cfg, vae, opt, client_id, round_num,
+                                                              class_names, conditions, extra)))
 
 
 def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | None = None,
-         ckpt: dict | None = None) -> tuple[Any, Any, dict[str, Any]]:
+         ckpt: dict | None = None, with_optimizer: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """Load a checkpoint (or use `ckpt`, already read from `uri`) and refuse it when its type
-    or dims disagree with this run."""
+    or dims disagree with this run. Sampling passes with_optimizer=False (opt is then None)."""
     ckpt = ckpt if ckpt is not None else storage.load_checkpoint(uri)
     want_type = cfg["feda2v"]["generator_type"]
     if ckpt.get("generator_type") != want_type:
@@ -152,6 +168,230 @@ def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | Non
     vae = _model_class(want_type)(*(dims[k] for k in DIM_KEYS))
     vae.load_state_dict(ckpt["generator_state_dict"])
     vae.to(device or torch.device("cpu"))  # before the optimizer, whose state follows the params
-    opt = new_optimizer(cfg, vae)
-    opt.load_state_dict(ckpt["optimizer_state_dict"])
+    opt = None
+    if with_optimizer:
+        if not ckpt.get("optimizer_state_dict"):
+            raise ValueError(f"{uri}: a weights-only round snapshot cannot resume training; "
+                             "resume from the latest checkpoint (client_{i}_generator.pt)")
+        opt = new_optimizer(cfg, vae)
+        opt.load_state_dict(ckpt["optimizer_state_dict"])
     return vae, opt, ckpt
+
+
+# --- a client's generator over the rounds of Run 1 -------------------------------------------
+
+def expected_dims(cfg: dict, x: torch.Tensor, cond_dim: int) -> dict[str, int]:
+    f = cfg["feda2v"]
+    return {"seq_len": x.shape[1], "audio_dim": x.shape[2], "cond_dim": cond_dim,
+            "hidden_dim": f["generator_hidden_dim"], "latent_dim": f["generator_latent_dim"]}
+
+
+def generator_round(cfg: dict, client_id: int, round_num: int, state, x: torch.Tensor,
+                    y: torch.Tensor, ids: torch.Tensor, means: torch.Tensor):
+    """One round of the seed's Run 1 generator training: each sample conditioned on its class's
+    mean adapter output of this round. `state` = (vae, opt) or None for a fresh generator.
+    Seeds itself from (seed, client, round): the same numbers in any process."""
+    from feda2v.federated.client import round_seed
+
+    seed = round_seed(cfg["seed"], client_id, round_num)
+    torch.manual_seed(seed)
+    if state is None:
+        dims = expected_dims(cfg, x, means.shape[1])
+        vae = new_generator(cfg, dims["seq_len"], dims["audio_dim"], dims["cond_dim"]).to(x.device)
+        vae.fit_standardisation(x)
+        state = (vae, new_optimizer(cfg, vae))
+        log.info("[Client %d] Generator initialized successfully", client_id)
+    vae, opt = state
+    lookup = {int(c): i for i, c in enumerate(ids)}
+    cond = means.to(x.device)[torch.tensor([lookup[int(c)] for c in y], device=x.device)]
+    loss = train_generator(cfg, vae, opt, x, cond, client_id, seed)
+    return state, loss
+
+
+def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Tensor,
+                 y: torch.Tensor, class_names: list[str], rounds: int, published_dir: str) -> dict:
+    """All Run 1 rounds of one client's generator, from the conditions its adapter rounds wrote
+    under the run folder. Resume state (with optimizer) goes to the run folder every
+    generator_save_every rounds and at the end, so a retried task restarts from there; the seed's
+    files go to `published_dir` (round snapshots weights only, the latest with the optimizer).
+    Returns {round: loss} of every round of this run."""
+    from feda2v import runstate
+
+    f = cfg["feda2v"]
+    own = runstate.generator_state_uri(run, client_id)
+    losses_uri = runstate.generator_losses_uri(run, client_id)
+    losses: dict[int, float] = {}
+    state, done, offset = None, 0, 0
+    dev = x.device
+    if storage.exists(own):  # a retried task: continue from this run's own resume state
+        ckpt = storage.load_checkpoint(own)
+        first = storage.load_tensors(runstate.conditions_uri(run, client_id, 1))[0]["means"]
+        vae, opt, ckpt = load(own, cfg, expected_dims(cfg, x, first.shape[1]), dev, ckpt)
+        state, done, offset = (vae, opt), int(ckpt["run_round"]), int(ckpt["round"]) - int(ckpt["run_round"])
+        losses = runstate.read_losses(losses_uri)
+        log.info("[Client %d] Resuming this run's generator after round %d (a retried task)",
+                 client_id, done)
+    elif f["use_pretrained_generators"]:  # both mode flags: continue the published generator
+        latest = checkpoint_uri(published_dir, client_id)
+        if storage.exists(latest):
+            first = storage.load_tensors(runstate.conditions_uri(run, client_id, 1))[0]["means"]
+            vae, opt, ckpt = load(latest, cfg, expected_dims(cfg, x, first.shape[1]), dev)
+            state, offset = (vae, opt), int(ckpt["round"])
+            log.info("[Client %d] Resuming %s generator from round %d", client_id,
+                     f["generator_type"].upper(), offset)
+    if state is None and done == 0:
+        log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
+    for r in range(done + 1, rounds + 1):
+        log.info("=== Generator round %d/%d — Client %d ===", r, rounds, client_id)
+        t, _ = storage.load_tensors(runstate.conditions_uri(run, client_id, r))
+        log.info("[Client %d] Starting generator training mode", client_id)
+        state, losses[r] = generator_round(cfg, client_id, r, state, x, y, t["ids"], t["means"])
+        names = [class_names[c] for c in t["ids"]]
+        vae, opt = state
+        seed_round = offset + r
+        extra = {"run": run_key, "run_round": r, "generator_loss": losses[r]}
+        if seed_round % f["generator_save_every"] == 0:
+            snapshot = checkpoint_dict(cfg, vae, None, client_id, seed_round, names, t["means"],
+                                       extra)
+            _publish(published_dir, run_key, client_id, seed_round, checkpoint_bytes(snapshot))
+        if seed_round % f["generator_save_every"] == 0 or r == rounds:
+            save(own, cfg, vae, opt, client_id, seed_round, names, t["means"], extra)
+            runstate.write_losses(losses_uri, losses)
+    _publish(published_dir, run_key, client_id, None, storage.read_bytes(own))
+    average = sum(losses.values()) / max(len(losses), 1)
+    log.info("[Client %d] Generator training over %d rounds completed. Average loss: %.4f",
+             client_id, len(losses), average)
+    return losses
+
+
+# --- sampling (Run 2) -------------------------------------------------------------------------
+
+def _publish(folder: str, run_key: str, client_id: int, round_num: int | None,
+             data: bytes) -> None:
+    from feda2v import runstate
+
+    name = os.path.basename(checkpoint_uri(folder, client_id, round_num))
+    if runstate.publish(folder, run_key, name, data):
+        log.info("[Client %d] Saved generator checkpoint to %s", client_id,
+                 storage.join(folder, name))
+
+
+def load_for_sampling(cfg: dict, client_id: int, uri: str, x: torch.Tensor):
+    """Read a checkpoint once, for sampling only: (vae, ckpt, sha256) or None when missing and
+    generator_missing_checkpoint allows real-data-only rounds."""
+    from feda2v import runstate
+
+    f = cfg["feda2v"]
+    log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
+    if not storage.exists(uri):
+        log.warning("[Client %d] Warning: Generator checkpoint not found at %s", client_id, uri)
+        if f["generator_missing_checkpoint"] == "real_only":
+            log.info("[Client %d] Training on real data only (no synthetic samples)", client_id)
+            return None
+        raise FileNotFoundError(f"[Client {client_id}] Generator checkpoint not found at {uri}; "
+                                "run Run 1 (generator_training_mode) with the same "
+                                "generator_checkpoint_dir first, or set "
+                                "feda2v.generator_missing_checkpoint to real_only")
+    data = storage.read_bytes(uri)
+    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    expect = expected_dims(cfg, x, 0)
+    del expect["cond_dim"]  # the conditions travel inside the checkpoint
+    vae, _, ckpt = load(uri, cfg, expect, x.device, ckpt, with_optimizer=False)
+    digest = runstate.sha256(data)
+    log.info("[Client %d] Loaded %s generator from round %d", client_id,
+             f["generator_type"].upper(), ckpt["round"])
+    log.info("[Client %d] Generator checkpoint loaded successfully: %s (run %s, round %d, "
+             "sha256 %s)", client_id, uri, ckpt.get("run", "-"), ckpt["round"], digest[:16])
+    return vae, ckpt, digest
+
+
+def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str],
+               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """synthetic_samples_per_class samples of each class of the checkpoint, each from the
+    condition it was trained with: (x [C*K, S, D], y [C*K])."""
+    k = cfg["feda2v"]["synthetic_samples_per_class"]
+    names = ckpt["class_names"]
+    unknown = [n for n in names if n not in class_names]
+    if unknown:
+        raise ValueError(f"[Client {client_id}] checkpoint classes {unknown} are not in this "
+                         "run's data.clients")
+    conditions = ckpt["class_conditions"].to(next(vae.parameters()).device)
+    samples = sample_per_class(vae, conditions, k, seed).cpu()  # [C, K, S, D]
+    log.info("[Client %d] Generated %d synthetic sample sets", client_id, len(names))
+    for name, s in zip(names, samples):
+        log.info("  - %s: synthetic samples %s", name, tuple(s.shape))
+    ids = torch.tensor([class_names.index(n) for n in names]).repeat_interleave(k)
+    return samples.reshape(-1, *samples.shape[2:]), ids
+
+
+def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed: int) -> dict:
+    """Quality of the generator, measured as Naeem et al. do: with as many synthetic samples
+    per class as the client has real ones (coverage grows with the sample count, so the few
+    samples sent to the server would understate it). Measured on the client, against its own
+    data: only the numbers leave it."""
+    from feda2v.metrics import quality_report
+
+    n = max(int(torch.bincount(data.train_y).max()), 2)
+    ids = torch.tensor([class_names.index(c) for c in ckpt["class_names"]])
+    conditions = ckpt["class_conditions"].to(next(vae.parameters()).device)
+    samples = sample_per_class(vae, conditions, n, seed + 1).cpu()
+    # The metrics run on the CPU (scipy's matrix square root).
+    report = quality_report(samples.reshape(-1, *samples.shape[2:]), ids.repeat_interleave(n),
+                            data.train_x.cpu(), data.train_y.cpu(), data.test_x.cpu(),
+                            data.test_y.cpu(), class_names, seed=seed)
+    o = report["overall"]
+    log.info("[Client %d] Synthetic quality: cosine to class mean %.3f (%s), coverage %s, "
+             "memorisation ratio %s", client_id, o["cosine_to_real_mean"],
+             "healthy" if o["cosine_healthy"] else "below 0.7",
+             "-" if o["coverage"] is None else f"{o['coverage']:.2f}",
+             "-" if o["memorisation_ratio"] is None else f"{o['memorisation_ratio']:.2f}")
+    return report
+
+
+def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rounds: int,
+                    source_uri: str, out_uri: str) -> dict:
+    """Run 2's synthetic samples of one client for every round, from one read of its generator:
+    round r's samples use the seed of (client, r), so they equal what a per-round task draws."""
+    from feda2v.federated.client import round_seed
+
+    dev = data.train_x.device
+    loaded = load_for_sampling(cfg, client_id, source_uri, data.train_x)
+    meta = {"client_id": client_id, "rounds": rounds, "source": source_uri}
+    if loaded is None:
+        storage.save_tensors(out_uri, {"x": torch.empty(rounds, 0), "y": torch.empty(0, dtype=torch.long)},
+                             dict(meta, quality={}, missing=True))
+        return {"client_id": client_id, "samples": 0}
+    vae, ckpt, digest = loaded
+    xs = []
+    for r in range(1, rounds + 1):
+        x, y = synthesise(cfg, client_id, vae, ckpt, class_names, round_seed(cfg["seed"], client_id, r))
+        xs.append(x)
+    report = {}
+    if cfg["feda2v"]["quality_metrics"]:
+        report = quality(vae, ckpt, data, class_names, client_id,
+                         round_seed(cfg["seed"], client_id, rounds))
+    del vae
+    if cfg["feda2v"]["optimize_memory_usage"] and dev.type == "cuda":
+        torch.cuda.empty_cache()
+    storage.save_tensors(out_uri, {"x": torch.stack(xs), "y": y},
+                         dict(meta, quality=report, sha256=digest, run=ckpt.get("run", ""),
+                              checkpoint_round=int(ckpt["round"])))
+    return {"client_id": client_id, "samples": len(y) * rounds, "sha256": digest,
+            "checkpoint_round": int(ckpt["round"])}
+
+
+def load_synthetic(uri: str) -> tuple[dict, dict]:
+    return storage.load_tensors(uri)
+
+
+def synthetic_round(loaded: tuple[dict, dict], r: int):
+    """Round r's (x, y, quality) of generate_client's file, or None for a client without a
+    generator (real data only); the quality numbers travel with the last round."""
+    t, meta = loaded
+    if meta.get("missing"):
+        return None
+    if not 1 <= r <= meta["rounds"]:
+        raise ValueError(f"synthetic samples of client {meta['client_id']} cover rounds "
+                         f"1-{meta['rounds']}, not round {r}")
+    q = meta.get("quality", {}) if r == meta["rounds"] else {}
+    return t["x"][r - 1].float(), t["y"], q

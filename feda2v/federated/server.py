@@ -1,10 +1,13 @@
-"""Server side: weighted FedAvg, synthetic-sample pooling, global training on the pool."""
+"""Server side: weighted FedAvg, synthetic-sample pooling, global training on the pool, and
+the server's step of a round (all of them, then evaluation)."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from feda2v.federated.task import train_adapter
+from feda2v.federated.task import adapter_from_state, device_of, train_adapter, zero_shot_accuracy
 from feda2v.log import get_logger
 from feda2v.models import Adapter
 
@@ -69,3 +72,79 @@ def train_global(adapter: Adapter, x: torch.Tensor, y: torch.Tensor, targets: to
     loss = train_adapter(adapter, x, y, targets, epochs, batch_size, lr, seed)
     log.info("[Server] Global training loss: %.4f", loss)
     return loss
+
+
+def weighted_accuracy(adapter: Adapter, targets: torch.Tensor,
+                      test_sets: list[tuple]) -> tuple[float, dict[int, float]]:
+    """Zero-shot accuracy on every client's test clips, averaged weighted by test size."""
+    per_client, correct, total = {}, 0.0, 0
+    for i, (x, y) in enumerate(test_sets):
+        per_client[i] = zero_shot_accuracy(adapter, x, y, targets)
+        correct += per_client[i] * len(y)
+        total += len(y)
+    return correct / total, per_client
+
+
+def update_metrics(updates: list, counts: dict[str, int], n_synthetic: int) -> dict[str, float]:
+    """The seed's per-node training metrics, the clients' quality numbers, the pool's size."""
+    metrics = {}
+    for u in updates:
+        for key, value in u.metrics.items():
+            metrics[f"train/node_{u.client_id}/{key}"] = value
+        for group, entry in (u.quality or {}).items():
+            # MLflow metric names allow only a few punctuation marks; class names may have more.
+            safe = re.sub(r"[^\w\-. /]", "_", group)
+            prefix = f"quality/node_{u.client_id}" + ("" if group == "overall" else f"/{safe}")
+            for key, value in entry.items():
+                if value is not None and not key.startswith("n_"):
+                    metrics[f"{prefix}/{key}"] = float(value)
+    if counts:
+        metrics["server/synthetic_samples_total"] = n_synthetic
+        metrics["server/synthetic_samples_classes"] = len(counts)
+    return metrics
+
+
+def server_step(cfg: dict, round_num: int, step: int, phase: str, updates: list,
+                previous: dict[str, torch.Tensor], targets: torch.Tensor, class_names: list[str],
+                test_sets: list[tuple], server_real=None):
+    """Aggregate the round's client updates (sorted by client), train the global adapter on the
+    synthetic pool when the round calls for it, evaluate. Returns (state, metrics, accuracy)."""
+    from feda2v.federated.client import round_seed
+
+    f = cfg["feda2v"]
+    updates = sorted(updates, key=lambda u: u.client_id)
+    weights = [u.num_samples for u in updates]
+    log.info("[Server] Round %d: FedAvg of %d client adapters (weights %s)", round_num,
+             len(updates), weights)
+    state = fedavg([u.adapter_state for u in updates], weights)
+    x, y, counts = pool_synthetic([(u.client_id, u.synthetic_x, u.synthetic_y) for u in updates],
+                                  class_names)
+    metrics = update_metrics(updates, counts, len(y))
+    dev = device_of(cfg)
+    # sample (the data-free ablation) trains the server's own adapter, never the client average.
+    train = phase == "sample" or (phase == "run2" and f["global_model_train"])
+    from_nodes = phase != "sample" and f["global_model_train_from_nodes_adapters"]
+    if train:
+        if len(y) == 0:
+            raise ValueError(f"round {round_num}: global_model_train is on but no client sent "
+                             "synthetic samples")
+        adapter = adapter_from_state(cfg, state if from_nodes else previous).to(dev)
+        seed = round_seed(cfg["seed"], -1, step)
+        tx, ty = mix_real(x.float(), y, server_real, f["global_model_train_real_ratio"], seed)
+        before = weighted_accuracy(adapter, targets, test_sets)[0]
+        loss = train_global(adapter, tx, ty, targets.to(dev), f["global_model_train_epochs"],
+                            cfg["batch_size"], cfg["learning_rate"], seed)
+        after = weighted_accuracy(adapter, targets, test_sets)[0]
+        log.info("[Server] Round %d: accuracy %.3f before global training, %.3f after",
+                 round_num, before, after)
+        metrics.update({"server/global_train_loss": loss,
+                        "eval/accuracy_before_global_train": before,
+                        "eval/accuracy_after_global_train": after})
+        state = {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()}
+    adapter = adapter_from_state(cfg, state).to(dev)
+    accuracy, per_client = weighted_accuracy(adapter, targets, test_sets)
+    metrics.update({f"eval/node_{i}/accuracy": a for i, a in per_client.items()})
+    metrics["eval/global_accuracy"] = accuracy
+    log.info("[Server] Round %d: global zero-shot accuracy %.3f over %d classes (%s)", round_num,
+             accuracy, len(targets), ", ".join(f"node {i}: {a:.3f}" for i, a in per_client.items()))
+    return state, metrics, accuracy

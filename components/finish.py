@@ -1,0 +1,22 @@
+from kfp import dsl
+from kfp.dsl import Markdown, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def finish_run(config_json: str, compiled: str, global_rounds: int,
+               generator_training_rounds: int, client_ids: list, run_key: str,
+               mlflow_run_id: str, status: dsl.PipelineTaskFinalStatus,
+               report: Output[Markdown]) -> str:
+    """Exit handler: results table, final adapter and report to MLflow; the MLflow run ends
+    FINISHED, FAILED or KILLED whatever stopped the pipeline."""
+    from feda2v import runtime, stages
+
+    try:
+        cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
+                              client_ids)
+    except ValueError:  # the run failed on this very check: still close its MLflow run
+        cfg = config_json
+    return stages.finish_tracking(cfg, mlflow_run_id, run_key, status.state, report.path,
+                                  status.error_message)

@@ -1,0 +1,42 @@
+"""Round execution (silo mode): the tasks of one client round and one server round. No
+docstrings or comments in the bodies: KFP copies them into the YAML once per unrolled round.
+The per-round tasks take the config as it is: the first tasks (class targets, extraction,
+initial adapter) already checked it against the compiled DAG."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def class_targets(config_json: str, compiled: str, targets: Output[Dataset]) -> int:
+    from feda2v import runtime, stages
+
+    return stages.class_targets(runtime.resolve(config_json, compiled), targets.path)["num_classes"]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def init_adapter(config_json: str, compiled: str, client_data_uris: list[str],
+                 targets: Input[Dataset], adapter: Output[Model]) -> int:
+    from feda2v import runtime, stages
+
+    return stages.init_adapter(runtime.resolve(config_json, compiled), client_data_uris,
+                               targets.path, adapter.path)["parameters"]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def client_round(config_json: str, client_id: int, round_num: int, phase: str, run_key: str,
+                 global_adapter: Input[Model], targets: Input[Dataset],
+                 update: Output[Artifact]) -> float:
+    from feda2v.stages import client_round_task as f
+    return f(**locals())
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def server_round(config_json: str, round_num: int, phase: str, run_key: str,
+                 updates: Input[list[Artifact]], previous: Input[Model], targets: Input[Dataset],
+                 mlflow_run_id: str, adapter: Output[Model], metrics: Output[Metrics],
+                 ready: list = None) -> float:
+    from feda2v.stages import server_round_task as f
+    return f(**locals())

@@ -1,0 +1,123 @@
+"""Where one pipeline run keeps its state: `{storage_root}/runs/{run_key}/`.
+
+The run key is KFP's pipeline job id (unique per run; the same across a task's retries), so a
+run never reads or overwrites another run's round state, and a retried task finds what its
+first try finished. Layout:
+
+    {phase}/round_{r}/global.safetensors        global adapter after round r (written last)
+    run1/conditions/client_{i}/round_{r}.safetensors   class conditions of client i, round r
+    generators/client_{i}.pt                     client i's generator, resume state (optimizer)
+    generators/client_{i}.json                   its per-round losses
+    synthetic/client_{i}.safetensors             Run 2 synthetic samples of every round
+
+The shared `generator_checkpoint_dir` (seed file names) is written under a lease, so two live
+runs never overwrite each other's published checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from feda2v import storage
+from feda2v.log import get_logger
+
+log = get_logger()
+LEASE_NAME = "feda2v-lease.json"
+LEASE_SECONDS = 2 * 3600  # a run that died without its exit handler frees the folder after this
+
+
+def run_dir(cfg: dict, run_key: str) -> str:
+    if not run_key or "/" in run_key or run_key in (".", ".."):
+        raise ValueError(f"run key must be a non-empty name without '/', got {run_key!r}")
+    return storage.join(cfg["storage_root"], "runs", run_key)
+
+
+def round_uri(run: str, phase: str, r: int) -> str:
+    return storage.join(run, phase, f"round_{r}", "global.safetensors")
+
+
+def conditions_uri(run: str, client_id: int, r: int) -> str:
+    return storage.join(run, "run1", "conditions", f"client_{client_id}", f"round_{r}.safetensors")
+
+
+def generator_state_uri(run: str, client_id: int) -> str:
+    return storage.join(run, "generators", f"client_{client_id}.pt")
+
+
+def generator_losses_uri(run: str, client_id: int) -> str:
+    return storage.join(run, "generators", f"client_{client_id}.json")
+
+
+def synthetic_uri(run: str, client_id: int) -> str:
+    return storage.join(run, "synthetic", f"client_{client_id}.safetensors")
+
+
+def last_round(run: str, phase: str, rounds: int) -> int:
+    """The last round of `phase` whose global adapter was written (0: none)."""
+    for r in range(rounds, 0, -1):
+        if storage.exists(round_uri(run, phase, r)):
+            return r
+    return 0
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- the lease on the shared checkpoint folder ----------------------------------------------
+
+def _lease_uri(folder: str) -> str:
+    return storage.join(folder, LEASE_NAME)
+
+
+def lease_holder(folder: str) -> dict | None:
+    """The live lease on `folder` ({run, expires}), or None when free, released or expired."""
+    uri = _lease_uri(folder)
+    if not storage.exists(uri):
+        return None
+    try:
+        lease = storage.read_json(uri)
+    except (ValueError, OSError):
+        return None
+    if lease.get("released") or lease.get("expires", 0) < time.time():
+        return None
+    return lease
+
+
+def acquire(folder: str, run_key: str) -> bool:
+    """Take or renew the lease on `folder` for `run_key`; False while another live run holds it.
+    (On object stores two runs racing within one request can both win; the read-back narrows it.)"""
+    holder = lease_holder(folder)
+    if holder is not None and holder["run"] != run_key:
+        return False
+    storage.write_json(_lease_uri(folder), {"run": run_key, "expires": time.time() + LEASE_SECONDS,
+                                           "host": os.uname().nodename})
+    return storage.read_json(_lease_uri(folder)).get("run") == run_key
+
+
+def release(folder: str, run_key: str) -> None:
+    holder = lease_holder(folder)
+    if holder is not None and holder["run"] == run_key:
+        storage.write_json(_lease_uri(folder), dict(holder, released=True))
+
+
+def publish(folder: str, run_key: str, name: str, data: bytes) -> bool:
+    """Write `data` as `folder/name` if this run holds (or can take) the folder's lease."""
+    if not acquire(folder, run_key):
+        holder = lease_holder(folder) or {}
+        log.warning("%s is held by live run %s: this run's checkpoint stays under its run "
+                    "folder (not published as %s)", folder, holder.get("run"), name)
+        return False
+    storage.write_bytes(storage.join(folder, name), data)
+    return True
+
+
+def write_losses(uri: str, losses: dict[int, float]) -> None:
+    storage.write_json(uri, {str(r): v for r, v in sorted(losses.items())})
+
+
+def read_losses(uri: str) -> dict[int, float]:
+    return {int(r): float(v) for r, v in json.loads(storage.read_bytes(uri)).items()}

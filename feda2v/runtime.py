@@ -1,0 +1,143 @@
+"""What a pipeline task decides at run time: the round plan, run-time parameter overrides,
+structural keys that must match the compiled DAG, and torch threads for local runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from feda2v import config as config_mod
+
+KINDS = ("run1", "run2", "end_to_end")
+# Keys that decide which tasks exist: fixed once compiled, in both execution modes.
+SHAPE_KEYS = ("pipeline", "execution", "feda2v.use_generator")
+# Keys that only set counts: run-time parameters in phase mode, compiled into round mode.
+COUNT_KEYS = ("global_rounds", "feda2v.generator_training_rounds", "clients")
+LOCAL_CORES_ENV = "FEDA2V_LOCAL_CORES"      # set by `feda2v run`: cores of this machine
+LOCAL_PARALLEL_ENV = "FEDA2V_LOCAL_PARALLEL"  # tasks kfp.local runs at once (its ParallelFor cap)
+PARENT_ENV = "FEDA2V_PARENT_PID"            # set by `feda2v run`: tasks exit when it is gone
+
+
+def plan(cfg: dict, kind: str | None = None) -> list[tuple[str, int]]:
+    """[(phase, rounds), ...] of a pipeline kind (default: the config's). Without generators
+    every round is fedavg."""
+    kind = kind or config_mod.pipeline_kind(cfg)
+    if kind not in KINDS:
+        raise ValueError(f"no round plan for pipeline {kind!r}; expected one of {KINDS}")
+    if not cfg["feda2v"]["use_generator"]:
+        return [("fedavg", cfg["global_rounds"])]
+    if kind == "end_to_end":
+        return [("run1", cfg["feda2v"]["generator_training_rounds"]), ("run2", cfg["global_rounds"])]
+    return [(kind, cfg["global_rounds"])]
+
+
+def _value(cfg: dict, key: str):
+    if key == "pipeline":
+        return config_mod.pipeline_kind(cfg)
+    if key == "clients":
+        return config_mod.num_clients(cfg)
+    section, _, name = key.rpartition(".")
+    return (cfg[section] if section else cfg)[name]
+
+
+def _set(cfg: dict, key: str, value) -> None:
+    section, _, name = key.rpartition(".")
+    (cfg[section] if section else cfg)[name] = value
+
+
+def compiled_values(cfg: dict) -> str:
+    """The structural values a pipeline is compiled with (a constant input of its tasks)."""
+    return json.dumps({k: _value(cfg, k) for k in SHAPE_KEYS + COUNT_KEYS}, sort_keys=True)
+
+
+def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
+            generator_training_rounds: int | None = None,
+            client_ids: list | None = None) -> str:
+    """The config a task runs with: config_json plus the typed run-time parameters, checked
+    against what the DAG was compiled for. A structural key changed where it cannot take effect
+    fails here, naming the key and its compiled value."""
+    cfg = config_mod.loads(config_json)
+    built = json.loads(compiled)
+    for key in SHAPE_KEYS:
+        if _value(cfg, key) != built[key]:
+            raise config_mod.ConfigError(
+                f"'{key}' is {json.dumps(_value(cfg, key))} in config_json but the pipeline was "
+                f"compiled with {json.dumps(built[key])}: it decides which tasks exist; "
+                "compile the pipeline again (feda2v compile) to change it")
+    if built["execution"] == "round":
+        for key in COUNT_KEYS:
+            if _value(cfg, key) != built[key]:
+                raise config_mod.ConfigError(
+                    f"'{key}' is {json.dumps(_value(cfg, key))} in config_json but this "
+                    f"round-execution pipeline was compiled with {json.dumps(built[key])} "
+                    "(its rounds and clients are unrolled); compile again, or use "
+                    "execution 'phase', where they are run-time parameters")
+        return json.dumps(cfg, sort_keys=True)
+    for key, typed in (("global_rounds", global_rounds),
+                       ("feda2v.generator_training_rounds", generator_training_rounds)):
+        if typed is None or typed == built[key]:
+            continue  # the form's value is the compiled one: config_json's value stands
+        if _value(cfg, key) not in (built[key], typed):
+            raise config_mod.ConfigError(
+                f"'{key}' is {_value(cfg, key)} in config_json but {typed} in the run-time "
+                f"parameter {key.rsplit('.', 1)[-1]}; set one of them")
+        if isinstance(typed, bool) or not isinstance(typed, int) or typed < 1:
+            raise config_mod.ConfigError(f"bad value for run-time parameter '{key}': {typed!r}")
+        _set(cfg, key, typed)
+    if client_ids is not None:
+        client_ids = [as_int(i, "client_ids") for i in client_ids]
+        n = config_mod.num_clients(cfg)
+        if list(client_ids) != list(range(len(client_ids))) or not client_ids:
+            raise config_mod.ConfigError(
+                f"bad value for run-time parameter 'client_ids': expected [0, 1, ..., n-1], "
+                f"got {client_ids!r}")
+        if len(client_ids) != n:
+            if cfg["data"]["partition"] != "classes" and n == built["clients"]:
+                cfg["data"]["num_clients"] = len(client_ids)
+            else:
+                key = "data.clients" if cfg["data"]["partition"] == "classes" else "data.num_clients"
+                raise config_mod.ConfigError(
+                    f"'{key}' gives {n} clients but the run-time parameter client_ids is "
+                    f"{list(client_ids)}; set client_ids to {list(range(n))}")
+    return json.dumps(config_mod.validate(cfg), sort_keys=True)
+
+
+def as_int(value, name: str) -> int:
+    """KFP passes numbers of list parameters (and their ParallelFor items) as floats: 2.0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise config_mod.ConfigError(f"bad value for '{name}': expected an integer, got {value!r}")
+    return int(value)
+
+
+def task_setup(parallel: bool) -> None:
+    """Called at the start of every pipeline stage. Under `feda2v run`: torch threads = cores /
+    tasks running at once (concurrent client tasks must not fight over the cores), and the task
+    exits when `feda2v run` is gone (a SIGKILL gives it no chance to stop its tasks). Elsewhere
+    (a pod, a test, a stage by hand) nothing changes."""
+    cores = os.environ.get(LOCAL_CORES_ENV)
+    if cores:
+        import torch
+
+        share = int(os.environ.get(LOCAL_PARALLEL_ENV, "1")) if parallel else 1
+        torch.set_num_threads(max(1, int(cores) // max(1, share)))
+    parent = os.environ.get(PARENT_ENV)
+    if parent and not _watching:
+        _watching.append(int(parent))
+        threading.Thread(target=_exit_with_parent, args=(int(parent),), daemon=True).start()
+
+
+_watching: list[int] = []
+
+
+def _exit_with_parent(parent: int) -> None:
+    # The task may sit below a shell (KFP's `sh -c` launcher), so watch the pid, not getppid().
+    while True:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(137)
+        except PermissionError:
+            pass  # alive, owned by someone else: cannot be ours, but keep waiting
+        time.sleep(0.5)
