@@ -13,10 +13,10 @@ def finish_run(config_json: str, compiled: str, global_rounds: int,
     FINISHED, FAILED or KILLED whatever stopped the pipeline."""
     from feda2v import runtime, stages
 
+    error = status.error_message
     try:
         cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                               client_ids)
-    except ValueError:  # the run failed on this very check: still close its MLflow run
-        cfg = config_json
-    return stages.finish_tracking(cfg, mlflow_run_id, run_key, status.state, report.path,
-                                  status.error_message)
+    except ValueError as e:  # the run failed on this very check: still close its MLflow run
+        cfg, error = config_json, str(e)
+    return stages.finish_tracking(cfg, mlflow_run_id, run_key, status.state, report.path, error)

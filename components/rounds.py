@@ -29,8 +29,9 @@ def init_adapter(config_json: str, compiled: str, client_data_uris: list[str],
 def client_round(config_json: str, client_id: int, round_num: int, phase: str, run_key: str,
                  global_adapter: Input[Model], targets: Input[Dataset],
                  update: Output[Artifact]) -> float:
-    from feda2v.stages import client_round_task as f
-    return f(**locals())
+    a = dict(locals())
+    from feda2v.stages import client_round_task
+    return client_round_task(**a)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -38,5 +39,6 @@ def server_round(config_json: str, round_num: int, phase: str, run_key: str,
                  updates: Input[list[Artifact]], previous: Input[Model], targets: Input[Dataset],
                  mlflow_run_id: str, adapter: Output[Model], metrics: Output[Metrics],
                  ready: list = None) -> float:
-    from feda2v.stages import server_round_task as f
-    return f(**locals())
+    a = dict(locals())
+    from feda2v.stages import server_round_task
+    return server_round_task(**a)

@@ -55,13 +55,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     _checked.add(uri)
 
 
+_clients: dict = {}
+
+
 def _client(uri: str):
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     check_reachable(uri)
+    if uri in _clients:
+        return _clients[uri]
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if uri.startswith("sqlite:///"):
+        # Two runs starting at once on a fresh store would both create its tables (and one
+        # fails in the schema migration): opening the store is serialised by a lock file.
+        import fcntl
+
+        path = uri.removeprefix("sqlite:///")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                client = MlflowClient(tracking_uri=uri)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    else:
+        client = MlflowClient(tracking_uri=uri)
+    _clients[uri] = client
+    return client
 
 
 def _experiment_id(cfg: dict, client, uri: str) -> str:

@@ -1,19 +1,32 @@
-"""Run 1 then Run 2 through kfp.local (the same compiled DAGs a cluster runs), on tiny data."""
+"""Whole pipelines through kfp.local (the same compiled DAGs a cluster runs), on tiny data:
+what only a real run shows — the DAG wiring, both execution modes giving the same numbers,
+MLflow runs that always end, killed and concurrent runs, an S3 storage root."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
+from s3server import s3_env, s3_server  # noqa: F401 - fixtures
 
-from feda2v import tracking
+from feda2v import storage, tracking
 
 
-def _run(config_path, pipeline, cwd):
+def _write(cfg, tmp_path, name="config.json"):
+    path = str(tmp_path / name)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def _run(config_path, pipeline, cwd, *extra, env=None):
     proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", config_path,
-                           "--pipeline", pipeline], check=False, cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
+                           "--pipeline", pipeline, *extra], check=False, cwd=cwd,
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
 
@@ -26,22 +39,26 @@ def _runs(cfg):
     return client, client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
 
 
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
 @pytest.mark.slow
 def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
     cfg = make_config(feda2v={"generator_save_every": 2, "generator_training_mode": True})
-    path = str(tmp_path / "config.json")
-    with open(path, "w") as f:
-        json.dump(cfg, f)
+    path = _write(cfg, tmp_path)
 
     out1 = _run(path, "run1", tmp_path)
     assert "[Client 0] Initializing vae generator" in out1
     assert "[Client 1] Saved generator checkpoint to" in out1
-    ckpts = sorted(os.listdir(tmp_path / "store" / "checkpoints" / "generators"))
+    ckpts = sorted(f for f in os.listdir(tmp_path / "store" / "checkpoints" / "generators")
+                   if f.endswith(".pt"))
     assert ckpts == ["client_0_generator.pt", "client_0_generator_round_2.pt",
                      "client_1_generator.pt", "client_1_generator_round_2.pt"]
 
     out2 = _run(path, "run2", tmp_path)
     assert "[Client 1] Loaded VAE generator from round 2" in out2
+    assert "Generator checkpoint loaded successfully" in out2 and "sha256" in out2
     assert "[Server] Aggregated 64 synthetic samples across 4 classes" in out2
     assert "global acc" in out2  # the results table
 
@@ -60,36 +77,189 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
     assert [m.step for m in acc] == [1, 2]
     assert acc[-1].value >= 0.5  # chance is 1/4
     assert run2.data.params["feda2v.global_model_train"] == "true"
+    assert any(k.startswith("quality/node_1/") for k in run2.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
     assert {"model", "report"} <= artifacts
 
 
+def _final_adapter(root, key, phase, rounds):
+    return storage.load_tensors(os.path.join(root, "runs", key, phase, f"round_{rounds}",
+                                             "global.safetensors"))[0]
+
+
 @pytest.mark.slow
-def test_end_to_end_is_one_mlflow_run_with_steps_across_both_phases(make_config, tmp_path):
+def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path):
+    """One config and seed, three ways: a phase-execution pipeline compiled for 3 Run 2 rounds
+    but run with the run-time parameter global_rounds=1, a round-execution pipeline compiled
+    for 1, and `feda2v experiment`. Same final adapter, same metrics at every step."""
+    from kfp import local
+
+    import pipelines
+    from feda2v.experiment import run_experiment
+
     cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 2,
                                                "generator_training_mode": True})
-    path = str(tmp_path / "config.json")
-    with open(path, "w") as f:
-        json.dump(cfg, f)
-    out = _run(path, "end_to_end", tmp_path)
-    assert " run1      2 " in out and " run2      1 " in out  # the results table rows
+    store = cfg["storage_root"]
+    _run(_write(cfg, tmp_path), "end_to_end", tmp_path, "--execution", "round")
+    client, (round_run,) = _runs(cfg)
+
+    compiled_for_3 = dict(cfg, global_rounds=3)
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "kfp"), raise_on_error=True)
+    phase_id = tracking.create_run(cfg, "phase")
+    pipelines.build(compiled_for_3, "end_to_end", pipelines.ClusterOptions.local(), "phase")(
+        mlflow_run_id=phase_id, global_rounds=1)
+    experiment = run_experiment(cfg, ["synthetic"], "same")
+
+    keys = [client.get_run(r).data.tags["feda2v.run_key"] for r in (round_run.info.run_id,
+                                                                    phase_id)]
+    finals = [_final_adapter(store, key, "run2", 1) for key in keys]
+    finals.append(storage.load_tensors(os.path.join(experiment["dir"], "synthetic", "run2",
+                                                    "round_1", "global.safetensors"))[0])
+    for other in finals[1:]:
+        assert all(torch.allclose(finals[0][k], v, atol=1e-5) for k, v in other.items())
+    child = experiment["results"][0]["run_id"]
+    for key in ("eval/global_accuracy", "train/node_1/generator_loss",
+                "server/synthetic_samples_total"):
+        seen = [_history(client, r, key) for r in (round_run.info.run_id, phase_id, child)]
+        assert seen[0] and seen[0] == seen[1], key
+        assert [s for s, _ in seen[2]] == [s for s, _ in seen[0]], key
+        assert [v for _, v in seen[2]] == pytest.approx([v for _, v in seen[0]], abs=1e-4), key
+    phase = client.get_run(phase_id)
+    assert phase.info.status == "FINISHED"
+    assert phase.data.params["global_rounds"] == "1"  # MLflow records what took effect
+    assert phase.data.params["feda2v.phases"] == "run1:2,run2:1"
+
+
+@pytest.mark.slow
+def test_a_structural_key_changed_at_run_time_fails_the_first_tasks(make_config, tmp_path):
+    """The run form's config_json turns generators off, but the DAG has generator tasks: the
+    first tasks fail naming the key and its compiled value, the exit handler still ends the
+    MLflow run, and nothing was trained."""
+    from kfp import local
+
+    import pipelines
+
+    cfg = make_config(feda2v={"generator_training_mode": True})
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "kfp"), raise_on_error=False)
+    run_id = tracking.create_run(cfg, "edited")
+    edited = json.loads(json.dumps(cfg))
+    edited["feda2v"].update(use_generator=False, generator_training_mode=False)
+    start = time.monotonic()
+    task = pipelines.build(cfg, "run1", pipelines.ClusterOptions.local())(
+        config_json=json.dumps(edited), mlflow_run_id=run_id)
+    assert time.monotonic() - start < 120
+    logs = "".join(open(os.path.join(d, f), errors="replace").read()
+                   for d, _, files in os.walk(tmp_path / "kfp") for f in files
+                   if f.endswith((".log", ".txt")))
+    client, _ = _runs(cfg)
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert task is not None
+    assert not os.path.exists(os.path.join(cfg["storage_root"], "checkpoints"))
+    text = client.download_artifacts(run_id, "report/results.md", str(tmp_path))
+    report = open(text).read()
+    assert "failed" in report, report
+    assert "'feda2v.use_generator' is false in config_json but the pipeline was compiled " \
+           "with true" in report + logs
+
+
+def _task_processes(parent_pid):
+    """Processes started under `feda2v run` (its tasks carry its pid in their environment)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"FEDA2V_PARENT_PID={parent_pid}".encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_run_leaves_no_task_and_no_running_mlflow_run(make_config, tmp_path, sig):
+    cfg = make_config(global_rounds=40, local_epochs=1,
+                      feda2v={"generator_training_mode": True})
+    path = _write(cfg, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "feda2v.cli", "run", "--config", path,
+                             "--pipeline", "run1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # wait until the federated phase task is training
+        if "=== Round 2/40 (run1) ===" in line or time.monotonic() > deadline:
+            break
+    assert _task_processes(proc.pid), "no task was running"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _task_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _task_processes(proc.pid)
     client, runs = _runs(cfg)
-    assert len(runs) == 1
-    run_id = runs[0].info.run_id
-    assert [m.step for m in client.get_metric_history(run_id, "eval/global_accuracy")] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(run_id, "train/node_1/generator_loss")] == [1, 2]
-    assert [m.step for m in client.get_metric_history(run_id, "server/synthetic_samples_total")] == [3]
-    assert runs[0].data.params["feda2v.phases"] == "run1:2,run2:1"
+    deadline = time.monotonic() + 60  # after a SIGKILL the watchdog ends the run
+    while client.get_run(runs[0].info.run_id).info.status == "RUNNING" and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_storage_root_stay_apart(make_config, tmp_path):
+    cfg = make_config(feda2v={"generator_training_mode": True, "generator_save_every": 1})
+    path = _write(cfg, tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-m", "feda2v.cli", "run", "--config", path,
+                               "--pipeline", "run1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert not any("Resuming" in out for out in outs)  # neither took the other's generator
+    client, runs = _runs(cfg)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    keys = [r.data.tags["feda2v.run_key"] for r in runs]
+    for key in keys:  # each run trained its own generators for exactly its 2 rounds
+        own = storage.load_checkpoint(os.path.join(cfg["storage_root"], "runs", key,
+                                                   "generators", "client_0.pt"))
+        assert own["round"] == 2 and own["run"] == key
+    published = storage.load_checkpoint(os.path.join(cfg["storage_root"], "checkpoints",
+                                                     "generators", "client_0_generator.pt"))
+    assert published["run"] in keys and published["round"] == 2
+    # Round snapshots and latest in the shared folder all come from one and the same run.
+    folder = os.path.join(cfg["storage_root"], "checkpoints", "generators")
+    owners = {storage.load_checkpoint(os.path.join(folder, f))["run"]
+              for f in os.listdir(folder) if f.endswith(".pt")}
+    assert len(owners) == 1
+
+
+@pytest.mark.slow
+def test_run_with_an_s3_storage_root(make_config, tmp_path, s3_env):  # noqa: F811
+    """Tensors and checkpoints go through the object store; kfp.local's own folder and the
+    local run's MLflow store stay on disk."""
+    bucket = s3_env
+    cfg = make_config(global_rounds=1, storage_root=f"s3://{bucket}/feda2v",
+                      feda2v={"generator_training_rounds": 1, "generator_training_mode": True,
+                              "generator_save_every": 1})
+    out = _run(_write(cfg, tmp_path), "end_to_end", tmp_path)
+    assert "global acc" in out
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    names = {p.rsplit("/", 1)[-1] for p in fs.find(f"{bucket}/feda2v")}
+    assert {"client_0.safetensors", "client_0_generator.pt", "client_1_generator_round_1.pt",
+            "global.safetensors"} <= names
+    assert os.path.exists(tmp_path / ".feda2v-local" / "mlflow.db")
+    assert not os.path.exists(tmp_path / "s3:")
 
 
 @pytest.mark.slow
 def test_ablations_pipeline_under_kfp_local(make_config, tmp_path):
     cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 1,
                                                "generator_training_mode": True})
-    path = str(tmp_path / "config.json")
-    with open(path, "w") as f:
-        json.dump(cfg, f)
-    out = _run(path, "ablations", tmp_path)
+    out = _run(_write(cfg, tmp_path), "ablations", tmp_path)
     for variant in ("fedavg", "synthetic", "synthetic_only", "centralized"):
         assert f"\n{variant} " in out
     client, runs = _runs(cfg)

@@ -1,0 +1,153 @@
+"""The round loop a phase task runs (resume after a failure), run-time parameters and the
+structural keys a compiled pipeline fixes, thread settings: in-process, on synthetic data."""
+
+import json
+
+import pytest
+import torch
+
+from feda2v import config as config_mod
+from feda2v import runstate, runtime
+from feda2v.federated import loop as loop_mod
+from feda2v.federated.client import ClientData
+from feda2v.federated.loop import Federation, run_phase
+from feda2v.federated.task import new_adapter
+
+NAMES = ["dog", "rooster", "rain", "siren"]
+
+
+def _cfg(**top):
+    return config_mod.validate({"batch_size": 8, "local_epochs": 1, **top,
+                                "feda2v": {"adapter_hidden_dims": [32], "adapter_heads": 4},
+                                "data": {"clients": [NAMES[:2], NAMES[2:]]}})
+
+
+def _federation(cfg):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 4, 16, generator=g) * 2
+
+    def data(classes):
+        y = torch.tensor(classes).repeat_interleave(10)
+        x = centres[y] + 0.3 * torch.randn(len(y), 4, 16, generator=g)
+        return ClientData(x[::2].clone(), y[::2].clone(), x[1::2].clone(), y[1::2].clone())
+
+    targets = torch.randn(4, 16, generator=torch.Generator().manual_seed(7))
+    return Federation(cfg, [data([0, 1]), data([2, 3])], targets, NAMES)
+
+
+def _start(cfg):
+    torch.manual_seed(0)
+    return new_adapter(cfg, 16, 16).state_dict()
+
+
+def test_a_retried_phase_resumes_after_its_last_finished_round(tmp_path, monkeypatch):
+    cfg = _cfg()
+    fed = _federation(cfg)
+    clean, clean_history = run_phase(fed, "run1", 3, 1, _start(cfg), str(tmp_path / "clean"))
+
+    calls = []
+    real_step = loop_mod.client_step
+
+    def counting(cfg, client_id, r, *args):
+        calls.append(r)
+        if r == 3 and len(calls) == 5:  # the first try dies in round 3
+            raise RuntimeError("pod evicted")
+        return real_step(cfg, client_id, r, *args)
+
+    monkeypatch.setattr(loop_mod, "client_step", counting)
+    run = str(tmp_path / "retried")
+    with pytest.raises(RuntimeError, match="evicted"):
+        run_phase(fed, "run1", 3, 1, _start(cfg), run)
+    assert runstate.last_round(run, "run1", 3) == 2
+    calls.clear()
+    state, history = run_phase(fed, "run1", 3, 1, _start(cfg), run)
+    assert calls == [3, 3]  # rounds 1 and 2 are not trained again
+    assert [h["round"] for h in history] == [1, 2, 3]
+    assert [h["accuracy"] for h in history] == [h["accuracy"] for h in clean_history]
+    assert all(torch.equal(state[k], v) for k, v in clean.items())
+    # Run 1 left every client's class conditions of every round for its generator task.
+    for i in (0, 1):
+        for r in (1, 2, 3):
+            assert runstate.conditions_uri(run, i, r).endswith(f"client_{i}/round_{r}.safetensors")
+            t, _ = loop_mod.storage.load_tensors(runstate.conditions_uri(run, i, r))
+            assert t["means"].shape == (2, 16)
+
+
+def test_two_runs_keep_their_state_apart(tmp_path):
+    cfg = _cfg(storage_root=str(tmp_path))
+    a, b = runstate.run_dir(cfg, "job-a"), runstate.run_dir(cfg, "job-b")
+    assert a != b and a.startswith(str(tmp_path))
+    fed = _federation(cfg)
+    run_phase(fed, "fedavg", 2, 1, _start(cfg), a)
+    assert runstate.last_round(a, "fedavg", 2) == 2 and runstate.last_round(b, "fedavg", 2) == 0
+    for bad in ("", "a/b", ".."):
+        with pytest.raises(ValueError, match="run key"):
+            runstate.run_dir(cfg, bad)
+
+
+def test_run_time_parameters_take_effect_in_phase_execution():
+    cfg = _cfg(global_rounds=5, pipeline="end_to_end")
+    compiled = runtime.compiled_values(cfg)
+    text = json.dumps(cfg)
+    got = json.loads(runtime.resolve(text, compiled, 2, 7, [0, 1]))
+    assert got["global_rounds"] == 2 and got["feda2v"]["generator_training_rounds"] == 7
+    assert runtime.plan(got) == [("run1", 7), ("run2", 2)]
+    # An edit of config_json alone takes effect too (the form's value is the compiled one) ...
+    edited = json.dumps(dict(cfg, global_rounds=4))
+    assert json.loads(runtime.resolve(edited, compiled, 5, 30, [0, 1]))["global_rounds"] == 4
+    # ... but both edited to different values is ambiguous.
+    with pytest.raises(config_mod.ConfigError, match="'global_rounds' is 4 in config_json but 3"):
+        runtime.resolve(edited, compiled, 3, 30, [0, 1])
+    # KFP hands list items over as floats.
+    assert json.loads(runtime.resolve(text, compiled, 5, 30, [0.0, 1.0]))["global_rounds"] == 5
+
+
+def test_clients_are_a_run_time_parameter_in_phase_execution():
+    cfg = config_mod.validate({"data": {"partition": "iid", "num_clients": 3}})
+    compiled = runtime.compiled_values(cfg)
+    got = json.loads(runtime.resolve(json.dumps(cfg), compiled, client_ids=[0, 1, 2, 3, 4]))
+    assert config_mod.num_clients(got) == 5
+    split = _cfg()
+    more = dict(split, data=dict(split["data"], clients=[["dog"], ["rooster"], ["rain", "siren"]]))
+    with pytest.raises(config_mod.ConfigError,
+                       match=r"'data.clients' gives 3 clients but .* client_ids is \[0, 1\]; "
+                             r"set client_ids to \[0, 1, 2\]"):
+        runtime.resolve(json.dumps(more), runtime.compiled_values(split), client_ids=[0, 1])
+    with pytest.raises(config_mod.ConfigError, match="client_ids"):
+        runtime.resolve(json.dumps(split), runtime.compiled_values(split), client_ids=[1, 2])
+
+
+@pytest.mark.parametrize("key,change", [
+    ("feda2v.use_generator", {"feda2v": {"use_generator": False}}),
+    ("pipeline", {"pipeline": "run2"}),
+    ("execution", {"execution": "round"}),
+])
+def test_structural_keys_changed_at_run_time_fail_naming_the_compiled_value(key, change):
+    cfg = _cfg(pipeline="end_to_end")
+    raw = json.loads(json.dumps(cfg))
+    for k, v in change.items():
+        raw[k] = dict(raw[k], **v) if isinstance(v, dict) else v
+    with pytest.raises(config_mod.ConfigError, match=f"'{key}' is .* compiled with"):
+        runtime.resolve(json.dumps(raw), runtime.compiled_values(cfg))
+
+
+def test_round_execution_names_the_unrolled_keys():
+    cfg = _cfg(execution="round", global_rounds=3)
+    edited = json.dumps(dict(cfg, global_rounds=9))
+    with pytest.raises(config_mod.ConfigError,
+                       match="'global_rounds' is 9 in config_json but this round-execution "
+                             "pipeline was compiled with 3"):
+        runtime.resolve(edited, runtime.compiled_values(cfg))
+
+
+def test_local_tasks_share_the_cores(monkeypatch):
+    monkeypatch.setenv(runtime.LOCAL_CORES_ENV, "8")
+    monkeypatch.setenv(runtime.LOCAL_PARALLEL_ENV, "2")
+    before = torch.get_num_threads()
+    try:
+        runtime.task_setup(parallel=True)
+        assert torch.get_num_threads() == 4
+        runtime.task_setup(parallel=False)
+        assert torch.get_num_threads() == 8
+    finally:
+        torch.set_num_threads(before)
