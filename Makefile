@@ -12,7 +12,7 @@ FLAVOUR   ?= cuda
 help:
 	@echo "make demo   - create $(VENV), install, run Run 1 -> Run 2 locally under kfp.local"
 	@echo "make test   - create $(VENV) if needed, install, run the test suite"
-	@echo "make bench  - throughput benchmarks: extraction (CUDA too when present), generator training"
+	@echo "make bench  - benchmarks: extraction (CUDA too when present), generator training, run overhead"
 	@echo "make lint   - ruff over the repository"
 	@echo "make docs   - regenerate the README's config-key reference from the code"
 	@echo "make image  - docker build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE"
@@ -41,6 +41,7 @@ test: venv
 bench: venv
 	$(BIN)/python bench/extraction.py
 	$(BIN)/python bench/generator.py
+	$(BIN)/python bench/execution.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -151,3 +151,25 @@ def test_local_tasks_share_the_cores(monkeypatch):
         assert torch.get_num_threads() == 8
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_unreachable_tracking_server_fails_the_run_in_seconds_naming_it(make_config, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    cfg = make_config(mlflow_tracking_uri=uri)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2
+    assert f"MLflow tracking server {uri} is unreachable" in proc.stderr
+    assert not (tmp_path / "store" / "kfp-local").exists()  # no task started
