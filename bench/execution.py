@@ -82,7 +82,8 @@ def local_overhead(config: str, repeats: int) -> dict[str, float]:
 def _spec_tasks(path: str) -> int:
     import yaml
 
-    spec = next(yaml.safe_load_all(open(path)))
+    with open(path) as f:
+        spec = next(yaml.safe_load_all(f))
     comps = spec["components"]
     params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
 

@@ -3,6 +3,8 @@ docstrings or comments in the bodies: KFP copies them into the YAML once per unr
 The per-round tasks take the config as it is: the first tasks (class targets, extraction,
 initial adapter) already checked it against the compiled DAG."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -38,7 +40,7 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str, r
 def server_round(config_json: str, round_num: int, phase: str, run_key: str,
                  updates: Input[list[Artifact]], previous: Input[Model], targets: Input[Dataset],
                  mlflow_run_id: str, adapter: Output[Model], metrics: Output[Metrics],
-                 ready: list = None) -> float:
+                 ready: Optional[list] = None) -> float:  # noqa: UP045 - KFP reads it
     a = dict(locals())
     from feda2v.stages import server_round_task
     return server_round_task(**a)

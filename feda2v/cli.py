@@ -270,7 +270,7 @@ def cmd_run(a) -> None:
 
     cfg = _cfg(a.config)
     sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,
-                         a.execution))
+                         a.execution, prefork=not a.no_prefork))
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline-root", help="where kfp.local keeps task artifacts (default: "
                                            "storage_root/kfp-local)")
     _execution_arg(p)
+    p.add_argument("--no-prefork", action="store_true",
+                   help="start every task as a fresh interpreter (default: tasks are forked "
+                        "from one pre-imported process, which saves seconds per task)")
 
     p = add("experiment", cmd_experiment,
             "Run the ablations on the same data and seed (FedAvg only, Run 1 -> Run 2 with "

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -26,6 +28,7 @@ from feda2v import report, storage, tracking
 from feda2v.log import TAG_ENV
 
 TAG = "\u00a7feda2v\u00a7 "
+PYTHON = sys.executable  # the real interpreter (during a run sys.executable is the prefork shim)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -78,6 +81,21 @@ def _filtered_output(log_path: str):
         os.close(saved_err)
         thread.join(timeout=10)
         terminal.close()
+
+
+ERROR_LINE = re.compile(r"^\s*(\w+\.)*\w*(Error|Exception|Interrupt)\b.*: .+")
+
+
+def first_task_error(log_path: str) -> str:
+    """The first failed task and the error it raised, out of kfp.local's verbose log."""
+    with open(log_path, errors="replace") as f:
+        lines = [ANSI.sub("", line).rstrip() for line in f]
+    for i, line in enumerate(lines):
+        if "finished with status FAILURE" in line:
+            errors = [e.strip() for e in lines[:i] if ERROR_LINE.match(e)]
+            task = line.split("Task ", 1)[-1].split(" finished")[0]
+            return f"task {task} failed: " + (errors[-1] if errors else "(no error line; see the log)")
+    return ""
 
 
 def _descendants(pid: int) -> list[int]:
@@ -139,7 +157,7 @@ def _start_watchdog(cfg: dict, run_id: str):
     without a word, it marks the MLflow run KILLED. (Task processes notice the lost parent
     themselves: feda2v.runtime.task_setup.)"""
     global _watchdog_pid
-    proc = subprocess.Popen([sys.executable, "-m", "feda2v.watchdog"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([PYTHON, "-m", "feda2v.watchdog"], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, text=True)
     # The config travels on the pipe, never on a command line (ps shows those to everyone).
@@ -158,11 +176,35 @@ def _stop_watchdog(proc) -> None:
     proc.wait(timeout=30)
 
 
-def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
-                execution: str | None = None) -> int:
-    from kfp import local
+def _start_prefork():
+    """Pre-imported task processes (feda2v.prefork). kfp.local's SubprocessRunner puts
+    sys.executable in every task command, so for the run sys.executable is the shim."""
+    from feda2v import prefork
 
-    import pipelines
+    folder = tempfile.mkdtemp(prefix="feda2v-prefork-")
+    shim = os.path.join(prefork.write_shim(folder), "python3")
+    proc, path = prefork.start(folder, dict(os.environ))
+    os.environ[prefork.SOCKET_ENV] = path
+    real, sys.executable = sys.executable, shim
+    return proc, folder, real
+
+
+def _stop_prefork(started) -> None:
+    from feda2v import prefork
+
+    if started is None:
+        return
+    proc, folder, real = started
+    sys.executable = real
+    proc.kill()
+    proc.wait(timeout=30)
+    os.environ.pop(prefork.SOCKET_ENV, None)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
+                execution: str | None = None, prefork: bool = True) -> int:
+
     from feda2v import runtime
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -178,6 +220,30 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
         cfg["mlflow_tracking_uri"] = "sqlite:///" + os.path.join(local_root, "mlflow.db")
         os.makedirs(local_root, exist_ok=True)
     plan = [] if kind == "ablations" else runtime.plan(dict(cfg, pipeline=kind))
+    task_env = {TAG_ENV: TAG,
+                # Client tasks run two at a time (kfp.local's ParallelFor cap): half the cores.
+                runtime.LOCAL_CORES_ENV: str(os.cpu_count() or 1),
+                runtime.LOCAL_PARALLEL_ENV: str(min(2, config_mod.num_clients(cfg))),
+                runtime.PARENT_ENV: str(os.getpid())}
+    os.environ.update(task_env)
+    started = None
+    try:
+        # First: the server imports while this process compiles and creates the MLflow run.
+        started = _start_prefork() if prefork else None
+        return _run(cfg, kind, plan, local_root, pipeline_root, execution)
+    finally:
+        _stop_prefork(started)
+        for key in task_env:
+            os.environ.pop(key, None)
+
+
+def _run(cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
+         execution: str) -> int:
+    from kfp import local
+
+    import pipelines
+
+    root = cfg["storage_root"]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_name = f"{kind}-{stamp}"
     run_id = tracking.create_run(cfg, run_name)
@@ -187,11 +253,6 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
     print(f"  full task log: {log_path}")
 
     pipeline = pipelines.build(cfg, kind, pipelines.ClusterOptions.local(), execution)
-    os.environ[TAG_ENV] = TAG
-    # Client tasks run two at a time (kfp.local's ParallelFor cap): each gets half the cores.
-    os.environ[runtime.LOCAL_CORES_ENV] = str(os.cpu_count() or 1)
-    os.environ[runtime.LOCAL_PARALLEL_ENV] = str(min(2, config_mod.num_clients(cfg)))
-    os.environ[runtime.PARENT_ENV] = str(os.getpid())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
                raise_on_error=True)
     watchdog = _start_watchdog(cfg, run_id)
@@ -221,17 +282,14 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        for key in (TAG_ENV, runtime.LOCAL_CORES_ENV, runtime.LOCAL_PARALLEL_ENV,
-                    runtime.PARENT_ENV):
-            os.environ.pop(key, None)
         if failure is not None:
             tracking.end_run(cfg, run_id, status)
         _stop_watchdog(watchdog)
     minutes = (time.monotonic() - start) / 60
     if failure is not None:
-        with open(log_path, errors="replace") as f:
-            tail = [ANSI.sub("", line) for line in f.readlines()[-40:]]
-        print("".join(tail), file=sys.stderr)
+        cause = first_task_error(log_path)
+        if cause:
+            print(cause, file=sys.stderr)
         print(f"feda2v run: pipeline {status.lower()} after {minutes:.1f} min: {failure}\n"
               f"  MLflow run {run_id} marked {status}\n  full log: {log_path}", file=sys.stderr)
         return 130 if status == "KILLED" else 1

@@ -150,19 +150,16 @@ def test_a_structural_key_changed_at_run_time_fails_the_first_tasks(make_config,
     task = pipelines.build(cfg, "run1", pipelines.ClusterOptions.local())(
         config_json=json.dumps(edited), mlflow_run_id=run_id)
     assert time.monotonic() - start < 120
-    logs = "".join(open(os.path.join(d, f), errors="replace").read()
-                   for d, _, files in os.walk(tmp_path / "kfp") for f in files
-                   if f.endswith((".log", ".txt")))
     client, _ = _runs(cfg)
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert task is not None
     assert not os.path.exists(os.path.join(cfg["storage_root"], "checkpoints"))
-    text = client.download_artifacts(run_id, "report/results.md", str(tmp_path))
-    report = open(text).read()
+    with open(client.download_artifacts(run_id, "report/results.md", str(tmp_path))) as f:
+        report = f.read()
     assert "failed" in report, report
     assert "'feda2v.use_generator' is false in config_json but the pipeline was compiled " \
-           "with true" in report + logs
+           "with true" in report
 
 
 def _task_processes(parent_pid):
@@ -218,7 +215,7 @@ def test_two_concurrent_runs_on_one_storage_root_stay_apart(make_config, tmp_pat
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert not any("Resuming" in out for out in outs)  # neither took the other's generator
-    client, runs = _runs(cfg)
+    _, runs = _runs(cfg)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     keys = [r.data.tags["feda2v.run_key"] for r in runs]
     for key in keys:  # each run trained its own generators for exactly its 2 rounds
@@ -268,3 +265,18 @@ def test_ablations_pipeline_under_kfp_local(make_config, tmp_path):
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/report.html"}
+
+
+@pytest.mark.slow
+def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tmp_path):
+    """Tasks are forked from a pre-imported server: a task's failure must still reach kfp.local
+    (exit code through the shim), the exit handler, and `feda2v run`'s exit code."""
+    cfg = make_config(data={"dataset_uri": str(tmp_path / "nowhere")})
+    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config",
+                           _write(cfg, tmp_path), "--pipeline", "run1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Task 'extract' finished with status FAILURE" in proc.stdout + proc.stderr
+    assert "nowhere" in proc.stdout + proc.stderr  # the task's own error, streamed through
+    client, runs = _runs(cfg)
+    assert client.get_run(runs[0].info.run_id).info.status == "FAILED"
