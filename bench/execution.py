@@ -65,6 +65,7 @@ def local_overhead(config: str, repeats: int) -> dict[str, float]:
     commands = {
         "phase": [py, "-m", "feda2v.cli", "run", "--config", config, "--execution", "phase"],
         "round": [py, "-m", "feda2v.cli", "run", "--config", config, "--execution", "round"],
+        "phase, no prefork": [py, "-m", "feda2v.cli", "run", "--config", config, "--no-prefork"],
         "in-process": [py, "-c", IN_PROCESS, config],
     }
     _wall(commands["phase"])  # warm-up: extraction cache, MLflow store
@@ -74,7 +75,7 @@ def local_overhead(config: str, repeats: int) -> dict[str, float]:
             times[name].append(_wall(cmd))
     medians = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
-        print(f"  {k:10s} wall s: " + ", ".join(f"{t:.1f}" for t in v)
+        print(f"  {k:17s} wall s: " + ", ".join(f"{t:.1f}" for t in v)
               + f" (median {medians[k]:.1f})")
     return medians
 
@@ -207,6 +208,8 @@ def main() -> None:
         t = local_overhead(a.config, a.repeats)
         print(f"local overhead (phase): {t['phase'] / t['in-process']:.2f}x")
         print(f"local overhead (round): {t['round'] / t['in-process']:.2f}x")
+        print(f"local overhead (phase, every task a fresh interpreter): "
+              f"{t['phase, no prefork'] / t['in-process']:.2f}x")
     print(f"tasks (3 clients, 30+50 rounds): phase {tasks['phase']}, round {tasks['round']}")
     print(f"yaml bytes (phase, 100 clients, 1000+1000 rounds): {yaml_1000} "
           f"(10+10 rounds: {yaml_10}; they differ only in the digits of the defaults)")

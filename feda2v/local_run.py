@@ -181,10 +181,12 @@ def _start_prefork():
     sys.executable in every task command, so for the run sys.executable is the shim."""
     from feda2v import prefork
 
+    # A short path: Unix socket names are limited to about 100 bytes.
     folder = tempfile.mkdtemp(prefix="feda2v-prefork-")
     shim = os.path.join(prefork.write_shim(folder), "python3")
     proc, path = prefork.start(folder, dict(os.environ))
     os.environ[prefork.SOCKET_ENV] = path
+    os.environ[prefork.PID_ENV] = str(proc.pid)
     real, sys.executable = sys.executable, shim
     return proc, folder, real
 
@@ -199,6 +201,7 @@ def _stop_prefork(started) -> None:
     proc.kill()
     proc.wait(timeout=30)
     os.environ.pop(prefork.SOCKET_ENV, None)
+    os.environ.pop(prefork.PID_ENV, None)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -290,7 +293,8 @@ def _run(cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
         cause = first_task_error(log_path)
         if cause:
             print(cause, file=sys.stderr)
-        print(f"feda2v run: pipeline {status.lower()} after {minutes:.1f} min: {failure}\n"
+        print(f"feda2v run: pipeline {status.lower()} after {minutes:.1f} min: "
+              f"{ANSI.sub('', str(failure))}\n"
               f"  MLflow run {run_id} marked {status}\n  full log: {log_path}", file=sys.stderr)
         return 130 if status == "KILLED" else 1
     if kind == "ablations":  # the report task printed the table; its runs nest under run_id

@@ -24,6 +24,7 @@ import sys
 import time
 
 SOCKET_ENV = "FEDA2V_PREFORK_SOCKET"
+PID_ENV = "FEDA2V_PREFORK_PID"
 MODULE = "kfp.dsl.executor_main"
 
 # The shim: stdlib only, run with -I -S so it starts in a few milliseconds.
@@ -32,9 +33,14 @@ import json, os, socket, struct, sys, time
 REAL = {python!r}
 path = os.environ.get({env!r}, "")
 if sys.argv[1:3] == ["-m", {module!r}] and path:
+    server = int(os.environ.get({pid_env!r}, "0"))
     deadline = time.monotonic() + 120
     while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)  # the server is still importing
+        try:
+            os.kill(server, 0)  # still importing, or gone (then: the real interpreter)
+        except OSError:
+            break
+        time.sleep(0.02)
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(path)
@@ -57,7 +63,8 @@ def write_shim(folder: str) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "python3")
     with open(path, "w") as f:
-        f.write(SHIM.format(python=sys.executable, env=SOCKET_ENV, module=MODULE))
+        f.write(SHIM.format(python=sys.executable, env=SOCKET_ENV, pid_env=PID_ENV,
+                            module=MODULE))
     os.chmod(path, 0o755)
     return folder
 

@@ -173,3 +173,41 @@ def test_an_unreachable_tracking_server_fails_the_run_in_seconds_naming_it(make_
     assert proc.returncode == 2
     assert f"MLflow tracking server {uri} is unreachable" in proc.stderr
     assert not (tmp_path / "store" / "kfp-local").exists()  # no task started
+
+
+def test_prefork_runs_the_task_command_with_its_streams_and_exit_code(tmp_path):
+    """The python3 shim hands kfp's executor command to the pre-imported server; what the task
+    prints and its exit code reach the caller as if it had run itself. Without a live server
+    it falls back to the real interpreter at once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from feda2v import prefork
+
+    shim = os.path.join(prefork.write_shim(str(tmp_path)), "python3")
+    env = dict(os.environ)
+    run = lambda *args: subprocess.run([shim, *args], env=env, capture_output=True,
+                                       text=True, timeout=120, check=False)
+    assert run("-c", "print(6 * 7)").stdout.strip() == "42"  # not a task: the real interpreter
+
+    env.update({prefork.SOCKET_ENV: str(tmp_path / "none.sock"), prefork.PID_ENV: "999999999"})
+    start = time.monotonic()
+    fallback = run("-m", prefork.MODULE, "--help")
+    assert fallback.returncode == 0 and "usage" in fallback.stdout
+    assert time.monotonic() - start < 20  # no waiting for a server that is gone
+
+    server, path = prefork.start(str(tmp_path), dict(os.environ))
+    try:
+        env.update({prefork.SOCKET_ENV: path, prefork.PID_ENV: str(server.pid)})
+        assert prefork.wait_ready(path)
+        ok = run("-m", prefork.MODULE, "--help")
+        assert ok.returncode == 0 and "--component_module_path" in ok.stdout
+        bad = run("-m", prefork.MODULE, "--no-such-option")
+        assert bad.returncode == 2 and "executor_main.py: error" in bad.stderr
+        assert server.poll() is None  # one failing task does not take the server down
+    finally:
+        server.kill()
+        server.wait()
+    assert sys.executable != shim
