@@ -7,7 +7,7 @@ DEMO_DIR  ?= .demo
 IMAGE     ?= feda2v:latest
 FLAVOUR   ?= cuda
 
-.PHONY: help venv demo test bench lint docs image push clean
+.PHONY: help venv demo test test-images bench lint docs image lock push clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run Run 1 -> Run 2 locally under kfp.local"
@@ -15,8 +15,10 @@ help:
 	@echo "make bench  - benchmarks: extraction (CUDA too when present), generator training, run overhead"
 	@echo "make lint   - ruff over the repository"
 	@echo "make docs   - regenerate the README's config-key reference from the code"
-	@echo "make image  - docker build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE"
+	@echo "make image  - build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE (docker or podman)"
+	@echo "make lock   - pin the images' dependencies to this venv's versions (docker/constraints.txt)"
 	@echo "make push   - docker push \$$IMAGE"
+	@echo "make test-images - build (or reuse) the CPU image, run stages and the demo pipeline in it (podman)"
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
 # The stamp re-runs the install when pyproject.toml changes. torch is installed first, pinned,
@@ -50,7 +52,16 @@ docs: venv
 	$(BIN)/python scripts/readme_keys.py
 
 image:
-	docker build -f docker/Dockerfile.$(FLAVOUR) -t $(IMAGE) .
+	FLAVOUR=$(FLAVOUR) IMAGE=$(IMAGE) TORCH_PIN="$(TORCH_PIN)" docker/build-image.sh
+
+# torch (and its CUDA wheels) is pinned per image flavour in the Dockerfiles, not here.
+lock: venv
+	{ echo "# make lock: the versions the images install (pip -c); torch is pinned in the Dockerfiles."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton|feda2v)[=@ ]'; \
+	} > docker/constraints.txt
+
+test-images: venv
+	PY=$(BIN)/python docker/test-images.sh
 
 push:
 	docker push $(IMAGE)

@@ -270,7 +270,8 @@ def cmd_run(a) -> None:
 
     cfg = _cfg(a.config)
     sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,
-                         a.execution, prefork=not a.no_prefork))
+                         a.execution, prefork=not a.no_prefork, runner=a.runner,
+                         image=a.image or ""))
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -355,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefork", action="store_true",
                    help="start every task as a fresh interpreter (default: tasks are forked "
                         "from one pre-imported process, which saves seconds per task)")
+    p.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                   help="subprocess: tasks are local processes (default); docker: every task "
+                        "runs in the image, through a Docker API (docker, or podman's "
+                        "`podman system service`; DOCKER_HOST selects it)")
+    p.add_argument("--image", help="the image of --runner docker (default: $FEDA2V_IMAGE or "
+                                   "feda2v-python:0.1.0)")
 
     p = add("experiment", cmd_experiment,
             "Run the ablations on the same data and seed (FedAvg only, Run 1 -> Run 2 with "
@@ -512,8 +519,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PASSTHROUGH_ENV = "FEDA2V_PASSTHROUGH"
+
+
+def _pass_through(argv: list[str], commands) -> None:
+    """In the image (FEDA2V_PASSTHROUGH=1) the entrypoint is `feda2v`, yet KFP, kfp.local's
+    DockerRunner and users also hand it whole commands (`sh -c …`, `python3 -m …`): a first word
+    that is no sub-command but a program on PATH is run as it is."""
+    import shutil
+
+    if (os.environ.get(PASSTHROUGH_ENV) == "1" and argv and argv[0] not in commands
+            and not argv[0].startswith("-") and shutil.which(argv[0])):
+        sys.stdout.flush()
+        os.execvp(argv[0], argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    _pass_through(argv, commands)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -205,8 +205,54 @@ def _stop_prefork(started) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def docker_runner(cfg: dict, pipeline_root: str, run_id: str):
+    """kfp.local's DockerRunner with what our image needs: the host user (files in the mounted
+    folders stay the user's; the image's own user could not write a root-owned pipeline root),
+    every local folder the config names mounted at the same path (DockerRunner mounts only the
+    pipeline root), a writable HOME, the log tag, S3 and MLflow settings, and a label to find
+    the run's containers when it is stopped."""
+    from docker.types import Mount
+    from kfp import local
+
+    paths = {storage.local_path(cfg["storage_root"])}
+    if storage.is_local(cfg["data"]["dataset_uri"]):
+        paths.add(storage.local_path(cfg["data"]["dataset_uri"]))
+    for key in ("audio_model", "text_model", "image_model"):
+        if os.path.isdir(cfg["models"][key]):
+            paths.add(os.path.abspath(cfg["models"][key]))
+    paths = {p for p in paths if os.path.exists(p) and not p.startswith(pipeline_root + os.sep)}
+    env = {TAG_ENV: TAG, "HOME": "/tmp", "FEDA2V_MODEL_CACHE": "/tmp/feda2v-models"}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return local.DockerRunner(
+        user=f"{os.getuid()}:{os.getgid()}", environment=env, network_mode="host",
+        labels={DOCKER_LABEL: run_id},
+        mounts=[Mount(target=p, source=p, type="bind") for p in sorted(paths)])
+
+
+DOCKER_LABEL = "feda2v.mlflow_run"
+
+
+def stop_containers(run_id: str) -> int:
+    """Kill the containers of a `--runner docker` run (they are not our child processes)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        found = client.containers.list(filters={"label": f"{DOCKER_LABEL}={run_id}"})
+        for container in found:
+            container.kill()
+        return len(found)
+    finally:
+        client.close()
+
+
 def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
-                execution: str | None = None, prefork: bool = True) -> int:
+                execution: str | None = None, prefork: bool = True, runner: str = "subprocess",
+                image: str = "") -> int:
 
     from feda2v import runtime
 
@@ -232,8 +278,8 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
     started = None
     try:
         # First: the server imports while this process compiles and creates the MLflow run.
-        started = _start_prefork() if prefork else None
-        return _run(cfg, kind, plan, local_root, pipeline_root, execution)
+        started = _start_prefork() if prefork and runner == "subprocess" else None
+        return _run(cfg, kind, plan, local_root, pipeline_root, execution, runner, image)
     finally:
         _stop_prefork(started)
         for key in task_env:
@@ -241,7 +287,7 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
 
 
 def _run(cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
-         execution: str) -> int:
+         execution: str, runner: str, image: str) -> int:
     from kfp import local
 
     import pipelines
@@ -255,9 +301,18 @@ def _run(cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
           + f", {config_mod.num_clients(cfg)} clients, {execution} execution under kfp.local")
     print(f"  full task log: {log_path}")
 
-    pipeline = pipelines.build(cfg, kind, pipelines.ClusterOptions.local(), execution)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
-               raise_on_error=True)
+    options = pipelines.ClusterOptions.local()
+    if runner == "docker":
+        from components.image import IMAGE
+
+        options.image = image or IMAGE
+        os.makedirs(pipeline_root, exist_ok=True)
+        task_runner = docker_runner(cfg, pipeline_root, run_id)
+        print(f"  every task in:  {options.image}")
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
+    pipeline = pipelines.build(cfg, kind, options, execution)
+    local.init(runner=task_runner, pipeline_root=pipeline_root, raise_on_error=True)
     watchdog = _start_watchdog(cfg, run_id)
     start = time.monotonic()
     failure, status = None, "FINISHED"
@@ -282,6 +337,8 @@ def _run(cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
                 builtins.print = real_print
                 if failure is not None:
                     stop_descendants()
+                    if runner == "docker":
+                        stop_containers(run_id)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

@@ -57,3 +57,23 @@ def test_config_keys_prints_defaults(capsys):
     main(["config", "keys"])
     out = capsys.readouterr().out
     assert "feda2v.generator_save_every = 5" in out
+
+
+def test_the_image_entrypoint_passes_whole_commands_through(tmp_path):
+    """ENTRYPOINT is `feda2v`; with FEDA2V_PASSTHROUGH=1 (set in the images) a command such as
+    KFP's `sh -c …` runs as it is, while sub-commands and unknown words stay feda2v's."""
+    import os
+
+    env = dict(os.environ, FEDA2V_PASSTHROUGH="1")
+    run = [sys.executable, "-m", "feda2v.cli"]
+    proc = subprocess.run([*run, "sh", "-c", "echo through; exit 3"], env=env,
+                          capture_output=True, text=True, check=False)
+    assert (proc.returncode, proc.stdout) == (3, "through\n")
+    assert "usage: feda2v" in subprocess.run([*run, "--help"], env=env, capture_output=True,
+                                             text=True, check=True).stdout
+    unknown = subprocess.run([*run, "no-such-program-xyz"], env=env, capture_output=True,
+                             text=True, check=False)
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    outside = subprocess.run([*run, "sh", "-c", "exit 3"], capture_output=True, text=True,
+                             check=False)  # outside the image: no pass-through
+    assert outside.returncode == 2 and "invalid choice" in outside.stderr

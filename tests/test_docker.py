@@ -349,8 +349,10 @@ def test_torch_is_pinned_and_installed_before_the_package(image):
                       for r in i.requirements)]
     assert package, "the builder should pip install the package (its wheel)"
     assert first.position < package[0].position, "torch must be installed before the package"
+    # The sources (build-extras/ holds optional pip inputs, not sources).
     copies = [n for n, i in enumerate(builder.instructions)
-              if i.keyword == "COPY" and "--from" not in i.args]
+              if i.keyword == "COPY" and "--from" not in i.args
+              and "docker/build-extras" not in i.args]
     assert copies and first.position < min(copies), \
         "install torch before COPYing the sources, so that a code change keeps the torch layer"
     # torch from PyTorch's index alone: an extra index could serve PyPI's (other) build
@@ -485,3 +487,25 @@ def test_readers_on_a_known_dockerfile(tmp_path):
              (False, _glob_regex("**/__pycache__")), (False, _glob_regex("*.y?ml"))]
     assert ignored(".venv/x", rules) and not ignored("src/a.py", rules)
     assert ignored("src/__pycache__/a.pyc", rules) and ignored("p.yaml", rules)
+
+
+def test_images_install_dependencies_at_the_locked_versions(image):
+    """`make lock` writes docker/constraints.txt; both builders install with it, and it pins
+    every direct dependency but torch (pinned per flavour in the Dockerfiles)."""
+    _, stages = image
+    builder, _ = builder_and_final(stages)
+    package = [i for i in pip_installs(builder)
+               if any(re.search(r"(^|/)feda2v-[^/]*\.whl$", r) for r in i.requirements)]
+    assert package and package[0].options.get("-c") == "/tmp/constraints.txt"
+    lines = [ln for ln in (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+             if ln and not ln.startswith("#")]
+    pins = {re.split(r"==", ln)[0].lower().replace("_", "-") for ln in lines}
+    assert all(re.fullmatch(r"[\w.\-]+==[\w.+\-]+", ln) for ln in lines)
+    assert not {p for p in pins if p == "torch" or p.startswith("nvidia-")}
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
+        if name != "torch":
+            assert name in pins, f"{name} is not pinned in docker/constraints.txt (make lock)"

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# `make test-images`: the CPU image, built (or reused) and run for real with podman.
+#   1. build it, unless an image of the same inputs exists;
+#   2. `--help`, a `sh -c` pass-through and real stages (`data demo`, `models tiny`, `extract`)
+#      with `podman run` on a volume;
+#   3. the demo pipeline with every task in the image: `feda2v run --runner docker` through
+#      kfp.local's DockerRunner over podman's Docker API (`podman system service`).
+# Asserts on what the run must write (kfp.local can report a failed container as SUCCESS under
+# podman): seed-named checkpoints, MLflow metrics, the report. Installs podman, mmdebstrap and
+# runc when missing (CI machines start fresh; run as root there), stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+
+if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null; then
+  echo "test-images: installing podman, mmdebstrap and runc"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman mmdebstrap runc >/dev/null
+fi
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/podman-containers.conf}
+
+# 1. The image, keyed by everything its build reads.
+key=$(find docker/Dockerfile.cpu pyproject.toml README.md feda2v components pipelines \
+        -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z \
+      | xargs -0 sha256sum | sha256sum | cut -c1-12)
+IMAGE=localhost/feda2v:cpu-$key
+build_s=0
+if podman image exists "$IMAGE"; then
+  echo "test-images: reusing $IMAGE (its inputs have not changed)"
+else
+  start=$(date +%s)
+  ENGINE=podman FLAVOUR=cpu IMAGE=$IMAGE TORCH_PIN=${TORCH_PIN:-} docker/build-image.sh
+  build_s=$(( $(date +%s) - start ))
+fi
+size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+
+work=$(mktemp -d /tmp/feda2v-images-XXXXXX)
+svc=""
+cleanup() {
+  [ -n "$svc" ] && kill "$svc" 2>/dev/null && wait "$svc" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# 2. Stages with `podman run`, as a user runs them: the image's user (uid 10001) must be able
+# to write the mounted folder.
+chown 10001 "$work"
+run() { podman run --rm -v "$work:/work" "$IMAGE" "$@"; }
+run --help | grep -q "usage: feda2v"
+[ "$(run sh -c 'echo pass-through')" = pass-through ]
+run data demo --out /work/ESC-50 --clips-per-class 10 >/dev/null
+run models tiny --out /work/models >/dev/null
+cat > "$work/stage.json" <<EOF
+{"storage_root": "/work/store", "data": {"dataset_uri": "/work/ESC-50", "clip_seconds": 1.0},
+ "models": {"audio_model": "/work/models/audio", "text_model": "/work/models/text", "device": "cpu"}}
+EOF
+run extract --config /work/stage.json --client 0 >/dev/null
+ls "$work"/store/embeddings/*/client_0.safetensors >/dev/null
+echo "test-images: --help, sh -c, data demo, models tiny and extract ran in $IMAGE"
+
+# 3. The demo pipeline, every task in the image.
+sock=$work/podman.sock
+podman system service --time=0 "unix://$sock" & svc=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+sed -e "s#\.demo/store#$work/run#" -e "s#\.demo/ESC-50#$work/ESC-50#" \
+    -e "s#\.demo/models#$work/models#g" configs/demo.json > "$work/demo.json"
+DOCKER_HOST=unix://$sock $PY -m feda2v.cli run --config "$work/demo.json" --runner docker \
+  --image "$IMAGE" | tee "$work/run.log"
+
+tasks=$($PY - "$work" <<'EOF'
+import glob, json, os, sys
+from mlflow.tracking import MlflowClient
+work = sys.argv[1]
+ckpts = sorted(os.path.basename(p) for p in glob.glob(f"{work}/run/checkpoints/generators/*.pt"))
+want = [f"client_{i}_generator{s}.pt" for i in range(3) for s in ("", "_round_3")]
+assert sorted(want) == ckpts, f"seed-named checkpoints missing: {ckpts}"
+client = MlflowClient(f"sqlite:///{work}/run/mlflow.db")
+exp = client.get_experiment_by_name("feda2v-demo")
+run, = client.search_runs([exp.experiment_id])
+assert run.info.status == "FINISHED", run.info.status
+steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/global_accuracy")]
+assert steps == [1, 2, 3, 4, 5, 6], steps
+assert client.get_metric_history(run.info.run_id, "train/node_2/generator_loss")
+assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "report"}
+outputs = glob.glob(f"{work}/run/kfp-local/*/**/executor_output.json", recursive=True)
+print(len(outputs))
+EOF
+)
+echo "images: $tasks tasks ran in $IMAGE (build $build_s s, size $size bytes)"
