@@ -65,6 +65,9 @@ sed -e "s#\.demo/store#$work/run#" -e "s#\.demo/ESC-50#$work/ESC-50#" \
     -e "s#\.demo/models#$work/models#g" configs/demo.json > "$work/demo.json"
 DOCKER_HOST=unix://$sock $PY -m feda2v.cli run --config "$work/demo.json" --runner docker \
   --image "$IMAGE" | tee "$work/run.log"
+# The same run with every task a local process: the image must give the same numbers.
+sed -e "s#$work/run#$work/host#" "$work/demo.json" > "$work/host.json"
+$PY -m feda2v.cli run --config "$work/host.json" > "$work/host.log"
 
 tasks=$($PY - "$work" <<'EOF'
 import glob, json, os, sys
@@ -81,6 +84,13 @@ steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/global
 assert steps == [1, 2, 3, 4, 5, 6], steps
 assert client.get_metric_history(run.info.run_id, "train/node_2/generator_loss")
 assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "report"}
+host = MlflowClient(f"sqlite:///{work}/host/mlflow.db")
+exp_host = host.get_experiment_by_name("feda2v-demo")
+host_run, = host.search_runs([exp_host.experiment_id])
+for key in ("eval/global_accuracy", "train/node_0/generator_loss"):
+    here = [round(m.value, 5) for m in client.get_metric_history(run.info.run_id, key)]
+    there = [round(m.value, 5) for m in host.get_metric_history(host_run.info.run_id, key)]
+    assert here == there, f"{key}: {here} in the image, {there} on the host"
 outputs = glob.glob(f"{work}/run/kfp-local/*/**/executor_output.json", recursive=True)
 print(len(outputs))
 EOF
