@@ -14,7 +14,9 @@ PY=${PY:-.venv/bin/python}
 
 if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null; then
   echo "test-images: installing podman, mmdebstrap and runc"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman mmdebstrap runc >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q podman mmdebstrap runc >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q podman mmdebstrap runc >/dev/null; }
 fi
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/podman-containers.conf}
 
