@@ -379,7 +379,7 @@ def test_torch_is_pinned_and_installed_before_the_package(image):
 
 
 def test_base_images_are_pinned(image):
-    kind, stages = image
+    _, stages = image
     builder, final = builder_and_final(stages)
     assert builder.base == final.base, \
         "builder and final stage must share one base (the virtualenv links to its python)"
