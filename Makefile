@@ -17,7 +17,7 @@ help:
 	@echo "make docs   - regenerate the README's config-key reference from the code"
 	@echo "make image  - build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE (docker or podman)"
 	@echo "make lock   - pin the images' dependencies to this venv's versions (docker/constraints.txt)"
-	@echo "make push   - docker push \$$IMAGE"
+	@echo "make push   - push \$$IMAGE (docker or podman)"
 	@echo "make test-images - build (or reuse) the CPU image, run stages and the demo pipeline in it (podman)"
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
@@ -64,7 +64,7 @@ test-images: venv
 	PY=$(BIN)/python docker/test-images.sh
 
 push:
-	docker push $(IMAGE)
+	if docker info >/dev/null 2>&1; then docker push $(IMAGE); else podman push $(IMAGE); fi
 
 clean:
 	rm -rf $(DEMO_DIR)
