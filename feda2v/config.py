@@ -281,6 +281,8 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a JSON config file."""
     text = Path(path).read_text()
+    if not text.strip():
+        raise ConfigError(f"{path}: the config file is empty (write {{}} for all defaults)")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:

@@ -204,6 +204,9 @@ def read_embeddings(uri: str):
         raise ValueError(f"{uri}: embeddings file lacks tensor(s) {sorted(missing)}")
     if "class_names" not in meta:
         raise ValueError(f"{uri}: embeddings file lacks the class_names metadata")
+    storage.require_finite({"embeddings": tensors["embeddings"],
+                            **({"class_targets": tensors["class_targets"]}
+                               if "class_targets" in tensors else {})}, uri)
     x, y = tensors["embeddings"], tensors["labels"]
     if x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
         raise ValueError(f"{uri}: expected embeddings [N, S, D] and labels [N], got "

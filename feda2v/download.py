@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import tempfile
 import urllib.request
 import zipfile
@@ -56,6 +57,11 @@ def download_esc50(out: str, url: str = ESC50_URL, sha256: str = "") -> int:
                 raise ValueError(f"{url}: no meta/esc50.csv inside the archive")
             prefix = meta[: -len("meta/esc50.csv")]
             clips = [n for n in names if n.startswith(prefix + "audio/") and not n.endswith("/")]
+            for name in clips:  # zip-slip: a member must land inside `out`
+                rel = posixpath.normpath(name[len(prefix):])
+                if rel.startswith("../") or posixpath.isabs(rel) or not rel.startswith("audio/"):
+                    raise ValueError(f"{url}: archive member {name!r} would be written outside "
+                                     f"{out}; refusing the archive (nothing was unpacked)")
             tick = progress(len(clips), "Unpacking clips")
             for name in clips:
                 storage.write_bytes(storage.join(out, name[len(prefix):]), zf.read(name))

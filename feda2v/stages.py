@@ -94,6 +94,7 @@ def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
 
 def _load_targets(uri: str) -> tuple[torch.Tensor, list[str]]:
     tensors, meta = storage.load_tensors(uri)
+    storage.require_finite(tensors, uri)
     return tensors["targets"], meta["class_names"]
 
 
@@ -105,7 +106,9 @@ def client_data(cfg: dict, client_id: int, uri: str = ""):
     from feda2v.federated.client import ClientData
     from feda2v.federated.task import device_of
 
-    t, _ = storage.load_tensors(uri or embeddings_uri(cfg, client_id))
+    uri = uri or embeddings_uri(cfg, client_id)
+    t, _ = storage.load_tensors(uri)
+    storage.require_finite({"train_x": t["train_x"], "test_x": t["test_x"]}, uri)
     dev = device_of(cfg)
     return ClientData(t["train_x"].float().to(dev), t["train_y"].to(dev),
                       t["test_x"].float().to(dev), t["test_y"].to(dev))

@@ -44,6 +44,9 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
         try:
+            # mkstemp makes the file 0600; a stored file gets the usual umask-based mode, so a
+            # shared store stays readable by the others who should read it.
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -53,6 +56,25 @@ def write_bytes(uri: str, data: bytes) -> None:
             raise
     else:
         fs.pipe_file(path, data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def require_finite(tensors: dict, where: str) -> None:
+    """Refuse NaN or inf in any floating-point tensor, naming the file (or update) and the key:
+    a non-finite value would poison every later loss, checkpoint and average."""
+    import torch
+
+    for key, value in tensors.items():
+        if torch.is_tensor(value) and torch.is_floating_point(value):
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(f"{where}: '{key}' holds {bad} non-finite value(s) (NaN or "
+                                 "inf); nothing was trained on it — fix or regenerate it")
 
 
 def read_bytes(uri: str) -> bytes:
@@ -101,9 +123,18 @@ def save_checkpoint(uri: str, checkpoint: dict[str, Any]) -> None:
 
 def load_checkpoint(uri: str) -> dict[str, Any]:
     """Load a .pt checkpoint without unpickling arbitrary objects (weights_only=True)."""
+    import pickle
+
     import torch
 
-    return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{uri}: holds pickled Python objects, which feda2v never loads (only "
+                         "tensors and plain values); save it again with tensors only") from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{uri}: not a readable checkpoint (truncated, or not a torch .pt "
+                         f"file): {str(e).splitlines()[0]}") from None
 
 
 def write_json(uri: str, value: Any) -> None:

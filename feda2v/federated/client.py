@@ -7,6 +7,7 @@ synthetic samples, drawn beforehand from the client's generator.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -77,6 +78,10 @@ def client_step(cfg: dict, client_id: int, round_num: int, phase: str,
             log.info("Node %d - Training adapters on real data...", client_id)
         metrics["adapter_loss"] = train_adapter(adapter, x, y, targets.to(dev), cfg["local_epochs"],
                                                 cfg["batch_size"], cfg["learning_rate"], seed)
+        if not math.isfinite(metrics["adapter_loss"]):
+            raise ValueError(f"client {client_id}, round {round_num} ({phase}): the adapter's "
+                             f"training loss is {metrics['adapter_loss']}; nothing is sent "
+                             "(check the embeddings and learning_rate)")
     update = ClientUpdate(client_id,
                           {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()},
                           len(x), metrics)

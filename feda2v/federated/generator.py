@@ -4,6 +4,7 @@ checkpoint contract. Both kinds share the data side (standardisation, `sample`).
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Any
 
@@ -165,6 +166,7 @@ def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | Non
         if dims.get(key) != value:
             raise ValueError(f"{uri}: {key} is {dims.get(key)} in the checkpoint but {value} "
                              "in this run")
+    storage.require_finite(ckpt["generator_state_dict"], uri)
     vae = _model_class(want_type)(*(dims[k] for k in DIM_KEYS))
     vae.load_state_dict(ckpt["generator_state_dict"])
     vae.to(device or torch.device("cpu"))  # before the optimizer, whose state follows the params
@@ -205,6 +207,10 @@ def generator_round(cfg: dict, client_id: int, round_num: int, state, x: torch.T
     lookup = {int(c): i for i, c in enumerate(ids)}
     cond = means.to(x.device)[torch.tensor([lookup[int(c)] for c in y], device=x.device)]
     loss = train_generator(cfg, vae, opt, x, cond, client_id, seed)
+    if not math.isfinite(loss):
+        raise ValueError(f"client {client_id}, generator round {round_num}: the training loss "
+                         f"is {loss}; no checkpoint is written (check the embeddings and "
+                         "generator_learning_rate)")
     return state, loss
 
 

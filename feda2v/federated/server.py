@@ -7,6 +7,7 @@ import re
 
 import torch
 
+from feda2v import storage
 from feda2v.federated.task import adapter_from_state, device_of, train_adapter, zero_shot_accuracy
 from feda2v.log import get_logger
 from feda2v.models import Adapter
@@ -113,6 +114,9 @@ def server_step(cfg: dict, round_num: int, step: int, phase: str, updates: list,
 
     f = cfg["feda2v"]
     updates = sorted(updates, key=lambda u: u.client_id)
+    for u in updates:  # one poisoned update would poison the average
+        storage.require_finite({**u.adapter_state, "synthetic_x": u.synthetic_x},
+                               f"round {round_num}: client {u.client_id}'s update")
     weights = [u.num_samples for u in updates]
     log.info("[Server] Round %d: FedAvg of %d client adapters (weights %s)", round_num,
              len(updates), weights)

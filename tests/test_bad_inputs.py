@@ -1,0 +1,184 @@
+"""Bad and hostile input: a clear error naming the file, key or client, nothing poisoned, nothing
+written half. One test per row of the README's "Bad input → what happens" table."""
+
+import io
+import os
+import pickle
+import stat
+import zipfile
+
+import pytest
+import torch
+
+from feda2v import config as config_mod
+from feda2v import storage
+from feda2v.federated import generator
+from feda2v.federated.client import ClientData, ClientUpdate, client_step
+from feda2v.federated.server import server_step
+from feda2v.federated.task import new_adapter
+
+NAMES = ["dog", "rooster", "rain", "siren"]
+
+
+def _cfg(**feda2v):
+    return config_mod.validate({"batch_size": 8, "local_epochs": 1,
+                                "data": {"clients": [NAMES[:2], NAMES[2:]]},
+                                "feda2v": {"adapter_hidden_dims": [32], "adapter_heads": 4,
+                                           "generator_hidden_dim": 32, "generator_latent_dim": 8,
+                                           "generator_training_epochs": 2, **feda2v}})
+
+
+def _data(poison=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, 16, generator=g)
+    if poison:
+        x[3, 1, 2] = float("nan")
+    y = torch.tensor([0, 1] * 8)
+    return ClientData(x, y, x.clone(), y.clone())
+
+
+def _state(cfg):
+    torch.manual_seed(0)
+    return new_adapter(cfg, 16, 16).state_dict()
+
+
+TARGETS = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+
+
+# --- embeddings, targets, updates: non-finite values never travel ----------------------------
+
+def test_nan_in_stored_embeddings_is_refused_naming_file_and_key(tmp_path):
+    from feda2v import stages
+
+    cfg = _cfg()
+    uri = str(tmp_path / "client_0.safetensors")
+    d = _data(poison=True)
+    storage.save_tensors(uri, {"train_x": d.train_x, "train_y": d.train_y,
+                               "test_x": d.test_x, "test_y": d.test_y})
+    with pytest.raises(ValueError, match=r"client_0.safetensors: 'train_x' holds 1 non-finite"):
+        stages.client_data(cfg, 0, uri)
+
+
+def test_nan_in_precomputed_embeddings_is_refused(tmp_path):
+    from feda2v.datasets import read_embeddings
+
+    uri = str(tmp_path / "own.safetensors")
+    x = torch.zeros(4, 2, 8)
+    x[0, 0, 0] = float("inf")
+    storage.save_tensors(uri, {"embeddings": x, "labels": torch.tensor([0, 1, 0, 1])},
+                         {"class_names": ["a", "b"]})
+    with pytest.raises(ValueError, match=r"own.safetensors: 'embeddings' holds 1 non-finite"):
+        read_embeddings(uri)
+
+
+def test_nan_in_class_targets_is_refused(tmp_path):
+    from feda2v import stages
+
+    uri = str(tmp_path / "targets.safetensors")
+    storage.save_tensors(uri, {"targets": torch.full((2, 4), float("nan"))},
+                         {"class_names": ["a", "b"]})
+    with pytest.raises(ValueError, match=r"targets.safetensors: 'targets' holds 8 non-finite"):
+        stages._load_targets(uri)
+
+
+def test_a_diverging_client_round_sends_nothing_and_names_client_and_round():
+    cfg = _cfg()
+    cfg["learning_rate"] = 1e30  # diverges at once
+    with pytest.raises(ValueError, match=r"client 1, round 4 \(fedavg\): the adapter's training "
+                                         r"loss is (nan|inf)"):
+        client_step(cfg, 1, 4, "fedavg", _state(cfg), _data(), TARGETS, NAMES)
+
+
+def test_the_server_refuses_a_non_finite_update_naming_the_client():
+    cfg = _cfg()
+    good = ClientUpdate(0, _state(cfg), 16, {})
+    bad_state = {k: v.clone() for k, v in _state(cfg).items()}
+    bad_state["query"][0, 0, 0] = float("nan")
+    bad = ClientUpdate(1, bad_state, 16, {})
+    d = _data()
+    with pytest.raises(ValueError, match=r"round 2: client 1's update: 'query' holds 1"):
+        server_step(cfg, 2, 2, "fedavg", [good, bad], _state(cfg), TARGETS, NAMES,
+                    [(d.test_x, d.test_y)])
+
+
+def test_a_generator_checkpoint_with_nan_weights_is_refused(tmp_path):
+    cfg = _cfg()
+    vae = generator.new_generator(cfg, 4, 16, 16)
+    state = vae.state_dict()
+    state["decoder.0.weight"][0, 0] = float("nan")
+    vae.load_state_dict(state)
+    uri = str(tmp_path / "client_0_generator.pt")
+    generator.save(uri, cfg, vae, generator.new_optimizer(cfg, vae), 0, 1, ["dog"],
+                   torch.zeros(1, 16))
+    with pytest.raises(ValueError, match=r"client_0_generator.pt: 'decoder.0.weight' holds 1"):
+        generator.load(uri, cfg, {})
+
+
+def test_a_generator_round_that_diverges_writes_no_checkpoint():
+    cfg = _cfg(generator_learning_rate=1e30)
+    d = _data()
+    with pytest.raises(ValueError, match=r"client 0, generator round 3: the training loss is"):
+        generator.generator_round(cfg, 0, 3, None, d.train_x, d.train_y, torch.tensor([0, 1]),
+                                  torch.randn(2, 16) * 1e30)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+def test_a_truncated_checkpoint_is_named(tmp_path):
+    uri = str(tmp_path / "client_0_generator.pt")
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(1000)}, buf)
+    storage.write_bytes(uri, buf.getvalue()[:500])
+    with pytest.raises(ValueError, match=r"client_0_generator.pt: not a readable checkpoint"):
+        storage.load_checkpoint(uri)
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_without_suggesting_unsafe_loading(
+        tmp_path):
+    uri = str(tmp_path / "evil.pt")
+    buf = io.BytesIO()
+    torch.save({"payload": Hostile()}, buf, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    storage.write_bytes(uri, buf.getvalue())
+    with pytest.raises(ValueError, match=r"evil.pt: holds pickled Python objects") as e:
+        storage.load_checkpoint(uri)
+    assert "weights_only=False" not in str(e.value)
+
+
+# --- config, archives, stored files -------------------------------------------------------------
+
+def test_an_empty_config_file_says_empty(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("\n")
+    with pytest.raises(config_mod.ConfigError, match=r"c.json: the config file is empty"):
+        config_mod.load(path)
+
+
+def test_an_archive_member_outside_the_target_is_refused(tmp_path, monkeypatch):
+    from feda2v import download
+
+    archive = tmp_path / "esc.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ESC-50-master/meta/esc50.csv", "filename,fold,target,category\n")
+        zf.writestr("ESC-50-master/audio/../../../escaped.txt", "x")
+    monkeypatch.setattr(download, "_fetch",
+                        lambda url, dest: (os.replace(archive, dest), "0" * 64)[1])
+    out = tmp_path / "out" / "ESC-50"
+    with pytest.raises(ValueError, match=r"would be written outside"):
+        download.download_esc50(str(out), "https://mirror.example/esc50.zip")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_stored_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        uri = str(tmp_path / "shared" / "x.json")
+        storage.write_json(uri, {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(uri).st_mode) == 0o644
+    assert storage.read_json(uri) == {"a": 1}
