@@ -335,7 +335,7 @@ def _cluster_args(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="feda2v",
+        prog="feda2v", epilog="--debug (anywhere on the line) shows the traceback of an error.",
         description="FedA2V: federated audio-to-visual learning with client-side generators, "
                     "as Kubeflow Pipelines. `feda2v run` executes a whole pipeline locally; "
                     "the stage sub-commands run one step, as a pipeline task would.")
@@ -539,11 +539,17 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     commands = next(a for a in parser._actions if a.dest == "command").choices
     _pass_through(argv, commands)
-    args = parser.parse_args(argv)
+    debug = "--debug" in argv
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     try:
         args.func(args)
     except (config_mod.ConfigError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"feda2v {args.command}: error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        from feda2v.tracking import redact
+
+        print(f"feda2v {args.command}: error: {redact(str(e))} (--debug shows the traceback)",
+              file=sys.stderr)
         sys.exit(2)
 
 

@@ -61,6 +61,7 @@ def _filtered_output(log_path: str):
     def pump():
         with os.fdopen(read_fd, "r", errors="replace") as src, open(log_path, "w") as log_file:
             for line in src:
+                line = tracking.redact(line)  # no user:password@ of any URL reaches a file
                 log_file.write(line)
                 plain = ANSI.sub("", line)
                 if TAG in plain:
@@ -250,6 +251,45 @@ def stop_containers(run_id: str) -> int:
         client.close()
 
 
+def preflight(cfg: dict) -> None:
+    """Fail in seconds, before any task, MLflow run or folder exists: the dataset, the model
+    folders and the storage root must be there (or creatable), URLs answer, the tracking server
+    answers."""
+    data = cfg["data"]["dataset_uri"]
+    try:
+        found = storage.exists(data)
+    except Exception as e:  # noqa: BLE001 - fsspec backends raise their own types
+        raise ValueError(f"data.dataset_uri {tracking.redact(data)} cannot be reached: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not found:
+        raise FileNotFoundError(f"data.dataset_uri {tracking.redact(data)} does not exist "
+                                "(`feda2v data demo --out DIR` writes a procedural dataset)")
+    for key in ("audio_model", "text_model"):
+        value = cfg["models"][key]
+        looks_local = value.startswith((".", "/", "~")) or os.sep in value and value.count("/") > 1
+        if storage.is_local(value) and looks_local and not os.path.exists(value):
+            raise FileNotFoundError(f"models.{key} {value} does not exist (`feda2v models tiny "
+                                    "--out DIR` writes tiny offline models)")
+    root = cfg["storage_root"]
+    if storage.is_local(root):
+        parent = storage.local_path(root)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent) or "."
+        if not os.access(parent, os.W_OK):
+            raise PermissionError(f"storage_root {root}: {parent} is not writable")
+    tracking.check_reachable(tracking.tracking_uri(cfg))
+
+
+def _credentials_to_environment(cfg: dict) -> dict:
+    """A tracking URI with user:password@ travels to the tasks in their environment, not in the
+    config (which kfp.local puts on every task's command line, readable with `ps`)."""
+    uri = cfg["mlflow_tracking_uri"]
+    if uri and tracking.redact(uri) != uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        cfg = dict(cfg, mlflow_tracking_uri="")
+    return cfg
+
+
 def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
                 execution: str | None = None, prefork: bool = True, runner: str = "subprocess",
                 image: str = "") -> int:
@@ -259,6 +299,8 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = resolve_local_paths(cfg)
+    preflight(cfg)
+    cfg = _credentials_to_environment(cfg)
     execution = execution or cfg["execution"]
     root = cfg["storage_root"]
     local_root = storage.local_path(root) if storage.is_local(root) else os.path.abspath(".feda2v-local")

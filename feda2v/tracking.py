@@ -29,7 +29,7 @@ def tracking_uri(cfg: dict) -> str:
 
 def redact(uri: str) -> str:
     """Drop user:password@ from a URI before it is logged or printed."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
+    return re.sub(r"//[^/@\s]+@", "//***@", uri)
 
 
 # MLflow retries an unreachable server for minutes by default; a run should fail in seconds.

@@ -2,6 +2,7 @@
 written half. One test per row of the README's "Bad input → what happens" table."""
 
 import io
+import json
 import os
 import pickle
 import stat
@@ -9,6 +10,7 @@ import zipfile
 
 import pytest
 import torch
+from mlflowserver import mlflow_server  # noqa: F401 - fixture
 
 from feda2v import config as config_mod
 from feda2v import storage
@@ -182,3 +184,48 @@ def test_stored_files_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(uri).st_mode) == 0o644
     assert storage.read_json(uri) == {"a": 1}
+
+
+# --- preflight, secrets -----------------------------------------------------------------------
+
+def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    cfg = make_config(data={"dataset_uri": str(tmp_path / "no-such-data")})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2
+    assert f"data.dataset_uri {tmp_path / 'no-such-data'} does not exist" in proc.stderr
+    assert not os.path.exists(cfg["storage_root"])  # no MLflow store, no kfp-local folder
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_reaches_no_log_and_no_command_line(
+        make_config, tmp_path, mlflow_server):  # noqa: F811
+    """The password travels to the tasks in their environment, not in the config that kfp.local
+    puts on every task's command line; no log, report or artifact file of the run holds it."""
+    import subprocess
+    import sys
+
+    secret = "s3cr3t-pa55word"
+    uri = mlflow_server.replace("http://", f"http://feda2v:{secret}@")
+    cfg = make_config(global_rounds=1, mlflow_tracking_uri=uri,
+                      feda2v={"generator_training_rounds": 1, "generator_training_mode": True})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", str(path),
+                           "--pipeline", "run1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
+    for folder, _, files in os.walk(cfg["storage_root"]):
+        for name in files:
+            if name.endswith((".log", ".json", ".md", ".txt", ".yaml")):
+                with open(os.path.join(folder, name), errors="replace") as f:
+                    assert secret not in f.read(), os.path.join(folder, name)
