@@ -32,12 +32,59 @@ def join(root: str, *parts: str) -> str:
     return posixpath.join(root.rstrip("/"), *parts) if "://" in root else os.path.join(root, *parts)
 
 
+class StorageError(OSError):
+    """A read or write that failed, with the URI and what to check in its message."""
+
+
+def _named(uri: str, e: BaseException, doing: str) -> StorageError:
+    """The error of an I/O call, as one line that names the URI: disk full, read-only or
+    missing paths, an S3 endpoint that does not answer, credentials refused, a missing bucket."""
+    import errno
+
+    from feda2v.tracking import redact
+
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    hint = ""
+    code = getattr(e, "errno", None)
+    if code == errno.ENOSPC:
+        hint = "; the disk is full: free space and run again (nothing half-written is kept)"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM) or isinstance(e, PermissionError):
+        hint = ("; not allowed: check the folder's permissions, or the S3 credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's policy")
+    elif "Could not connect" in text or "EndpointConnectionError" in type(e).__name__:
+        hint = "; the object store does not answer: check AWS_ENDPOINT_URL"
+    elif isinstance(e, FileNotFoundError) and "://" in uri:
+        hint = "; check that the bucket exists"
+    out = StorageError(code, f"cannot {doing} {redact(uri)}: {text}{hint}")
+    out.__cause__ = e
+    return out
+
+
+def _io(uri: str, doing: str, call):
+    try:
+        return call()
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        if "://" not in uri:
+            raise
+        raise _named(uri, e, doing) from e
+    except Exception as e:
+        if isinstance(e, (ValueError, TypeError, KeyboardInterrupt)):
+            raise
+        raise _named(uri, e, doing) from e
+
+
 def exists(uri: str) -> bool:
     fs, path = _fs(uri)
-    return fs.exists(path)
+    return _io(uri, "look up", lambda: fs.exists(path))
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    _io(uri, "write", lambda: _write_bytes(uri, data))
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
     fs, path = _fs(uri)
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path) or "."
@@ -79,9 +126,9 @@ def require_finite(tensors: dict, where: str) -> None:
 
 def read_bytes(uri: str) -> bytes:
     fs, path = _fs(uri)
-    if not fs.exists(path):
+    if not exists(uri):
         raise FileNotFoundError(f"no such file: {uri}")
-    return fs.cat_file(path)
+    return _io(uri, "read", lambda: fs.cat_file(path))
 
 
 def save_tensors(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:

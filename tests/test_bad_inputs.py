@@ -11,6 +11,7 @@ import zipfile
 import pytest
 import torch
 from mlflowserver import mlflow_server  # noqa: F401 - fixture
+from s3server import s3_server  # noqa: F401 - fixture
 
 from feda2v import config as config_mod
 from feda2v import storage
@@ -229,3 +230,48 @@ def test_a_password_in_the_tracking_uri_reaches_no_log_and_no_command_line(
             if name.endswith((".log", ".json", ".md", ".txt", ".yaml")):
                 with open(os.path.join(folder, name), errors="replace") as f:
                     assert secret not in f.read(), os.path.join(folder, name)
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    uri = str(tmp_path / "store" / "state.json")
+    storage.write_json(uri, {"round": 1})
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Full(real(fd, mode)))
+    with pytest.raises(storage.StorageError, match=r"cannot write .*state.json: .*No space left "
+                                                   r"on device; the disk is full"):
+        storage.write_json(uri, {"round": 2})
+    monkeypatch.undo()
+    assert storage.read_json(uri) == {"round": 1}
+    assert os.listdir(tmp_path / "store") == ["state.json"]  # no temporary file left
+
+
+def test_refused_s3_credentials_name_the_uri_and_what_to_check(s3_server, monkeypatch):  # noqa: F811
+    env = dict(s3_server.env(), AWS_SECRET_ACCESS_KEY="wrong-secret")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    import fsspec
+
+    fsspec.config.conf.clear()
+    fsspec.filesystem("s3").clear_instance_cache()
+    bucket = s3_server.create_bucket()
+    with pytest.raises(storage.StorageError,
+                       match=rf"cannot (write|look up) s3://{bucket}/x.json: .*not allowed: check"):
+        storage.write_json(f"s3://{bucket}/x.json", {"a": 1})
