@@ -21,10 +21,13 @@ def decode(uri: str) -> tuple[np.ndarray, int]:
         raw = f.read()
     if not raw:
         raise ValueError(f"{uri}: empty file")
+    buf = io.BytesIO(raw)
     try:
-        wav, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        wav, rate = sf.read(buf, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:
-        raise ValueError(f"{uri}: cannot decode audio ({e})") from None
+        # libsndfile names the in-memory buffer (<_io.BytesIO object at …>): name the file.
+        raise ValueError(f"{uri}: cannot decode audio "
+                         f"({str(e).replace(repr(buf), 'the file')})") from None
     if wav.size == 0:
         raise ValueError(f"{uri}: no audio samples")
     return (wav.reshape(-1) if wav.shape[1] == 1 else wav.mean(axis=1)), rate
@@ -46,8 +49,16 @@ def fit_length(wav: np.ndarray, samples: int) -> np.ndarray:
     return np.pad(wav, (0, samples - len(wav)))
 
 
+SHORT = 0.25  # a clip under this share of clip_seconds is mostly padding: say so
+
+
 def load_clip(uri: str, rate: int, seconds: float) -> np.ndarray:
     wav, source_rate = decode(uri)
+    if len(wav) < SHORT * seconds * source_rate:
+        from feda2v.log import get_logger
+
+        get_logger().warning("  %s is %.2f s long: zero-padded to %.2f s (data.clip_seconds)",
+                             uri, len(wav) / source_rate, seconds)
     return fit_length(resample(wav, source_rate, rate), round(rate * seconds))
 
 

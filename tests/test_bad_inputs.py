@@ -275,3 +275,35 @@ def test_refused_s3_credentials_name_the_uri_and_what_to_check(s3_server, monkey
     with pytest.raises(storage.StorageError,
                        match=rf"cannot (write|look up) s3://{bucket}/x.json: .*not allowed: check"):
         storage.write_json(f"s3://{bucket}/x.json", {"a": 1})
+
+
+# --- audio --------------------------------------------------------------------------------------
+
+def test_an_undecodable_clip_is_named_not_its_buffer(tmp_path):
+    from feda2v.audio import decode
+
+    bad = tmp_path / "dog_1.wav"
+    bad.write_bytes(b"RIFF not really a wave file at all")
+    with pytest.raises(ValueError, match=r"dog_1.wav: cannot decode audio") as e:
+        decode(str(bad))
+    assert "BytesIO" not in str(e.value)
+
+
+def test_a_very_short_clip_is_padded_with_a_warning(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+    import soundfile as sf
+
+    from feda2v.audio import load_clip
+
+    clip = tmp_path / "tiny.wav"
+    sf.write(clip, np.ones(160, dtype=np.float32) * 0.1, 16000)  # 0.01 s
+    logging.getLogger("feda2v").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="feda2v"):
+            wav = load_clip(str(clip), 16000, 1.0)
+    finally:
+        logging.getLogger("feda2v").propagate = False
+    assert len(wav) == 16000 and wav[159] != 0 and wav[160] == 0
+    assert "tiny.wav is 0.01 s long: zero-padded to 1.00 s" in caplog.text
