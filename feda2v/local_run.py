@@ -299,8 +299,6 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = resolve_local_paths(cfg)
-    preflight(cfg)
-    cfg = _credentials_to_environment(cfg)
     execution = execution or cfg["execution"]
     root = cfg["storage_root"]
     local_root = storage.local_path(root) if storage.is_local(root) else os.path.abspath(".feda2v-local")
@@ -309,6 +307,9 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
                                            or os.environ.get("MLFLOW_TRACKING_URI")):
         # Tensors and checkpoints go to the object store; the local run's tracking stays local.
         cfg["mlflow_tracking_uri"] = "sqlite:///" + os.path.join(local_root, "mlflow.db")
+    preflight(cfg)
+    cfg = _credentials_to_environment(cfg)
+    if not storage.is_local(root):
         os.makedirs(local_root, exist_ok=True)
     plan = [] if kind == "ablations" else runtime.plan(dict(cfg, pipeline=kind))
     task_env = {TAG_ENV: TAG,

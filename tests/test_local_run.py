@@ -271,6 +271,7 @@ def test_ablations_pipeline_under_kfp_local(make_config, tmp_path):
 def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tmp_path):
     """Tasks are forked from a pre-imported server: a task's failure must still reach kfp.local
     (exit code through the shim), the exit handler, and `feda2v run`'s exit code."""
+    (tmp_path / "nowhere").mkdir()  # there (the preflight passes), but no ESC-50 inside
     cfg = make_config(data={"dataset_uri": str(tmp_path / "nowhere")})
     proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config",
                            _write(cfg, tmp_path), "--pipeline", "run1"], cwd=tmp_path,
