@@ -307,3 +307,91 @@ def test_a_very_short_clip_is_padded_with_a_warning(tmp_path, caplog):
         logging.getLogger("feda2v").propagate = False
     assert len(wav) == 16000 and wav[159] != 0 and wav[160] == 0
     assert "tiny.wav is 0.01 s long: zero-padded to 1.00 s" in caplog.text
+
+
+# --- config, data and checkpoints that were already refused (kept in one place) ---------------
+
+@pytest.mark.parametrize("raw,message", [
+    ({"feda2v": {"generator_tipe": "vae"}},
+     r"unknown config key 'feda2v.generator_tipe' \(did you mean 'generator_type'\?\)"),
+    ({"feda2v": {"generator_type": "diffusion"}}, r"bad value for 'feda2v.generator_type'"),
+    ({"global_rounds": -3}, r"bad value for 'global_rounds': must be >= 1, got -3"),
+    ({"batch_size": "16"}, r"bad value for 'batch_size': expected an integer"),
+    ({"data": {"train_folds": [1, 5], "test_folds": [5]}}, r"fold\(s\) \[5\] are also"),
+    ({"feda2v": {"use_generator": False, "generator_training_mode": True}},
+     r"bad value for 'feda2v.use_generator'"),
+])
+def test_a_bad_config_value_is_named(raw, message):
+    with pytest.raises(config_mod.ConfigError, match=message):
+        config_mod.validate(raw)
+
+
+def test_a_config_that_is_not_json_says_where(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"global_rounds": 3,}')
+    with pytest.raises(config_mod.ConfigError, match=r"c.json: not valid JSON \(.*line 1"):
+        config_mod.load(path)
+
+
+def test_a_client_that_does_not_exist_is_named():
+    from feda2v import stages
+
+    with pytest.raises(ValueError, match=r"client 5 does not exist: the config has 2 clients"):
+        stages.extract(json.dumps(_cfg()), 5)
+
+
+def test_a_precomputed_embeddings_file_without_labels_is_named(tmp_path):
+    from feda2v.datasets import read_embeddings
+
+    uri = str(tmp_path / "own.safetensors")
+    storage.save_tensors(uri, {"embeddings": torch.zeros(2, 2, 4)}, {"class_names": ["a"]})
+    with pytest.raises(ValueError, match=r"own.safetensors: embeddings file lacks tensor\(s\) "
+                                         r"\['labels'\]"):
+        read_embeddings(uri)
+
+
+def test_labels_outside_the_class_list_are_named(tmp_path):
+    from feda2v.datasets import read_embeddings
+
+    uri = str(tmp_path / "own.safetensors")
+    storage.save_tensors(uri, {"embeddings": torch.zeros(2, 2, 4), "labels": torch.tensor([0, 3])},
+                         {"class_names": ["a", "b"]})
+    with pytest.raises(ValueError, match=r"labels must index class_names \(2 classes\)"):
+        read_embeddings(uri)
+
+
+def test_a_checkpoint_of_another_generator_type_or_size_is_refused(tmp_path):
+    cfg = _cfg()
+    vae = generator.new_generator(cfg, 4, 16, 16)
+    uri = str(tmp_path / "client_0_generator.pt")
+    generator.save(uri, cfg, vae, generator.new_optimizer(cfg, vae), 0, 1, ["dog"],
+                   torch.zeros(1, 16))
+    with pytest.raises(ValueError, match=r"generator_type is 'vae' in the checkpoint but 'gan'"):
+        generator.load(uri, _cfg(generator_type="gan"), {})
+    with pytest.raises(ValueError, match=r"latent_dim is 8 in the checkpoint but 64 in this run"):
+        generator.load(uri, cfg, {"latent_dim": 64})
+
+
+def test_run2_without_a_checkpoint_fails_naming_the_client(tmp_path):
+    d = _data()
+    with pytest.raises(FileNotFoundError, match=r"\[Client 1\] Generator checkpoint not found"):
+        generator.generate_client(_cfg(), 1, d, NAMES, 2, str(tmp_path / "none.pt"),
+                                  str(tmp_path / "out.safetensors"))
+    assert not os.path.exists(tmp_path / "out.safetensors")
+
+
+def test_a_download_that_is_not_a_zip_or_has_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    from feda2v import download
+
+    def fetch(url, dest):
+        with open(dest, "wb") as f:
+            f.write(b"<html>not an archive</html>")
+        return "ab" * 32
+
+    monkeypatch.setattr(download, "_fetch", fetch)
+    out = str(tmp_path / "ESC-50")
+    with pytest.raises(ValueError, match=r"mirror.example/x.zip: not a zip archive"):
+        download.download_esc50(out, "https://mirror.example/x.zip")
+    with pytest.raises(ValueError, match=r"sha256 is abab.*, expected 0000"):
+        download.download_esc50(out, "https://mirror.example/x.zip", "0" * 64)
+    assert not os.path.exists(out)
