@@ -468,19 +468,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "run tagged with the run key, or a new one)")
     p.add_argument("--out", help="final global adapter output URI (safetensors)")
 
-    p = add("train-generator", cmd_train_generator,
-            "Stage: one client's generator over every Run 1 round (after `phase --phase run1`); "
-            "checkpoints under the seed's names.")
-    _config_arg(p)
-    p.add_argument("--client", type=int, required=True, help="client id (0-based)")
-    _run_key_arg(p)
-
-    p = add("generate", cmd_generate,
-            "Stage: one client's synthetic samples for every Run 2 round, from one read of its "
-            "generator checkpoint.")
-    _config_arg(p)
-    p.add_argument("--client", type=int, required=True, help="client id (0-based)")
-    _run_key_arg(p)
+    for name, func, text in (
+            ("train-generator", cmd_train_generator,
+             ("Stage: one client's generator over every Run 1 round (after `phase --phase run1`); "
+             "checkpoints under the seed's names.")),
+            ("generate", cmd_generate,
+             ("Stage: one client's synthetic samples for every Run 2 round, from one read of its "
+             "generator checkpoint."))):
+        p = add(name, func, text)
+        _config_arg(p)
+        p.add_argument("--client", type=int, required=True, help="client id (0-based)")
+        _run_key_arg(p)
 
     p = add("client-round", cmd_client_round,
             "Stage: one client's round (adapter on real data; run1 also writes the class "

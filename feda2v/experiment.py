@@ -97,42 +97,33 @@ def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: st
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     vcfg = _variant_config(cfg, variant, root)
     r1, r2 = cfg["feda2v"]["generator_training_rounds"], cfg["global_rounds"]
-    key = f"{variant}"
     run = storage.join(root, variant)
     log.info("=== Ablation %s ===", variant)
     fed = stages.federation(vcfg, targets_uri)
     init = stages.initial_state(vcfg, fed)
-    history, pool = [], ""
+    history = []
     if variant == "fedavg":
         _, history = run_phase(fed, "fedavg", r1 + r2, 1, init, run, None, _log(vcfg, run_id))
     elif variant == "centralized":
         history = _centralized(vcfg, fed, r1 + r2, init, run, run_id)
     else:
         _, history = run_phase(fed, "run1", r1, 1, init, run, None, _log(vcfg, run_id))
-        _generators(vcfg, run, key, fed, r1, r2)
-        _log_generator_losses(vcfg, run, run_id)
+        _generators(vcfg, run, variant, fed, r1, r2)
+        stages.log_generator_losses(vcfg, run, run_id)
         phase = "run2" if variant == "synthetic" else "sample"
         synthetic = stages._synthetic_source(run, len(fed.clients))
         # Run 2 starts from the initial adapter, as a separate seed run would.
         _, more = run_phase(fed, phase, r2, r1 + 1, init, run, synthetic, _log(vcfg, run_id))
         history += [dict(h, phase="synthetic_only" if phase == "sample" else h["phase"])
                     for h in more]
-        pool = run
     quality = {}
-    if pool and variant == "synthetic":
-        quality = {str(i): storage.load_tensors(runstate.synthetic_uri(run, i))[1]["quality"]
+    if variant == "synthetic":  # the header holds the clients' numbers: no tensor is read
+        quality = {str(i): storage.read_meta(runstate.synthetic_uri(run, i)).get("quality")
                    for i in range(len(fed.clients))}
         quality = {k: v for k, v in quality.items() if v}
     return {"variant": variant, "history": history,
             "final_accuracy": history[-1]["accuracy"], "run_dir": run,
             "synthetic_pool": run if variant == "synthetic" else "", "quality": quality}
-
-
-def _log_generator_losses(cfg: dict, run: str, run_id: str) -> None:
-    for i in range(config_mod.num_clients(cfg)):
-        uri = runstate.generator_losses_uri(run, i)
-        for r, loss in runstate.read_losses(uri).items():
-            tracking.log_metrics(cfg, run_id, {f"train/node_{i}/generator_loss": loss}, r)
 
 
 def _pooled_synthetic(run: str, num_clients: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import tempfile
 import torch
 
 from feda2v import config as config_mod
-from feda2v import report, runstate, storage, tracking
+from feda2v import report, runstate, runtime, storage, tracking
 from feda2v.log import get_logger
 
 log = get_logger()
@@ -78,7 +78,6 @@ def class_targets(config_json: str, out_uri: str) -> dict:
 def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
     """Embed one client's train and test clips -> [N, tokens, D] safetensors; returns its URI.
     A rerun with the same clips, model and settings reuses the stored file."""
-    from feda2v import runtime
     from feda2v.extraction import extract_client
 
     cfg = config_mod.loads(config_json)
@@ -112,6 +111,12 @@ def client_data(cfg: dict, client_id: int, uri: str = ""):
     dev = device_of(cfg)
     return ClientData(t["train_x"].float().to(dev), t["train_y"].to(dev),
                       t["test_x"].float().to(dev), t["test_y"].to(dev))
+
+
+def _class_names(cfg: dict) -> list[str]:
+    from feda2v import datasets
+
+    return datasets.class_names(cfg)
 
 
 def server_real_data(cfg: dict, class_names: list[str]):
@@ -221,7 +226,6 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
     """Every round of one federated phase (fedavg, run1, run2, sample) for every client, in this
     process; resumes after the last round a previous try finished. The config's plan gives the
     rounds and the MLflow steps."""
-    from feda2v import runtime
     from feda2v.federated.loop import run_phase
 
     cfg = config_mod.loads(config_json)
@@ -247,7 +251,6 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
 def train_generator(config_json: str, client_id: int, run_key: str) -> dict:
     """Stage: one client's generator over all Run 1 rounds, from the class conditions its
     adapter rounds wrote; checkpoints under the seed's names."""
-    from feda2v import runtime
     from feda2v.federated.generator import train_client
 
     cfg = config_mod.loads(config_json)
@@ -255,23 +258,16 @@ def train_generator(config_json: str, client_id: int, run_key: str) -> dict:
     client_id = runtime.as_int(client_id, "client_id")
     rounds = dict(runtime.plan(cfg))["run1"]
     data = client_data(cfg, client_id)
-    names = datasets_class_names(cfg)
+    names = _class_names(cfg)
     losses = train_client(cfg, client_id, runstate.run_dir(cfg, run_key), run_key, data.train_x,
                           data.train_y, names, rounds, checkpoint_dir(cfg))
     return {"client_id": client_id, "rounds": len(losses),
             "generator_loss": losses[max(losses)] if losses else None}
 
 
-def datasets_class_names(cfg: dict) -> list[str]:
-    from feda2v import datasets
-
-    return datasets.class_names(cfg)
-
-
 def generate(config_json: str, client_id: int, run_key: str) -> dict:
     """Stage: Run 2's synthetic samples of one client for every round, from one read of its
     generator: this run's own (after Run 1 in the same run) or the published checkpoint."""
-    from feda2v import runtime
     from feda2v.federated.generator import checkpoint_uri, generate_client
 
     cfg = config_mod.loads(config_json)
@@ -287,7 +283,7 @@ def generate(config_json: str, client_id: int, run_key: str) -> dict:
         if holder and holder["run"] != run_key:
             log.warning("[Client %d] %s is being written by live run %s", client_id,
                         checkpoint_dir(cfg), holder["run"])
-    return generate_client(cfg, client_id, client_data(cfg, client_id), datasets_class_names(cfg),
+    return generate_client(cfg, client_id, client_data(cfg, client_id), _class_names(cfg),
                            plan[phase], source, runstate.synthetic_uri(run, client_id))
 
 
@@ -298,7 +294,6 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str,
                  run_key: str = "", data_uri: str = "") -> dict:
     """One client's round; writes its update (adapter, sample count, metrics, synthetic set).
     Run 1 also writes the round's class conditions under the run folder (run_key)."""
-    from feda2v import runtime
     from feda2v.federated.client import client_step
     from feda2v.federated.loop import save_conditions
 
@@ -341,9 +336,9 @@ def server_round(config_json: str, round_num: int, phase: str, update_uris: list
                  run_key: str = "", step: int = 0) -> dict:
     """The server's side of one round, as one task: FedAvg, global training on the synthetic
     pool when the round calls for it, evaluation; metrics to MLflow at the round's step."""
-    from feda2v import runtime
     from feda2v.federated.loop import save_round
     from feda2v.federated.server import server_step
+    from feda2v.federated.task import device_of
 
     cfg = config_mod.loads(config_json)
     runtime.task_setup(parallel=False)
@@ -352,8 +347,6 @@ def server_round(config_json: str, round_num: int, phase: str, update_uris: list
     run_id = (tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
               if run_key else mlflow_run_id)
     targets, names = _load_targets(targets_uri)
-    from feda2v.federated.task import device_of
-
     test_sets = [(d.test_x, d.test_y) for d in
                  (client_data(cfg, i) for i in range(config_mod.num_clients(cfg)))]
     updates = [read_update(u) for u in update_uris]
@@ -411,14 +404,10 @@ def final_adapter_uri(cfg: dict, run_key: str, plan: list[tuple[str, int]]) -> s
     return runstate.round_uri(runstate.run_dir(cfg, run_key), phase, rounds)
 
 
-def log_generator_losses(cfg: dict, run_key: str, run_id: str) -> None:
-    """Run 1's per-round generator losses (written by the per-client generator tasks) as the
-    seed's train/node_{i}/generator_loss, at Run 1's steps."""
-    run = runstate.run_dir(cfg, run_key)
-    plan = runtime_plan(cfg)
-    if "run1" not in dict(plan):
-        return
-    first = phase_plan_steps(plan, "run1")
+def log_generator_losses(cfg: dict, run: str, run_id: str, first: int = 1) -> None:
+    """Run 1's per-round generator losses (written by the per-client generator tasks under the
+    run folder `run`) as the seed's train/node_{i}/generator_loss, Run 1 starting at step
+    `first`."""
     by_step: dict[int, dict] = {}
     for i in range(config_mod.num_clients(cfg)):
         uri = runstate.generator_losses_uri(run, i)
@@ -429,22 +418,18 @@ def log_generator_losses(cfg: dict, run_key: str, run_id: str) -> None:
         tracking.log_metrics(cfg, run_id, metrics, step)
 
 
-def runtime_plan(cfg: dict) -> list[tuple[str, int]]:
-    from feda2v import runtime
-
-    return runtime.plan(cfg)
-
-
 def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: str,
                     report_path: str, error: str = "") -> str:
     """The pipeline's exit handler: generator losses, results table (Markdown), final adapter
     and report to MLflow; the MLflow run ends FINISHED, FAILED or KILLED whatever happened
     before; the run's lease on the checkpoint folder is released."""
     cfg = config_mod.loads(config_json)
-    plan = runtime_plan(cfg)
+    plan = runtime.plan(cfg)
     runstate.release(checkpoint_dir(cfg), run_key)
     run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
-    log_generator_losses(cfg, run_key, run_id)
+    if "run1" in dict(plan):
+        log_generator_losses(cfg, runstate.run_dir(cfg, run_key), run_id,
+                             phase_plan_steps(plan, "run1"))
     _, history = tracking.run_info(cfg, run_id)
     rows = report.results_rows(plan, history, config_mod.num_clients(cfg))
     text = f"# FedA2V results ({state.lower()})\n\n" + report.results_table(rows, markdown=True) + "\n"

@@ -189,12 +189,29 @@ def test_stored_files_get_the_usual_permissions(tmp_path):
 
 # --- preflight, secrets -----------------------------------------------------------------------
 
-def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path):
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("bad", ["dataset", "tracking server"])
+def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path, bad):
+    """A missing dataset or an unreachable MLflow server fails `feda2v run` in seconds with exit
+    code 2 naming it, before any MLflow store, kfp-local folder or task exists."""
     import subprocess
     import sys
     import time
 
-    cfg = make_config(data={"dataset_uri": str(tmp_path / "no-such-data")})
+    if bad == "dataset":
+        cfg = make_config(data={"dataset_uri": str(tmp_path / "no-such-data")})
+        expected = f"data.dataset_uri {tmp_path / 'no-such-data'} does not exist"
+    else:
+        uri = f"http://127.0.0.1:{_dead_port()}"
+        cfg = make_config(mlflow_tracking_uri=uri)
+        expected = f"MLflow tracking server {uri} is unreachable"
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
     start = time.monotonic()
@@ -202,7 +219,7 @@ def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert time.monotonic() - start < 30
     assert proc.returncode == 2
-    assert f"data.dataset_uri {tmp_path / 'no-such-data'} does not exist" in proc.stderr
+    assert expected in proc.stderr
     assert not os.path.exists(cfg["storage_root"])  # no MLflow store, no kfp-local folder
 
 
