@@ -59,7 +59,7 @@ def cmd_data_demo(a) -> None:
 def cmd_data_esc50(a) -> None:
     from feda2v.download import download_esc50
 
-    download_esc50(a.out, a.url, a.sha256)
+    download_esc50(a.out, a.url, a.sha256, verify=not a.no_verify)
 
 
 def cmd_models_tiny(a) -> None:
@@ -199,10 +199,23 @@ def compile_pipeline(cfg: dict, kind: str, output: str, options, execution=None)
     return time.perf_counter() - start
 
 
+def _preflight_cluster(a, cfg: dict) -> None:
+    """What can be seen from here is checked (with this machine's AWS_* settings); the rest is
+    printed as notes, since the pods may see paths and hosts this machine cannot."""
+    _check_no_credentials(cfg)  # first: nothing else matters if the YAML would leak them
+    if a.no_preflight:
+        return
+    from feda2v import preflight
+
+    for note in preflight.check(cfg, "cluster"):
+        print(f"note: {note}", file=sys.stderr)
+
+
 def cmd_compile(a) -> None:
     import pipelines
 
     cfg = _cfg(a.config)
+    _preflight_cluster(a, cfg)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
     execution = a.execution or cfg["execution"]
     seconds = compile_pipeline(cfg, kind, a.output, _cluster_options(a), execution)
@@ -219,6 +232,7 @@ def cmd_submit(a) -> None:
     import kfp
 
     cfg = _cfg(a.config)
+    _preflight_cluster(a, cfg)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         package = os.path.join(tmp, "pipeline.yaml")
@@ -312,6 +326,8 @@ def _round_args(p, mlflow=True) -> None:
 
 def _cluster_args(p) -> None:
     g = p.add_argument_group("cluster", "How the tasks run on Kubernetes")
+    g.add_argument("--no-preflight", action="store_true", help="do not check the config's "
+                   "data, model, storage and MLflow locations from this machine first")
     g.add_argument("--image", help="container image of every task (default: $FEDA2V_IMAGE or "
                                    "feda2v-python:0.1.0)")
     g.add_argument("--gpus", type=int, default=1, help="GPUs per extraction/training task "
@@ -421,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="destination folder or URL")
     p.add_argument("--url", default=ESC50_URL, help="archive URL (default: the official one; "
                                                     "point it at a mirror offline)")
-    p.add_argument("--sha256", default="", help="expected sha256 of the archive (optional)")
+    p.add_argument("--sha256", default="", help="expected sha256 of the archive (default: it "
+                   "must be the known ESC-50 release, checked by its published MD5)")
+    p.add_argument("--no-verify", action="store_true", help="unpack an archive without any "
+                   "checksum (a warning names its sha256)")
 
     models = add("models", None, "Models.").add_subparsers(dest="what", required=True, metavar="WHAT")
     p = models.add_parser("tiny", help="Save tiny random-initialised AST, CLAP and CLIP models.",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,8 +296,54 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def loads(text: str) -> dict[str, Any]:
-    """Validate a config given as JSON text (how stages receive it)."""
-    return validate(json.loads(text))
+    """Validate a config given as JSON text (how stages receive it), with any credentials that
+    `withhold_credentials` kept off the command line put back from the environment."""
+    return validate(_restore_credentials(json.loads(text)))
+
+
+# --- credentials --------------------------------------------------------------------------------
+# A URI may carry user:password@. kfp.local puts the config on every task's command line (read
+# by anyone with `ps`), so a local run sends such values through the environment instead
+# (/proc/PID/environ is readable by the owner only).
+
+CREDENTIALS_ENV = "FEDA2V_CREDENTIALS"
+_USERINFO = re.compile(r"//[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Drop user:password@ from every URI in `text` before it is logged or printed."""
+    return _USERINFO.sub("//***@", text)
+
+
+def _items(cfg: dict, prefix: str = ""):
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            yield from _items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", cfg, key, value
+
+
+def withhold_credentials(cfg: dict) -> tuple[dict, dict[str, str]]:
+    """(cfg with every credential-bearing string redacted, {dotted key: real value})."""
+    cfg = copy.deepcopy(cfg)
+    withheld = {}
+    for dotted, section, key, value in list(_items(cfg)):
+        if isinstance(value, str) and redact(value) != value:
+            withheld[dotted] = value
+            section[key] = redact(value)
+    return cfg, withheld
+
+
+def _restore_credentials(raw: Any) -> Any:
+    text = os.environ.get(CREDENTIALS_ENV)
+    if not text or not isinstance(raw, dict):
+        return raw
+    withheld = json.loads(text)
+    for dotted, section, key, value in list(_items(raw)):
+        real = withheld.get(dotted)
+        if real is not None and value == redact(real):
+            section[key] = real
+    return raw
 
 
 def configured_classes(cfg: dict[str, Any]) -> list[str] | None:

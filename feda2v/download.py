@@ -10,28 +10,48 @@ import urllib.request
 import zipfile
 
 from feda2v import storage
+from feda2v.config import redact
 from feda2v.log import get_logger, progress
 
 log = get_logger()
 
 ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
+# The known ESC-50 release (2000 clips): the MD5 that soundata's ESC-50 loader records for this
+# archive. Only MD5 is published for it; any other archive needs --sha256 (or --no-verify).
+ESC50_MD5 = "7771e4b9d86d0945acce719c7a59305a"
 CHUNK = 1 << 20
 
 
-def _fetch(url: str, dest: str) -> str:
-    """Stream `url` to `dest`; returns the sha256 of what was written."""
-    digest = hashlib.sha256()
+def _fetch(url: str, dest: str) -> dict[str, str]:
+    """Stream `url` to `dest`; returns the sha256 and md5 of what was written."""
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
     with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
         total = int(response.headers.get("Content-Length") or 0)
-        tick = progress(max(total // CHUNK, 1), f"Downloading {url} (MiB)")
+        tick = progress(max(total // CHUNK, 1), f"Downloading {redact(url)} (MiB)")
         while chunk := response.read(CHUNK):
             f.write(chunk)
-            digest.update(chunk)
+            for digest in digests.values():
+                digest.update(chunk)
             tick()
-    return digest.hexdigest()
+    return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
-def download_esc50(out: str, url: str = ESC50_URL, sha256: str = "") -> int:
+def _verify(url: str, got: dict[str, str], sha256: str, verify: bool) -> None:
+    """By default an archive must be the known ESC-50 release or match --sha256."""
+    if sha256:
+        if got["sha256"] != sha256.lower():
+            raise ValueError(f"{url}: sha256 is {got['sha256']}, expected {sha256}; nothing "
+                             "was unpacked")
+    elif verify:
+        if got["md5"] != ESC50_MD5:
+            raise ValueError(f"{url}: not the known ESC-50 release (md5 {got['md5']}, expected "
+                             f"{ESC50_MD5}); nothing was unpacked. For another archive you "
+                             f"trust, pass --sha256 {got['sha256']} (or --no-verify)")
+    else:
+        log.warning("%s: checksum not verified (--no-verify); sha256 %s", redact(url), got["sha256"])
+
+
+def download_esc50(out: str, url: str = ESC50_URL, sha256: str = "", verify: bool = True) -> int:
     """Download and unpack ESC-50 to `out` (meta/esc50.csv + audio/); returns the clip count.
 
     The metadata is written last, so an interrupted run never looks like a complete dataset,
@@ -43,9 +63,7 @@ def download_esc50(out: str, url: str = ESC50_URL, sha256: str = "") -> int:
         return -1
     with tempfile.TemporaryDirectory() as tmp:
         archive = os.path.join(tmp, "esc50.zip")
-        got = _fetch(url, archive)
-        if sha256 and got != sha256.lower():
-            raise ValueError(f"{url}: sha256 is {got}, expected {sha256}")
+        _verify(url, _fetch(url, archive), sha256, verify)
         try:
             zf = zipfile.ZipFile(archive)
         except zipfile.BadZipFile:

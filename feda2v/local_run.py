@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from feda2v import config as config_mod
-from feda2v import report, storage, tracking
+from feda2v import preflight, report, storage, tracking
 from feda2v.log import TAG_ENV
 
 TAG = "\u00a7feda2v\u00a7 "
@@ -225,7 +225,7 @@ def docker_runner(cfg: dict, pipeline_root: str, run_id: str):
     env = {TAG_ENV: TAG, "HOME": "/tmp", "FEDA2V_MODEL_CACHE": "/tmp/feda2v-models"}
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
                 "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD"):
+                "MLFLOW_TRACKING_PASSWORD", config_mod.CREDENTIALS_ENV):
         if key in os.environ:
             env[key] = os.environ[key]
     return local.DockerRunner(
@@ -251,45 +251,6 @@ def stop_containers(run_id: str) -> int:
         client.close()
 
 
-def preflight(cfg: dict) -> None:
-    """Fail in seconds, before any task, MLflow run or folder exists: the dataset, the model
-    folders and the storage root must be there (or creatable), URLs answer, the tracking server
-    answers."""
-    data = cfg["data"]["dataset_uri"]
-    try:
-        found = storage.exists(data)
-    except Exception as e:  # noqa: BLE001 - fsspec backends raise their own types
-        raise ValueError(f"data.dataset_uri {tracking.redact(data)} cannot be reached: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not found:
-        raise FileNotFoundError(f"data.dataset_uri {tracking.redact(data)} does not exist "
-                                "(`feda2v data demo --out DIR` writes a procedural dataset)")
-    for key in ("audio_model", "text_model"):
-        value = cfg["models"][key]
-        looks_local = value.startswith((".", "/", "~")) or os.sep in value and value.count("/") > 1
-        if storage.is_local(value) and looks_local and not os.path.exists(value):
-            raise FileNotFoundError(f"models.{key} {value} does not exist (`feda2v models tiny "
-                                    "--out DIR` writes tiny offline models)")
-    root = cfg["storage_root"]
-    if storage.is_local(root):
-        parent = storage.local_path(root)
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent) or "."
-        if not os.access(parent, os.W_OK):
-            raise PermissionError(f"storage_root {root}: {parent} is not writable")
-    tracking.check_reachable(tracking.tracking_uri(cfg))
-
-
-def _credentials_to_environment(cfg: dict) -> dict:
-    """A tracking URI with user:password@ travels to the tasks in their environment, not in the
-    config (which kfp.local puts on every task's command line, readable with `ps`)."""
-    uri = cfg["mlflow_tracking_uri"]
-    if uri and tracking.redact(uri) != uri:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        cfg = dict(cfg, mlflow_tracking_uri="")
-    return cfg
-
-
 def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
                 execution: str | None = None, prefork: bool = True, runner: str = "subprocess",
                 image: str = "") -> int:
@@ -307,8 +268,8 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
                                            or os.environ.get("MLFLOW_TRACKING_URI")):
         # Tensors and checkpoints go to the object store; the local run's tracking stays local.
         cfg["mlflow_tracking_uri"] = "sqlite:///" + os.path.join(local_root, "mlflow.db")
-    preflight(cfg)
-    cfg = _credentials_to_environment(cfg)
+    preflight.check(cfg, "local")
+    task_cfg, withheld = config_mod.withhold_credentials(cfg)
     if not storage.is_local(root):
         os.makedirs(local_root, exist_ok=True)
     plan = [] if kind == "ablations" else runtime.plan(dict(cfg, pipeline=kind))
@@ -317,20 +278,25 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
                 runtime.LOCAL_CORES_ENV: str(os.cpu_count() or 1),
                 runtime.LOCAL_PARALLEL_ENV: str(min(2, config_mod.num_clients(cfg))),
                 runtime.PARENT_ENV: str(os.getpid())}
+    if withheld:
+        task_env[config_mod.CREDENTIALS_ENV] = json.dumps(withheld)
     os.environ.update(task_env)
     started = None
     try:
         # First: the server imports while this process compiles and creates the MLflow run.
         started = _start_prefork() if prefork and runner == "subprocess" else None
-        return _run(cfg, kind, plan, local_root, pipeline_root, execution, runner, image)
+        return _run(cfg, task_cfg, kind, plan, local_root, pipeline_root, execution, runner,
+                    image)
     finally:
         _stop_prefork(started)
         for key in task_env:
             os.environ.pop(key, None)
 
 
-def _run(cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
+def _run(cfg: dict, task_cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
          execution: str, runner: str, image: str) -> int:
+    """`cfg` is for this process; the tasks get `task_cfg`, whose credentials travel in their
+    environment (config.CREDENTIALS_ENV), not on their command lines."""
     from kfp import local
 
     import pipelines
@@ -354,7 +320,7 @@ def _run(cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
         print(f"  every task in:  {options.image}")
     else:
         task_runner = local.SubprocessRunner(use_venv=False)
-    pipeline = pipelines.build(cfg, kind, options, execution)
+    pipeline = pipelines.build(task_cfg, kind, options, execution)
     local.init(runner=task_runner, pipeline_root=pipeline_root, raise_on_error=True)
     watchdog = _start_watchdog(cfg, run_id)
     start = time.monotonic()

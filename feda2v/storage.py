@@ -55,8 +55,8 @@ def _named(uri: str, e: BaseException, doing: str) -> StorageError:
         hint = "; the object store does not answer: check AWS_ENDPOINT_URL"
     elif isinstance(e, FileNotFoundError) and "://" in uri:
         hint = "; check that the bucket exists"
-    out = StorageError(code, f"cannot {doing} {redact(uri)}: {text}{hint}")
-    out.__cause__ = e
+    out = StorageError(f"cannot {doing} {redact(uri)}: {text}{hint}")
+    out.errno, out.__cause__ = code, e
     return out
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 from feda2v import storage
+from feda2v.config import redact  # the one redaction rule, also used as tracking.redact
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -27,9 +27,6 @@ def tracking_uri(cfg: dict) -> str:
     return "sqlite:///" + os.path.join(storage.absolute(root), "mlflow.db")
 
 
-def redact(uri: str) -> str:
-    """Drop user:password@ from a URI before it is logged or printed."""
-    return re.sub(r"//[^/@\s]+@", "//***@", uri)
 
 
 # MLflow retries an unreachable server for minutes by default; a run should fail in seconds.

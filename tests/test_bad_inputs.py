@@ -169,7 +169,8 @@ def test_an_archive_member_outside_the_target_is_refused(tmp_path, monkeypatch):
         zf.writestr("ESC-50-master/meta/esc50.csv", "filename,fold,target,category\n")
         zf.writestr("ESC-50-master/audio/../../../escaped.txt", "x")
     monkeypatch.setattr(download, "_fetch",
-                        lambda url, dest: (os.replace(archive, dest), "0" * 64)[1])
+                        lambda url, dest: (os.replace(archive, dest),
+                                           {"sha256": "0" * 64, "md5": download.ESC50_MD5})[1])
     out = tmp_path / "out" / "ESC-50"
     with pytest.raises(ValueError, match=r"would be written outside"):
         download.download_esc50(str(out), "https://mirror.example/esc50.zip")
@@ -197,8 +198,8 @@ def _dead_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("bad", ["dataset", "tracking server"])
-def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path, bad):
+@pytest.mark.parametrize("bad", ["dataset", "tracking server", "object store"])
+def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path, bad, monkeypatch):
     """A missing dataset or an unreachable MLflow server fails `feda2v run` in seconds with exit
     code 2 naming it, before any MLflow store, kfp-local folder or task exists."""
     import subprocess
@@ -208,10 +209,17 @@ def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path, bad
     if bad == "dataset":
         cfg = make_config(data={"dataset_uri": str(tmp_path / "no-such-data")})
         expected = f"data.dataset_uri {tmp_path / 'no-such-data'} does not exist"
-    else:
+    elif bad == "tracking server":
         uri = f"http://127.0.0.1:{_dead_port()}"
         cfg = make_config(mlflow_tracking_uri=uri)
         expected = f"MLflow tracking server {uri} is unreachable"
+    else:
+        endpoint = f"http://127.0.0.1:{_dead_port()}"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the subprocess inherits it
+        cfg = make_config(storage_root=str(tmp_path / "store"),
+                          data={"dataset_uri": "s3://data/ESC-50"})
+        expected = (f"data.dataset_uri s3://data/ESC-50: the object store (AWS_ENDPOINT_URL): "
+                    f"{endpoint} does not answer")
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
     start = time.monotonic()
@@ -223,30 +231,98 @@ def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path, bad
     assert not os.path.exists(cfg["storage_root"])  # no MLflow store, no kfp-local folder
 
 
+def test_credentials_in_any_config_value_travel_by_environment_not_config():
+    """Any string with user:password@ (dataset, model, storage or tracking URL) is redacted in
+    the config the tasks get on their command line, and put back from their environment."""
+    raw = {"mlflow_tracking_uri": "http://u:pw1@mlflow:5000",
+           "models": {"audio_model": "https://u:pw2@models.example/ast/"},
+           "data": {"dataset_uri": "https://u:pw3@data.example/ESC-50"}}
+    cfg = config_mod.validate(raw)
+    task_cfg, withheld = config_mod.withhold_credentials(cfg)
+    text = json.dumps(task_cfg)
+    assert not any(pw in text for pw in ("pw1", "pw2", "pw3"))
+    assert task_cfg["models"]["audio_model"] == "https://***@models.example/ast/"
+    assert set(withheld) == {"mlflow_tracking_uri", "models.audio_model", "data.dataset_uri"}
+    os.environ[config_mod.CREDENTIALS_ENV] = json.dumps(withheld)
+    try:
+        assert config_mod.loads(text) == cfg
+    finally:
+        del os.environ[config_mod.CREDENTIALS_ENV]
+    assert config_mod.loads(text) == task_cfg  # without the environment: nothing to put back
+
+
+def _command_lines(seen: set, stop) -> None:
+    """Collect every process's command line until `stop` is set (what `ps` shows anyone)."""
+    while not stop.is_set():
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        seen.add(f.read().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    pass
+        stop.wait(0.05)
+
+
 @pytest.mark.slow
-def test_a_password_in_the_tracking_uri_reaches_no_log_and_no_command_line(
-        make_config, tmp_path, mlflow_server):  # noqa: F811
-    """The password travels to the tasks in their environment, not in the config that kfp.local
-    puts on every task's command line; no log, report or artifact file of the run holds it."""
+def test_planted_secrets_reach_no_file_object_mlflow_entry_or_command_line(
+        make_config, tmp_path, mlflow_server, s3_server, monkeypatch):  # noqa: F811
+    """Secrets planted everywhere a user puts one: a password in the MLflow URI, an MLflow
+    token and the S3 keys in the environment, a password in a model URL. A whole run writes
+    none of them into a log, report, stored object, MLflow param or tag, or any process's
+    command line."""
     import subprocess
     import sys
+    import threading
 
-    secret = "s3cr3t-pa55word"
-    uri = mlflow_server.replace("http://", f"http://feda2v:{secret}@")
+    from mlflow.tracking import MlflowClient
+
+    pw, token = "s3cr3t-pa55word", "mlfl0w-t0ken-xyz"
+    secrets = [pw, token, s3_server.secret_key, "m0del-secret"]
+    _point_s3_at(monkeypatch, s3_server.env())
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "feda2v")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", token)
+    bucket = s3_server.create_bucket()
+    uri = mlflow_server.replace("http://", f"http://feda2v:{pw}@")
     cfg = make_config(global_rounds=1, mlflow_tracking_uri=uri,
+                      storage_root=f"s3://{bucket}/store", experiment_name="secrets",
+                      models={"image_model": "https://feda2v:m0del-secret@models.example/clip/"},
                       feda2v={"generator_training_rounds": 1, "generator_training_mode": True})
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", str(path),
-                           "--pipeline", "run1"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, check=False)
+    seen: set = set()
+    stop = threading.Event()
+    sampler = threading.Thread(target=_command_lines, args=(seen, stop), daemon=True)
+    sampler.start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", str(path),
+                               "--pipeline", "run1"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, check=False)
+    finally:
+        stop.set()
+        sampler.join()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert secret not in proc.stdout + proc.stderr
-    for folder, _, files in os.walk(cfg["storage_root"]):
+    # the tasks were seen, with the config (its credentials redacted) on their command lines
+    assert any("executor_main" in line and "//***@" in line for line in seen)
+    places = {"output": proc.stdout + proc.stderr}
+    places.update({f"argv: {line[:80]}": line for line in seen})
+    for folder, _, files in os.walk(tmp_path):
         for name in files:
-            if name.endswith((".log", ".json", ".md", ".txt", ".yaml")):
-                with open(os.path.join(folder, name), errors="replace") as f:
-                    assert secret not in f.read(), os.path.join(folder, name)
+            if os.path.join(folder, name) != str(path):  # the user's own config file
+                with open(os.path.join(folder, name), "rb") as f:
+                    places[os.path.join(folder, name)] = f.read().decode(errors="replace")
+    fs = s3_server.filesystem()
+    for key in fs.find(bucket):
+        places[f"s3://{key}"] = fs.cat_file(key).decode(errors="replace")
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("secrets")
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs
+    for run in runs:
+        places[f"mlflow {run.info.run_id}"] = json.dumps([run.data.params, run.data.tags])
+    assert any(name.startswith("s3://") for name in places)
+    leaks = [name for name, text in places.items() if any(secret in text for secret in secrets)]
+    assert leaks == []
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -292,6 +368,187 @@ def test_refused_s3_credentials_name_the_uri_and_what_to_check(s3_server, monkey
     with pytest.raises(storage.StorageError,
                        match=rf"cannot (write|look up) s3://{bucket}/x.json: .*not allowed: check"):
         storage.write_json(f"s3://{bucket}/x.json", {"a": 1})
+
+
+def _point_s3_at(monkeypatch, env: dict) -> None:
+    import fsspec
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore would retry a dead port for 12 s
+    fsspec.config.conf.clear()
+    fsspec.filesystem("s3").clear_instance_cache()
+
+
+def test_an_object_store_that_does_not_answer_is_named(monkeypatch):
+    _point_s3_at(monkeypatch, {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_dead_port()}",
+                               "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    with pytest.raises(storage.StorageError, match=r"cannot write s3://b/x.json: .*the object "
+                                                   r"store does not answer: check AWS_ENDPOINT_URL"):
+        storage.write_json("s3://b/x.json", {"a": 1})
+
+
+def _as_nobody(call):
+    """Run `call` in a forked child without root's right to write anywhere; return its error
+    text ('' when it succeeded)."""
+    import multiprocessing
+
+    def child(queue):
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            call()
+            queue.put("")
+        except Exception as e:  # noqa: BLE001 - the test reads the message
+            queue.put(f"{type(e).__name__}: {e}")
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    proc.join(60)
+    return queue.get(timeout=5)
+
+
+def test_a_read_only_folder_is_named_before_and_during_a_run(make_config):
+    import tempfile
+
+    from feda2v import preflight
+
+    top = tempfile.mkdtemp(prefix="feda2v-ro-")
+    try:
+        os.chmod(top, 0o555)  # readable and traversable by everyone, writable by no one
+        cfg = make_config(storage_root=os.path.join(top, "store"))
+        error = _as_nobody(lambda: preflight.check(cfg, "local"))
+        if os.geteuid() == 0:  # the test's dataset lies under root's 0700 pytest folder
+            assert error.startswith(f"PermissionError: data.dataset_uri {cfg['data']['dataset_uri']}: ")
+            assert error.endswith(" is not readable by this user")
+        cfg["data"]["dataset_uri"] = top
+        cfg["models"] = dict(cfg["models"], audio_model="org/audio", text_model="org/text")
+        error = _as_nobody(lambda: preflight.check(cfg, "local"))
+        assert f"PermissionError: storage_root {top}/store: {top} is not writable" == error
+        error = _as_nobody(lambda: storage.write_json(os.path.join(top, "x.json"), {}))
+        assert error.startswith(f"StorageError: cannot write {top}/x.json: ")
+        assert "not allowed: check the folder's permissions" in error
+        assert os.listdir(top) == []
+    finally:
+        os.chmod(top, 0o755)
+        os.rmdir(top)
+
+
+# --- compile and submit: locations checked from here before anything is built ----------------
+
+def _compile(cfg: dict, tmp_path, env: dict | None = None):
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "p.yaml"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "compile", "--config", str(path),
+                           "--output", str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AWS_MAX_ATTEMPTS": "1", **(env or {})}, check=False)
+    return proc, out.exists(), time.monotonic() - start
+
+
+def test_compile_refuses_an_object_store_that_does_not_answer(make_config, tmp_path):
+    port = _dead_port()
+    cfg = make_config(data={"dataset_uri": "s3://data/ESC-50"})
+    proc, wrote, seconds = _compile(cfg, tmp_path, {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+    assert proc.returncode == 2 and not wrote and seconds < 30
+    assert (f"data.dataset_uri s3://data/ESC-50: the object store (AWS_ENDPOINT_URL): "
+            f"http://127.0.0.1:{port} does not answer") in proc.stderr
+
+
+def test_compile_refuses_a_missing_bucket_and_a_missing_dataset(make_config, tmp_path,
+                                                                 s3_server):  # noqa: F811
+    bucket = s3_server.create_bucket()
+    cfg = make_config(storage_root="s3://no-such-bucket-y/store",
+                      data={"dataset_uri": f"s3://{bucket}/ESC-50"})
+    proc, wrote, _ = _compile(cfg, tmp_path, s3_server.env())
+    assert proc.returncode == 2 and not wrote
+    assert f"data.dataset_uri s3://{bucket}/ESC-50 does not exist" in proc.stderr
+    s3_server.filesystem().pipe_file(f"{bucket}/ESC-50/meta/esc50.csv", b"filename\n")
+    proc, wrote, _ = _compile(cfg, tmp_path, s3_server.env())
+    assert proc.returncode == 2 and not wrote
+    assert ("storage_root s3://no-such-bucket-y/store: bucket s3://no-such-bucket-y does not "
+            "exist; create it first") in proc.stderr
+
+
+def test_compile_notes_what_it_cannot_see_from_here(make_config, tmp_path):
+    """An in-cluster endpoint name and laptop paths are noted, not refused: the pods may see them."""
+    cfg = make_config(data={"dataset_uri": "s3://data/ESC-50"}, storage_root="s3://store/x",
+                      mlflow_tracking_uri="http://mlflow.feda2v.svc.cluster.local:5000")
+    proc, wrote, _ = _compile(cfg, tmp_path,
+                              {"AWS_ENDPOINT_URL": "http://minio-service.kubeflow.invalid:9000"})
+    assert proc.returncode == 0 and wrote, proc.stderr
+    assert "note: data.dataset_uri s3://data/ESC-50: the object store (AWS_ENDPOINT_URL): host " \
+           "minio-service.kubeflow.invalid does not resolve from here; not checked" in proc.stderr
+    assert "note: mlflow_tracking_uri: host mlflow.feda2v.svc.cluster.local does not " \
+           "resolve from here; not checked" in proc.stderr
+    assert f"note: models.audio_model {cfg['models']['audio_model']} is a path on this " \
+           "machine" in proc.stderr
+
+
+# --- a rerun after a fault equals a clean run --------------------------------------------------
+
+def _fault(kind: str, monkeypatch):
+    """Make round 2 of a phase fail once, as `kind` does; returns the error it raises."""
+    import errno
+
+    from feda2v.federated import loop as loop_mod
+
+    fired = []
+    if kind in ("disk full", "object store gone"):
+        real = storage._write_bytes
+
+        def write(uri, data):
+            if "round_2" in uri and not fired:
+                fired.append(uri)
+                if kind == "disk full":
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                raise ConnectionError("Could not connect to the endpoint URL")
+            return real(uri, data)
+
+        monkeypatch.setattr(storage, "_write_bytes", write)
+        return storage.StorageError
+    real_step = loop_mod.client_step
+
+    def step(cfg, client_id, r, *args):
+        update = real_step(cfg, client_id, r, *args)
+        if r == 2 and client_id == 1 and not fired:
+            fired.append(r)
+            update.adapter_state = {k: v * float("nan") for k, v in update.adapter_state.items()}
+        return update
+
+    monkeypatch.setattr(loop_mod, "client_step", step)
+    return ValueError
+
+
+@pytest.mark.parametrize("kind", ["disk full", "object store gone", "non-finite update"])
+def test_a_rerun_after_a_fault_ends_where_a_clean_run_does(tmp_path, monkeypatch, kind):
+    """Round 2 fails (a full disk or a dead store while its state is written, or a client that
+    sends NaN); the rerun resumes after round 1 and ends with the clean run's adapter and
+    accuracies: nothing half-written is trusted, nothing finished is redone."""
+    from feda2v import runstate
+    from feda2v.federated.loop import Federation, run_phase
+
+    cfg = _cfg()
+    fed = Federation(cfg, [_data(), _data()], TARGETS, NAMES)
+    clean, clean_history = run_phase(fed, "fedavg", 3, 1, _state(cfg), str(tmp_path / "clean"))
+    run = str(tmp_path / "faulty")
+    with monkeypatch.context() as patch:
+        error = _fault(kind, patch)
+        with pytest.raises(error):
+            run_phase(fed, "fedavg", 3, 1, _state(cfg), run)
+    assert runstate.last_round(run, "fedavg", 3) == 1
+    assert not [n for _, _, files in os.walk(run) for n in files if n.startswith(".tmp-")]
+    state, history = run_phase(fed, "fedavg", 3, 1, _state(cfg), run)
+    assert [h["accuracy"] for h in history] == [h["accuracy"] for h in clean_history]
+    assert all(torch.equal(state[k], v) for k, v in clean.items())
 
 
 # --- audio --------------------------------------------------------------------------------------
@@ -403,12 +660,31 @@ def test_a_download_that_is_not_a_zip_or_has_the_wrong_checksum_is_refused(tmp_p
     def fetch(url, dest):
         with open(dest, "wb") as f:
             f.write(b"<html>not an archive</html>")
-        return "ab" * 32
+        return {"sha256": "ab" * 32, "md5": "cd" * 16}
 
     monkeypatch.setattr(download, "_fetch", fetch)
     out = str(tmp_path / "ESC-50")
     with pytest.raises(ValueError, match=r"mirror.example/x.zip: not a zip archive"):
-        download.download_esc50(out, "https://mirror.example/x.zip")
+        download.download_esc50(out, "https://mirror.example/x.zip", "ab" * 32)
     with pytest.raises(ValueError, match=r"sha256 is abab.*, expected 0000"):
         download.download_esc50(out, "https://mirror.example/x.zip", "0" * 64)
     assert not os.path.exists(out)
+
+
+def test_an_archive_that_is_not_the_known_esc50_release_is_refused_by_default(tmp_path,
+                                                                              monkeypatch):
+    """No --sha256: the archive must be the known release (its published MD5)."""
+    from feda2v import download
+
+    archive = tmp_path / "esc.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ESC-50-master/meta/esc50.csv", "filename,fold,target,category\n")
+    real_fetch = download._fetch
+    monkeypatch.setattr(download, "_fetch", lambda url, dest: real_fetch(archive.as_uri(), dest))
+    out = str(tmp_path / "ESC-50")
+    with pytest.raises(ValueError, match=r"not the known ESC-50 release \(md5 [0-9a-f]{32}, "
+                                         r"expected 7771e4b9d86d0945acce719c7a59305a\); nothing "
+                                         r"was unpacked.*pass --sha256 [0-9a-f]{64}"):
+        download.download_esc50(out)
+    assert not os.path.exists(out)
+    assert download.download_esc50(out, verify=False) == 0  # --no-verify: unpacked, warned
