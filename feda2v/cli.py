@@ -62,6 +62,12 @@ def cmd_data_esc50(a) -> None:
     download_esc50(a.out, a.url, a.sha256, verify=not a.no_verify)
 
 
+def cmd_data_digits(a) -> None:
+    from feda2v.package_data import write_digits
+
+    write_digits(a.out, folds=a.folds, seed=a.seed)
+
+
 def cmd_models_tiny(a) -> None:
     from feda2v.encoders import write_tiny_models
 
@@ -255,7 +261,7 @@ def cmd_submit(a) -> None:
 
 
 def cmd_experiment(a) -> None:
-    from feda2v.experiment import VARIANTS, run_experiment
+    from feda2v.experiment import VARIANTS, parse_partitions, run_experiment, run_grid
     from feda2v.local_run import resolve_local_paths
 
     cfg = resolve_local_paths(_cfg(a.config))
@@ -263,6 +269,21 @@ def cmd_experiment(a) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
+    if a.seeds or a.partitions:
+        try:
+            seeds = [int(s) for s in (a.seeds or str(cfg["seed"])).split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds expects comma-separated integers, got {a.seeds!r}") from None
+        partitions = parse_partitions(a.partitions or "classes")
+        grid = run_grid(cfg, variants, seeds, partitions, a.name)
+        print(f"\nAblations over seeds {seeds} and partitions {partitions}:\n")
+        print(grid["table"])
+        print()
+        print("\n".join(grid["lines"]))
+        print(f"\n  results:            {grid['dir']}/grid.json")
+        print(f"  MLflow parent run:  {grid['parent_run_id']} ({tracking_uri_text(cfg)}, "
+              f"experiment '{cfg['experiment_name']}')")
+        return
     result = run_experiment(cfg, variants, a.name)
     print(f"\nAblations on the same data and seed ({cfg['seed']}):\n")
     print(result["table"])
@@ -388,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "synthetic_only,centralized (default: all)")
     p.add_argument("--name", default="experiment", help="folder under storage_root/experiments "
                                                         "and MLflow parent run name")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: run every variant for "
+                                   "each and print mean ± sd (default: the config's seed)")
+    p.add_argument("--partitions", help="comma-separated partitions of the config's classes: "
+                   "classes, iid, dirichlet:ALPHA, pathological:K (default: classes)")
 
     p = add("compile", cmd_compile, "Compile the pipeline to a KFP YAML for the UI or "
                                     "`kfp run create`.")
@@ -441,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "must be the known ESC-50 release, checked by its published MD5)")
     p.add_argument("--no-verify", action="store_true", help="unpack an archive without any "
                    "checksum (a warning names its sha256)")
+
+    p = data.add_parser("digits", help="Write scikit-learn's handwritten digits as an "
+                                       "embeddings file (a real dataset, no download).",
+                        description="Write the 1,797 8x8 digit images that ship with "
+                                    "scikit-learn as a precomputed-embeddings file (8 tokens of "
+                                    "8 features, 5 stratified folds, seeded random class "
+                                    "targets), for data.format = embeddings.")
+    p.set_defaults(func=cmd_data_digits)
+    p.add_argument("--out", required=True, help="output .safetensors path or URL")
+    p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and targets (default 0)")
 
     models = add("models", None, "Models.").add_subparsers(dest="what", required=True, metavar="WHAT")
     p = models.add_parser("tiny", help="Save tiny random-initialised AST, CLAP and CLIP models.",

@@ -208,6 +208,10 @@ FEDA2V: dict[str, Key] = {
     "quality_metrics": Key(True, _bool,
                            "Run 2 clients report quality and privacy metrics of their synthetic "
                            "samples (computed on the client; only the numbers leave it)."),
+    "run2_start": Key("initial", _choice("initial", "run1"),
+                      "Run 2's first global adapter: the initial one (the seed's separate Run 2) "
+                      "or Run 1's final one (needs Run 1 in the same run: end_to_end, "
+                      "experiments)."),
     "global_model_train": Key(False, _bool, "Server trains the global adapter on pooled synthetic samples."),
     "global_model_train_epochs": Key(5, _int(1), "Epochs of that server-side training per round."),
     "global_model_train_from_nodes_adapters": Key(
@@ -275,6 +279,9 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"bad value for 'data.test_folds': fold(s) {sorted(both)} are also "
                           "in 'data.train_folds'")
     f = cfg["feda2v"]
+    if f["run2_start"] == "run1" and pipeline_kind(cfg) == "run2":
+        raise ConfigError("bad value for 'feda2v.run2_start': 'run1' needs Run 1 in the same run "
+                          "(pipeline end_to_end), but this config runs Run 2 alone")
     if not f["use_generator"] and (f["generator_training_mode"] or f["use_pretrained_generators"]):
         raise ConfigError("bad value for 'feda2v.use_generator': false, but "
                           "generator_training_mode or use_pretrained_generators is true")

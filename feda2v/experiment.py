@@ -88,9 +88,11 @@ def _centralized(cfg: dict, fed, rounds: int, start: dict, run: str, run_id: str
     return history
 
 
-def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: str) -> dict:
+def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: str,
+                reuse: dict | None = None) -> dict:
     """Run one ablation through the library's round loop; returns {variant, history,
-    final_accuracy, quality}."""
+    final_accuracy, quality}. synthetic_only given `reuse` (the synthetic variant's result)
+    takes its Run 1 and its generators' samples instead of training the same ones again."""
     from feda2v.federated.loop import run_phase
 
     if variant not in VARIANTS:
@@ -107,13 +109,19 @@ def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: st
     elif variant == "centralized":
         history = _centralized(vcfg, fed, r1 + r2, init, run, run_id)
     else:
-        _, history = run_phase(fed, "run1", r1, 1, init, run, None, _log(vcfg, run_id))
-        _generators(vcfg, run, variant, fed, r1, r2)
-        stages.log_generator_losses(vcfg, run, run_id)
         phase = "run2" if variant == "synthetic" else "sample"
-        synthetic = stages._synthetic_source(run, len(fed.clients))
-        # Run 2 starts from the initial adapter, as a separate seed run would.
-        _, more = run_phase(fed, phase, r2, r1 + 1, init, run, synthetic, _log(vcfg, run_id))
+        source = run
+        if reuse is not None and variant == "synthetic_only":
+            source = reuse["run_dir"]  # same config and seeds: the same Run 1 and generators
+            history = [h for h in reuse["history"] if h["phase"] == "run1"]
+            log.info("synthetic_only: Run 1 and generators of %s reused", source)
+        else:
+            _, history = run_phase(fed, "run1", r1, 1, init, run, None, _log(vcfg, run_id))
+            _generators(vcfg, run, variant, fed, r1, r2)
+        stages.log_generator_losses(vcfg, source, run_id)
+        synthetic = stages._synthetic_source(source, len(fed.clients))
+        start = stages.phase_start(vcfg, fed, [("run1", r1), (phase, r2)], phase, source)
+        _, more = run_phase(fed, phase, r2, r1 + 1, start, run, synthetic, _log(vcfg, run_id))
         history += [dict(h, phase="synthetic_only" if phase == "sample" else h["phase"])
                     for h in more]
     quality = {}
@@ -122,7 +130,7 @@ def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: st
                    for i in range(len(fed.clients))}
         quality = {k: v for k, v in quality.items() if v}
     return {"variant": variant, "history": history,
-            "final_accuracy": history[-1]["accuracy"], "run_dir": run,
+            "final_accuracy": final_accuracy(history), "run_dir": run,
             "synthetic_pool": run if variant == "synthetic" else "", "quality": quality}
 
 
@@ -140,11 +148,38 @@ def _pooled_synthetic(run: str, num_clients: int) -> tuple[torch.Tensor, torch.T
     return torch.cat(xs), torch.cat(ys)
 
 
-def results_table(results: list[dict]) -> str:
+LAST_K = 3  # final accuracy = mean of the last LAST_K rounds: one round's snapshot is noisy
+TARGET_FRACTION = 0.9  # rounds-to-target: first round at 90% of centralized's final accuracy
+
+
+def final_accuracy(history: list[dict], k: int = LAST_K) -> float:
+    """Mean accuracy of the last k rounds (all rounds when there are fewer)."""
+    last = [h["accuracy"] for h in history[-k:]]
+    return sum(last) / len(last)
+
+
+def rounds_to_target(history: list[dict], target: float) -> int | None:
+    """The first round (counted over all of a variant's rounds) at or above `target`."""
+    return next((i for i, h in enumerate(history, 1) if h["accuracy"] >= target), None)
+
+
+def summarise(results: list[dict], k: int = LAST_K) -> list[dict]:
+    """Each result with final (last-k mean), target and rounds_to_target. The target is
+    TARGET_FRACTION of centralized's final accuracy, or of the best variant's without it; no
+    "best round" is picked anywhere, since the test set is the only held-out set."""
+    finals = {r["variant"]: final_accuracy(r["history"], k) for r in results}
+    target = TARGET_FRACTION * finals.get("centralized", max(finals.values()))
+    return [dict(r, final=finals[r["variant"]], target=target,
+                 rounds_to_target=rounds_to_target(r["history"], target)) for r in results]
+
+
+def results_table(results: list[dict], k: int = LAST_K) -> str:
     """Accuracy per variant, then the synthetic samples' quality (overall, per client)."""
-    head = ["variant", "rounds", "final acc", "best acc"]
-    rows = [[r["variant"], str(len(r["history"])), f"{r['final_accuracy']:.3f}",
-             f"{max(h['accuracy'] for h in r['history']):.3f}"] for r in results]
+    results = summarise(results, k)
+    target = results[0]["target"]
+    head = ["variant", "rounds", f"final (last {k})", f"rounds to {target:.3f}"]
+    rows = [[r["variant"], str(len(r["history"])), f"{r['final']:.3f}",
+             str(r["rounds_to_target"] or "-")] for r in results]
     text = _table(head, rows)
     quality = next((r["quality"] for r in results if r.get("quality")), {})
     if quality:
@@ -186,7 +221,7 @@ def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> s
         projection = {"real_x": real_x, "real_y": real_y, "synthetic_x": syn_x,
                       "synthetic_y": syn_y, "class_names": names}
     quality = next((r["quality"] for r in results if r.get("quality")), {})
-    files = report_html.write_report(out_dir, results,
+    files = report_html.write_report(out_dir, summarise(results),
                                      {int(k): v for k, v in quality.items()}, projection)
     if run_id:
         for path in files.values():
@@ -225,11 +260,12 @@ def report_task(config_json: str, results_json: list[str], parent_run_id: str,
     return table
 
 
-def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "experiment") -> dict:
+def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "experiment",
+                   parent_run_id: str = "", report: bool = True) -> dict:
     """All variants on the same data and seed; returns {results, table, parent_run_id, dir}."""
     variants = list(variants or VARIANTS)
     cfg_json = json.dumps(cfg, sort_keys=True)
-    parent = tracking.create_run(cfg, name)
+    parent = tracking.create_run(cfg, name, parent_run_id=parent_run_id)
     # One folder per invocation (its MLflow run id): artifact paths, which also key generator
     # rounds against task retries, never repeat across runs.
     root = storage.join(cfg["storage_root"], "experiments", name, parent)
@@ -241,8 +277,9 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
     results = []
     for variant in variants:
         child = tracking.create_run(cfg, f"{name}/{variant}", parent_run_id=parent)
+        synthetic = next((r for r in results if r["variant"] == "synthetic"), None)
         try:
-            result = run_variant(cfg, variant, root, targets_uri, child)
+            result = run_variant(cfg, variant, root, targets_uri, child, reuse=synthetic)
         except BaseException:
             tracking.set_status(cfg, child, "FAILED")
             tracking.set_status(cfg, parent, "FAILED")
@@ -255,8 +292,107 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
     table = results_table(results)
     storage.write_json(storage.join(root, "results.json"), results)
     html = ""
-    if storage.is_local(root):
+    if report and storage.is_local(root):
         html = write_report(cfg, results, storage.local_path(storage.join(root, "report")), parent)
     tracking.set_status(cfg, parent, "FINISHED")
     return {"results": results, "table": table, "parent_run_id": parent, "dir": root,
             "html": html}
+
+
+# --- many seeds and partitions in one command ---------------------------------------------------
+
+def parse_partitions(text: str) -> list[str]:
+    """'classes,dirichlet:0.5,iid,pathological:2' -> the same labels, each checked."""
+    labels = [p.strip() for p in text.split(",") if p.strip()]
+    for label in labels:
+        kind, _, arg = label.partition(":")
+        try:
+            ok = (kind in ("classes", "iid") and not arg) or (
+                kind == "dirichlet" and float(arg) > 0) or (
+                kind == "pathological" and int(arg) >= 1)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"bad partition {label!r}: expected classes, iid, dirichlet:ALPHA "
+                             "(ALPHA > 0) or pathological:K (K >= 1)")
+    return labels
+
+
+def partitioned(cfg: dict, label: str, seed: int) -> dict:
+    """`cfg` with this seed and partition. Every partition spreads the classes of the config's
+    `data.clients` over as many clients, so only the spread differs between them."""
+    cfg = json.loads(json.dumps(cfg))
+    data = cfg["data"]
+    kind, _, arg = label.partition(":")
+    if kind != "classes":
+        data["classes"] = data["classes"] or config_mod.configured_classes(cfg) or []
+        data["num_clients"] = config_mod.num_clients(cfg)
+    data["partition"] = kind
+    if kind == "dirichlet":
+        data["dirichlet_alpha"] = float(arg)
+    elif kind == "pathological":
+        data["classes_per_client"] = int(arg)
+    cfg["seed"] = seed
+    return config_mod.validate(cfg)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def grid_table(cells: dict[str, dict[int, list[dict]]], variants: list[str]) -> tuple[str, list[str]]:
+    """(table of final accuracy mean ± sd per partition and variant, with the rounds to target;
+    the 'run2 - fedavg' lines: paired differences over seeds, in points)."""
+    rows, lines = [], []
+    for label, by_seed in cells.items():
+        seeds = sorted(by_seed)
+        for variant in variants:
+            got = [next(r for r in by_seed[s] if r["variant"] == variant) for s in seeds]
+            mean, sd = _mean_sd([r["final"] for r in got])
+            reached = [r["rounds_to_target"] for r in got if r["rounds_to_target"]]
+            rows.append([label, variant, str(len(seeds)), f"{mean:.3f} ± {sd:.3f}",
+                         f"{sum(reached) / len(reached):.1f}" if reached else "-",
+                         f"{len(reached)}/{len(seeds)}"])
+        if {"synthetic", "fedavg"} <= set(variants):
+            diffs = [100 * (next(r["final"] for r in by_seed[s] if r["variant"] == "synthetic")
+                            - next(r["final"] for r in by_seed[s] if r["variant"] == "fedavg"))
+                     for s in seeds]
+            mean, sd = _mean_sd(diffs)
+            lines.append(f"run2 - fedavg ({label}, {len(seeds)} seeds): {mean:+.1f} ± {sd:.1f} pts")
+    head = ["partition", "variant", "seeds", f"final (last {LAST_K}) mean ± sd",
+            "rounds to target", "reached"]
+    return _table(head, rows), lines
+
+
+def run_grid(cfg: dict, variants: list[str], seeds: list[int], partitions: list[str],
+             name: str = "experiment") -> dict:
+    """Every variant for every partition and seed, each (partition, seed) an experiment nested
+    under one MLflow parent run; returns {table, lines, cells, parent_run_id, dir}."""
+    parent = tracking.create_run(cfg, name)
+    tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants),
+                                      "feda2v.seeds": ",".join(map(str, seeds)),
+                                      "feda2v.partitions": ",".join(partitions)})
+    root = storage.join(cfg["storage_root"], "experiments", name, parent)
+    cells: dict[str, dict[int, list[dict]]] = {}
+    try:
+        for label in partitions:
+            for seed in seeds:
+                log.info("=== Partition %s, seed %d ===", label, seed)
+                out = run_experiment(partitioned(cfg, label, seed), variants,
+                                     f"{name}/{label}/seed{seed}", parent_run_id=parent,
+                                     report=False)
+                cells.setdefault(label, {})[seed] = summarise(out["results"])
+    except BaseException:
+        tracking.set_status(cfg, parent, "FAILED")
+        raise
+    table, lines = grid_table(cells, variants)
+    storage.write_json(storage.join(root, "grid.json"),
+                       {label: {str(s): [{k: r[k] for k in ("variant", "final", "target",
+                                                            "rounds_to_target", "history")}
+                                         for r in res] for s, res in by.items()}
+                        for label, by in cells.items()})
+    tracking.log_text(cfg, parent, table + "\n\n" + "\n".join(lines), "grid.txt")
+    tracking.set_status(cfg, parent, "FINISHED")
+    return {"table": table, "lines": lines, "cells": cells, "parent_run_id": parent, "dir": root}

@@ -143,13 +143,17 @@ def _projection_plot(proj: dict, path: str) -> str:
 
 
 def _results_table(results: list[dict]) -> str:
+    """Final accuracy is the mean of the last rounds (experiment.summarise), not a best round
+    picked on the test set."""
     rows = []
     for res in results:
-        accs = [h["accuracy"] for h in res.get("history", []) if h.get("accuracy") is not None]
         cells = [str(res["variant"]), str(len(res.get("history", []))),
-                 _fmt(res.get("final_accuracy")), _fmt(max(accs) if accs else None)]
+                 _fmt(res.get("final", res.get("final_accuracy"))),
+                 str(res.get("rounds_to_target") or "-")]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    head = "<tr><th>variant</th><th>rounds</th><th>final acc</th><th>best acc</th></tr>"
+    target = next((r["target"] for r in results if r.get("target")), None)
+    head = ("<tr><th>variant</th><th>rounds</th><th>final (mean of the last rounds)</th>"
+            f"<th>rounds to {_fmt(target)}</th></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 

@@ -12,7 +12,7 @@ from feda2v import config as config_mod
 
 KINDS = ("run1", "run2", "end_to_end")
 # Keys that decide which tasks exist: fixed once compiled, in both execution modes.
-SHAPE_KEYS = ("pipeline", "execution", "feda2v.use_generator")
+SHAPE_KEYS = ("pipeline", "execution", "feda2v.use_generator", "feda2v.run2_start")
 # Keys that only set counts: run-time parameters in phase mode, compiled into round mode.
 COUNT_KEYS = ("global_rounds", "feda2v.generator_training_rounds", "clients")
 LOCAL_CORES_ENV = "FEDA2V_LOCAL_CORES"      # set by `feda2v run`: cores of this machine

@@ -173,6 +173,19 @@ def initial_state(cfg: dict, fed) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()}
 
 
+def phase_start(cfg: dict, fed, plan: list[tuple[str, int]], phase: str,
+                run: str) -> dict[str, torch.Tensor]:
+    """A phase's first global adapter: the initial one, or for Run 2 with run2_start 'run1' the
+    adapter Run 1 of this run ended with."""
+    if phase != "run2" or cfg["feda2v"]["run2_start"] == "initial":
+        return initial_state(cfg, fed)
+    rounds = dict(plan).get("run1")
+    if not rounds:
+        raise ValueError("feda2v.run2_start is 'run1' but this run has no Run 1 (run the "
+                         "end_to_end pipeline, or set run2_start to 'initial')")
+    return storage.load_tensors(runstate.round_uri(run, "run1", rounds))[0]
+
+
 def init_adapter(config_json: str, client_data_uris: list[str], targets_uri: str,
                  out_uri: str) -> dict:
     """The server's initial global adapter; dims come from the embeddings and targets."""
@@ -240,7 +253,7 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
     synthetic = (_synthetic_source(run, len(fed.clients))
                  if phase in ("run2", "sample") else None)
     state, history = run_phase(fed, phase, rounds, phase_plan_steps(plan, phase),
-                               initial_state(cfg, fed), run, synthetic,
+                               phase_start(cfg, fed, plan, phase, run), run, synthetic,
                                lambda m, step: tracking.log_metrics(cfg, run_id, m, step))
     if adapter_out:
         storage.save_tensors(adapter_out, state, {"round": rounds, "phase": phase})

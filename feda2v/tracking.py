@@ -171,6 +171,10 @@ def log_metrics(cfg: dict, run_id: str, metrics: dict[str, float], step: int) ->
         run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
+def log_text(cfg: dict, run_id: str, text: str, artifact_file: str) -> None:
+    _client(tracking_uri(cfg)).log_text(run_id, text, artifact_file)
+
+
 def log_artifact(cfg: dict, run_id: str, local_file: str, artifact_path: str | None = None) -> None:
     _client(tracking_uri(cfg)).log_artifact(run_id, local_file, artifact_path)
 

@@ -76,7 +76,8 @@ def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
                             ready=dsl.Collected(sampled.output)))
 
 
-def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]"):
+def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]",
+               run2_from_run1: bool = False):
     """Today's silo shape: one task per client per round, one server task per round; the
     generator of a client trains right after its last Run 1 round and samples right before its
     first Run 2 round."""
@@ -88,8 +89,10 @@ def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]
     init = t(c.init_adapter(**base, client_data_uris=dsl.Collected(extracted.output),
                             targets=targets))
     last, phases = init, [p for p, _ in plan]
+    adapter = init.outputs["adapter"]
     for phase, rounds in plan:
-        adapter = init.outputs["adapter"]  # every phase starts from the initial adapter
+        if not (phase == "run2" and run2_from_run1):
+            adapter = init.outputs["adapter"]  # else Run 2 goes on from Run 1's last adapter
         for r in range(1, rounds + 1):
             with dsl.ParallelFor(clients, name=f"{phase}-round-{r}") as i:
                 before = None
@@ -182,7 +185,8 @@ def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None"
             if execution == "phase":
                 _phase_dag(t, plan, common, mlflow_run_id)
             else:
-                _round_dag(t, plan, common, mlflow_run_id, clients)
+                _round_dag(t, plan, common, mlflow_run_id, clients,
+                           cfg["feda2v"]["run2_start"] == "run1")
         return done.outputs["report"]
 
     if execution == "round":
