@@ -284,7 +284,16 @@ def cmd_experiment(a) -> None:
         print(f"  MLflow parent run:  {grid['parent_run_id']} ({tracking_uri_text(cfg)}, "
               f"experiment '{cfg['experiment_name']}')")
         return
-    result = run_experiment(cfg, variants, a.name)
+    epsilons = None
+    if a.epsilons:
+        try:
+            epsilons = [float(e) for e in a.epsilons.split(",")]
+        except ValueError:
+            raise ValueError(f"--epsilons expects comma-separated numbers or inf, got "
+                             f"{a.epsilons!r}") from None
+        if any(e <= 0 for e in epsilons):
+            raise ValueError(f"--epsilons must be > 0 (inf = no DP), got {a.epsilons!r}")
+    result = run_experiment(cfg, variants, a.name, epsilons=epsilons)
     print(f"\nAblations on the same data and seed ({cfg['seed']}):\n")
     print(result["table"])
     print(f"\n  results:            {result['dir']}/results.json")
@@ -413,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "each and print mean ± sd (default: the config's seed)")
     p.add_argument("--partitions", help="comma-separated partitions of the config's classes: "
                    "classes, iid, dirichlet:ALPHA, pathological:K (default: classes)")
+    p.add_argument("--epsilons", help="comma-separated ε, e.g. 1,4,8,inf: the synthetic variant "
+                   "again with DP-SGD generators at each finite ε; the report plots accuracy "
+                   "against ε (inf = without DP)")
 
     p = add("compile", cmd_compile, "Compile the pipeline to a KFP YAML for the UI or "
                                     "`kfp run create`.")

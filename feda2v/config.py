@@ -196,6 +196,20 @@ FEDA2V: dict[str, Key] = {
     "generator_hidden_dim": Key(1024, _int(1), "VAE hidden layer width."),
     "generator_latent_dim": Key(256, _int(1), "VAE latent dimension."),
     "generator_batch_size": Key(32, _int(1), "Generator mini-batch size."),
+    "generator_kl_weight": Key(0.001, _float(0),
+                               "VAE: the KL weight beta reaches at mid-training (the seed: "
+                               "0.01, under which the decoder ignores its latent and the samples "
+                               "crowd the class centres)."),
+    "generator_dp_epsilon": Key(0.0, _float(0),
+                                "Differentially private generator training (DP-SGD, Opacus): "
+                                "the ε all of Run 1's generator steps spend; 0 = off."),
+    "generator_dp_delta": Key(1e-5, _float(0, 1, strict_lo=True), "The δ of that guarantee."),
+    "generator_dp_max_grad_norm": Key(1.0, _float(0, strict_lo=True),
+                                      "DP-SGD: per-sample gradient clipping norm."),
+    "generator_sampling": Key("calibrated", _choice("calibrated", "prior"),
+                              "Latent draws at sampling: scaled by a temperature each client "
+                              "calibrates so that its samples' density on its own training rows "
+                              "is 1 (calibrated), or the plain prior (the seed)."),
     "generator_learning_rate": Key(1e-3, _float(0, strict_lo=True), "Generator AdamW lr."),
     "generator_training_rounds": Key(30, _int(1),
                                      "Run 1 rounds inside the end_to_end pipeline (Run 2 then "
@@ -214,6 +228,11 @@ FEDA2V: dict[str, Key] = {
                       "experiments)."),
     "global_model_train": Key(False, _bool, "Server trains the global adapter on pooled synthetic samples."),
     "global_model_train_epochs": Key(5, _int(1), "Epochs of that server-side training per round."),
+    "global_model_train_mix": Key(
+        1.0, _float(0.0, 1.0),
+        "Share of the server's training step kept: global = average + mix x (trained - "
+        "average), where average is what the server's training started from (1 = the seed: "
+        "the trained adapter replaces it)."),
     "global_model_train_from_nodes_adapters": Key(
         True, _bool,
         "Server training starts from this round's FedAvg of node adapters (true) or from the "
@@ -279,6 +298,9 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"bad value for 'data.test_folds': fold(s) {sorted(both)} are also "
                           "in 'data.train_folds'")
     f = cfg["feda2v"]
+    if f["generator_dp_epsilon"] and f["generator_type"] != "vae":
+        raise ConfigError("bad value for 'feda2v.generator_dp_epsilon': differentially private "
+                          "training is implemented for the VAE (generator_type 'vae') only")
     if f["run2_start"] == "run1" and pipeline_kind(cfg) == "run2":
         raise ConfigError("bad value for 'feda2v.run2_start': 'run1' needs Run 1 in the same run "
                           "(pipeline end_to_end), but this config runs Run 2 alone")

@@ -29,11 +29,11 @@ log = get_logger()
 VARIANTS = ("fedavg", "synthetic", "synthetic_only", "centralized")
 
 
-def _variant_config(cfg: dict, variant: str, root: str) -> dict:
+def _variant_config(cfg: dict, variant: str, folder: str) -> dict:
     cfg = json.loads(json.dumps(cfg))
     f = cfg["feda2v"]
     # Each variant keeps its own checkpoints; embeddings stay shared (same data, same cache).
-    f["generator_checkpoint_dir"] = storage.join(root, variant, "checkpoints")
+    f["generator_checkpoint_dir"] = storage.join(folder, "checkpoints")
     if variant == "fedavg":
         f.update(use_generator=False, generator_training_mode=False,
                  use_pretrained_generators=False, global_model_train=False)
@@ -89,7 +89,7 @@ def _centralized(cfg: dict, fed, rounds: int, start: dict, run: str, run_id: str
 
 
 def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: str,
-                reuse: dict | None = None) -> dict:
+                reuse: dict | None = None, label: str = "") -> dict:
     """Run one ablation through the library's round loop; returns {variant, history,
     final_accuracy, quality}. synthetic_only given `reuse` (the synthetic variant's result)
     takes its Run 1 and its generators' samples instead of training the same ones again."""
@@ -97,9 +97,10 @@ def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: st
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-    vcfg = _variant_config(cfg, variant, root)
+    label = label or variant
+    run = storage.join(root, label)
+    vcfg = _variant_config(cfg, variant, run)
     r1, r2 = cfg["feda2v"]["generator_training_rounds"], cfg["global_rounds"]
-    run = storage.join(root, variant)
     log.info("=== Ablation %s ===", variant)
     fed = stages.federation(vcfg, targets_uri)
     init = stages.initial_state(vcfg, fed)
@@ -129,9 +130,10 @@ def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: st
         quality = {str(i): storage.read_meta(runstate.synthetic_uri(run, i)).get("quality")
                    for i in range(len(fed.clients))}
         quality = {k: v for k, v in quality.items() if v}
-    return {"variant": variant, "history": history,
+    return {"variant": label, "history": history,
             "final_accuracy": final_accuracy(history), "run_dir": run,
-            "synthetic_pool": run if variant == "synthetic" else "", "quality": quality}
+            "synthetic_pool": run if label == "synthetic" else "", "quality": quality,
+            "dp_epsilon": vcfg["feda2v"]["generator_dp_epsilon"] if variant == "synthetic" else 0}
 
 
 def _pooled_synthetic(run: str, num_clients: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,17 +185,22 @@ def results_table(results: list[dict], k: int = LAST_K) -> str:
     text = _table(head, rows)
     quality = next((r["quality"] for r in results if r.get("quality")), {})
     if quality:
-        head = ["client", "cosine", ">=0.7", "frechet", "real-real", "density", "coverage",
-                "memorisation"]
+        head = ["client", "density", "coverage", "spread", "consistency", "real",
+                "memorisation", "frechet", "real-real", "verdict"]
 
         def f(v):
             return "-" if v is None else f"{v:.3f}"
 
-        rows = [[str(c), f(o["cosine_to_real_mean"]), "pass" if o["cosine_healthy"] else "FAIL",
-                 f(o["frechet"]), f(o["frechet_real_baseline"]), f(o["density"]),
-                 f(o["coverage"]), f(o["memorisation_ratio"])]
+        def verdict(flags):
+            return "-" if flags is None else ", ".join(flags) or "healthy"
+
+        rows = [[str(c), f(o["density"]), f(o["coverage"]), f(o["spread_ratio"]),
+                 f(o["class_consistency"]), f(o["class_consistency_real"]),
+                 f(o["memorisation_ratio"]), f(o["frechet"]), f(o["frechet_real_baseline"]),
+                 verdict(o["flags"])]
                 for c, o in ((c, q["overall"]) for c, q in sorted(quality.items()))]
-        text += "\n\nSynthetic samples (Run 2, last round), overall per client:\n" + _table(head, rows)
+        text += ("\n\nSynthetic samples (Run 2, last round) vs each client's held-out rows, "
+                 "overall per client:\n") + _table(head, rows)
     tstr = next((r["final_accuracy"] for r in results if r["variant"] == "synthetic_only"), None)
     if tstr is not None:
         text += f"\n\nTrain-on-synthetic / test-on-real accuracy (synthetic_only): {tstr:.3f}"
@@ -261,9 +268,16 @@ def report_task(config_json: str, results_json: list[str], parent_run_id: str,
 
 
 def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "experiment",
-                   parent_run_id: str = "", report: bool = True) -> dict:
-    """All variants on the same data and seed; returns {results, table, parent_run_id, dir}."""
+                   parent_run_id: str = "", report: bool = True,
+                   epsilons: list[float] | None = None) -> dict:
+    """All variants on the same data and seed; returns {results, table, parent_run_id, dir}.
+    Each finite ε of `epsilons` adds the synthetic variant with DP-SGD generators at that ε
+    (labelled synthetic-dp-eps{ε}); ∞ is the plain synthetic variant."""
     variants = list(variants or VARIANTS)
+    private = sorted(e for e in epsilons or [] if e != float("inf"))
+    if private and "synthetic" not in variants:
+        raise ValueError("--epsilons compares DP-SGD generators with the plain synthetic "
+                         "variant: include 'synthetic' in --variants")
     cfg_json = json.dumps(cfg, sort_keys=True)
     parent = tracking.create_run(cfg, name, parent_run_id=parent_run_id)
     # One folder per invocation (its MLflow run id): artifact paths, which also key generator
@@ -289,6 +303,20 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
                                            result["final_accuracy"]}, 0)
         result["run_id"] = child
         results.append(result)
+    for eps in private:
+        label = f"synthetic-dp-eps{eps:g}"
+        dcfg = json.loads(json.dumps(cfg))
+        dcfg["feda2v"]["generator_dp_epsilon"] = eps
+        child = tracking.create_run(cfg, f"{name}/{label}", parent_run_id=parent)
+        tracking.log_params(dcfg, child)
+        try:
+            result = run_variant(dcfg, "synthetic", root, targets_uri, child, label=label)
+        except BaseException:
+            tracking.set_status(cfg, child, "FAILED")
+            tracking.set_status(cfg, parent, "FAILED")
+            raise
+        tracking.set_status(cfg, child, "FINISHED")
+        results.append(dict(result, run_id=child))
     table = results_table(results)
     storage.write_json(storage.join(root, "results.json"), results)
     html = ""

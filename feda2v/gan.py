@@ -50,9 +50,10 @@ class ConditionedGAN(nn.Module):
     normalise = ConditionedVAE.normalise
     denormalise = ConditionedVAE.denormalise
 
-    def generate(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+                 temperature: float = 1.0) -> torch.Tensor:
         """cond: [N, D_clip] -> [N, S*D] normalised fakes (differentiable)."""
-        z = _randn((cond.shape[0], self.latent_dim), cond, generator)
+        z = _randn((cond.shape[0], self.latent_dim), cond, generator) * temperature
         return self.generator(torch.cat([z, cond], dim=1))
 
     def discriminate(self, x_norm: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -67,9 +68,11 @@ class ConditionedGAN(nn.Module):
         return x_norm + _randn(x_norm.shape, x_norm, generator) * noise / (self.SCALE * self.data_std)
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """cond: [N, D_clip] -> N synthetic sequences [N, S, D_audio] in embedding units."""
-        return self.denormalise(self.generate(cond, generator))
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """cond: [N, D_clip] -> N synthetic sequences [N, S, D_audio] in embedding units; the
+        latent noise is scaled by `temperature`."""
+        return self.denormalise(self.generate(cond, generator, temperature))
 
 
 def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -83,12 +83,14 @@ class ConditionedVAE(nn.Module):
         return self.decoder(torch.cat([z, cond], dim=1)), mu, logvar
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """cond: [N, D_clip] -> N synthetic sequences [N, S, D_audio] in embedding units."""
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """cond: [N, D_clip] -> N synthetic sequences [N, S, D_audio] in embedding units; the
+        prior's draws are scaled by `temperature`."""
         # Draw on the generator's own device (a CPU generator may serve a CUDA model).
         z = torch.randn(cond.shape[0], self.latent_dim, generator=generator,
                         device=generator.device if generator is not None else cond.device)
-        z = z.to(cond.device)
+        z = z.to(cond.device) * temperature
         return self.denormalise(self.decoder(torch.cat([z, cond], dim=1)))
 
 

@@ -75,3 +75,68 @@ def test_unknown_variant_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "--config", str(cfg), "--variants", "fedavg,magic"])
     assert "unknown variant(s) ['magic']" in capsys.readouterr().err
+
+
+def test_partitions_are_parsed_and_named_when_bad():
+    from feda2v.experiment import parse_partitions
+
+    assert parse_partitions("classes, dirichlet:0.5,iid,pathological:2") == [
+        "classes", "dirichlet:0.5", "iid", "pathological:2"]
+    for bad in ("dirichlet", "dirichlet:-1", "dirichlet:x", "pathological:0", "shards"):
+        with pytest.raises(ValueError, match=f"bad partition '{bad}'"):
+            parse_partitions(bad)
+
+
+def test_every_partition_spreads_the_same_classes_over_as_many_clients(make_config):
+    from feda2v.experiment import partitioned
+
+    cfg = make_config()
+    d = partitioned(cfg, "dirichlet:0.1", 7)
+    assert d["seed"] == 7 and d["data"]["partition"] == "dirichlet"
+    assert d["data"]["dirichlet_alpha"] == 0.1 and d["data"]["num_clients"] == 2
+    assert d["data"]["classes"] == ["dog", "rooster", "rain", "siren"]
+    assert partitioned(cfg, "classes", 1)["data"]["clients"] == cfg["data"]["clients"]
+
+
+def test_final_accuracy_is_the_mean_of_the_last_rounds_and_lines_pair_the_seeds():
+    from feda2v.experiment import final_accuracy, grid_table, rounds_to_target, summarise
+
+    def result(variant, accs):
+        return {"variant": variant, "history": [{"accuracy": a} for a in accs]}
+
+    assert final_accuracy(result("x", [0.1, 0.5, 0.6, 0.7])["history"]) == pytest.approx(0.6)
+    assert rounds_to_target(result("x", [0.1, 0.5, 0.6])["history"], 0.55) == 3
+    assert rounds_to_target(result("x", [0.1])["history"], 0.55) is None
+    cells = {"classes": {0: summarise([result("fedavg", [0.5, 0.5, 0.5]),
+                                       result("synthetic", [0.7, 0.7, 0.7]),
+                                       result("centralized", [1.0, 1.0, 1.0])]),
+                         1: summarise([result("fedavg", [0.6, 0.6, 0.6]),
+                                       result("synthetic", [0.7, 0.7, 0.7]),
+                                       result("centralized", [1.0, 1.0, 1.0])])}}
+    table, lines = grid_table(cells, ["fedavg", "synthetic", "centralized"])
+    assert lines == ["run2 - fedavg (classes, 2 seeds): +15.0 ± 7.1 pts"]
+    assert "0.550 ± 0.071" in table and "0.700 ± 0.000" in table
+    assert cells["classes"][0][0]["target"] == pytest.approx(0.9)  # 90 % of centralized
+
+
+@pytest.mark.slow
+def test_experiment_over_seeds_and_partitions_prints_the_table_and_lines(make_config, tmp_path,
+                                                                        capsys):
+    cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 1,
+                                               "generator_training_mode": True})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    main(["experiment", "--config", str(path), "--variants", "fedavg,synthetic",
+          "--seeds", "0,1", "--partitions", "classes,dirichlet:0.5"])
+    out = capsys.readouterr().out
+    for label in ("classes", "dirichlet:0.5"):
+        assert f"run2 - fedavg ({label}, 2 seeds): " in out and " pts" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name(cfg["experiment_name"])
+                               .experiment_id])
+    grid = [r for r in runs if r.info.run_name == "experiment"]
+    assert len(grid) == 1 and grid[0].data.params["feda2v.seeds"] == "0,1"
+    cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == grid[0].info.run_id]
+    assert len(cells) == 4  # 2 partitions x 2 seeds, each the parent of its variants

@@ -235,15 +235,16 @@ def test_shape_errors():
 
 # --- quality report ---------------------------------------------------------------------------
 
-KEYS = {"n_synthetic", "n_real", "n_holdout", "cosine_to_real_mean", "cosine_healthy",
-        "frechet", "frechet_real_baseline", "k", "density", "coverage", "memorisation_ratio"}
+KEYS = {"n_synthetic", "n_real", "n_holdout", "cosine_to_real_mean", "frechet",
+        "frechet_real_baseline", "k", "density", "coverage", "spread_ratio",
+        "memorisation_ratio", "class_consistency", "class_consistency_real", "flags"}
 CLASSES = ["dog", "rain", "siren", "rooster"]
 
 
 def report_data():
     """Sequences [N, 2, 3]. dog (0): plenty of everything. rain (1): 3 real, 1 synthetic, no
-    holdout. rooster (3): 1 real. siren (2): real and holdout only, absent from the synthetic set.
-    """
+    holdout. rooster (3): 1 real, 3 holdout. siren (2): real and holdout only, absent from the
+    synthetic set."""
     def seq(n, centre, seed):
         return gauss(n, torch.full((6,), centre), torch.ones(6), seed).reshape(n, 2, 3)
 
@@ -251,12 +252,12 @@ def report_data():
     real_labels = [0] * 40 + [1] * 3 + [2] * 10 + [3]
     syn = torch.cat([seq(30, 5.0, 34), seq(1, -5.0, 35), seq(2, 2.0, 36)])
     syn_labels = torch.tensor([0] * 30 + [1] + [3] * 2)
-    holdout = torch.cat([seq(20, 5.0, 37), seq(5, 0.0, 38)])
-    holdout_labels = [0] * 20 + [2] * 5
+    holdout = torch.cat([seq(20, 5.0, 37), seq(5, 0.0, 38), seq(3, 2.0, 39)])
+    holdout_labels = [0] * 20 + [2] * 5 + [3] * 3
     return syn, syn_labels, real, real_labels, holdout, holdout_labels
 
 
-def test_quality_report_per_class_entries_match_the_metrics():
+def test_quality_report_measures_against_the_held_out_rows():
     syn, syn_labels, real, real_labels, holdout, holdout_labels = report_data()
     report = m.quality_report(syn, syn_labels, real, real_labels, holdout, holdout_labels,
                               CLASSES, seed=7, k=5)
@@ -265,18 +266,25 @@ def test_quality_report_per_class_entries_match_the_metrics():
 
     dog = report["dog"]
     s, r, h = syn[:30], real[:40], holdout[:20]
-    density, coverage = m.density_coverage(r, s, k=5)
-    assert dog == {
+    density, coverage = m.density_coverage(h, s, k=5)  # the holdout is the reference set
+    trained = torch.tensor([0, 1, 3])  # the synthesised classes the client has rows of
+    expected = {
         "n_synthetic": 30, "n_real": 40, "n_holdout": 20,
         "cosine_to_real_mean": m.cosine_to_real_mean(s, r),
-        "cosine_healthy": True,
         # sequences: the Fréchet distances use token-averaged vectors
-        "frechet": m.frechet_distance(s.mean(dim=1), r.mean(dim=1)),
-        "frechet_real_baseline": m.real_vs_real_baseline(r.mean(dim=1), seed=7),
+        "frechet": m.frechet_distance(s.mean(dim=1), h.mean(dim=1)),
+        "frechet_real_baseline": m.frechet_distance(r.mean(dim=1), h.mean(dim=1)),
         "k": 5, "density": density, "coverage": coverage,
+        "spread_ratio": m.spread_ratio(s, h),
         "memorisation_ratio": m.memorisation_ratio(s, r, h),
+        "class_consistency": m.class_consistency(s, torch.zeros(30, dtype=torch.long),
+                                                 real, torch.tensor(real_labels), trained),
+        "class_consistency_real": m.class_consistency(h, torch.zeros(20, dtype=torch.long),
+                                                      real, torch.tensor(real_labels), trained),
+        "flags": [],
     }
-    assert dog["cosine_to_real_mean"] > 0.9 and dog["coverage"] > 0.5
+    assert dog == expected
+    assert 0.7 < dog["density"] < 1.4 and dog["coverage"] > 0.8
 
 
 def test_quality_report_small_class_fallbacks():
@@ -285,18 +293,18 @@ def test_quality_report_small_class_fallbacks():
                               CLASSES, k=5)
     rain = report["rain"]  # 3 real, 1 synthetic, 0 holdout
     assert (rain["n_synthetic"], rain["n_real"], rain["n_holdout"]) == (1, 3, 0)
-    assert rain["k"] == 2  # min(5, 3 - 1)
-    assert (rain["density"], rain["coverage"]) == m.density_coverage(real[40:43], syn[30:31], k=2)
-    assert rain["frechet"] is None  # one synthetic sample has no covariance
-    assert rain["frechet_real_baseline"] is None  # 3 real samples cannot make two halves of 2
+    assert rain["k"] is None and rain["density"] is None and rain["spread_ratio"] is None
+    assert rain["frechet"] is None and rain["frechet_real_baseline"] is None
     assert rain["memorisation_ratio"] is None  # no holdout
-    assert rain["cosine_healthy"] is True
+    assert rain["class_consistency"] == 1.0 and rain["class_consistency_real"] is None
+    assert rain["flags"] is None  # nothing could be judged
 
-    rooster = report["rooster"]  # 1 real, 2 synthetic
-    assert rooster["k"] is None and rooster["density"] is None and rooster["coverage"] is None
-    assert rooster["frechet"] is None
-    assert rooster["cosine_to_real_mean"] == m.cosine_to_real_mean(syn[31:], real[53:])
-    assert isinstance(rooster["cosine_healthy"], bool)
+    rooster = report["rooster"]  # 1 real, 2 synthetic, 3 holdout
+    assert rooster["k"] == 2  # min(5, 3 - 1)
+    assert (rooster["density"], rooster["coverage"]) == m.density_coverage(
+        holdout[25:], syn[31:], k=2)
+    assert rooster["frechet_real_baseline"] is None  # one training row has no covariance
+    assert isinstance(rooster["flags"], list)
 
 
 def test_quality_report_overall_pools_the_synthesised_classes():
@@ -306,15 +314,77 @@ def test_quality_report_overall_pools_the_synthesised_classes():
     overall = report["overall"]
     # siren's 10 real and 5 holdout samples are left out of the pool.
     pooled_real = torch.cat([real[:43], real[53:]])
-    assert (overall["n_synthetic"], overall["n_real"], overall["n_holdout"]) == (33, 44, 20)
-    assert overall["k"] == 5
-    assert overall["frechet"] == m.frechet_distance(syn.mean(dim=1), pooled_real.mean(dim=1))
-    assert overall["memorisation_ratio"] == m.memorisation_ratio(syn, pooled_real, holdout[:20])
-    # overall cosine = mean of the per-class cosines; healthy only if every class is
+    pooled_hold = torch.cat([holdout[:20], holdout[25:]])
+    assert (overall["n_synthetic"], overall["n_real"], overall["n_holdout"]) == (33, 44, 23)
+    assert overall["frechet"] == m.frechet_distance(syn.mean(dim=1), pooled_hold.mean(dim=1))
+    assert overall["memorisation_ratio"] == m.memorisation_ratio(syn, pooled_real, pooled_hold)
+    # cosine and spread: the means of the per-class ones; flags: the union of every class's
     per_class = [e for name, e in report.items() if name != "overall"]
     assert overall["cosine_to_real_mean"] == pytest.approx(
         sum(e["cosine_to_real_mean"] for e in per_class) / len(per_class))
-    assert overall["cosine_healthy"] == all(e["cosine_healthy"] for e in per_class)
+    assert overall["spread_ratio"] is None  # rain has no holdout to measure a spread against
+    assert set(overall["flags"]) >= {f for e in per_class for f in (e["flags"] or [])}
+
+
+# --- verdicts: calibrated by controls on data we did not make --------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's handwritten digits (real, not ours): training rows, the held-out rows the
+    report measures against, and a second held-out set that plays a perfect generator."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float64).reshape(-1, 64) / 16
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    tr, ha, hb = perm[:1000], perm[1000:1400], perm[1400:]
+    return x[tr], y[tr], x[ha], y[ha], x[hb], y[hb]
+
+
+NAMES = [str(i) for i in range(10)]
+
+
+def _verdict(digits, samples, labels):
+    x, y, h, hy, _, _ = digits
+    return m.quality_report(samples, labels, x, y, h, hy, NAMES)["overall"]
+
+
+def test_held_out_real_rows_pass_every_check(digits):
+    *_, fresh, fresh_y = digits
+    o = _verdict(digits, fresh, fresh_y)
+    assert o["flags"] == []
+    assert 0.8 <= o["density"] <= 1.25 and o["coverage"] >= 0.9
+    assert 0.9 <= o["memorisation_ratio"] <= 1.1 and 0.9 <= o["spread_ratio"] <= 1.1
+
+
+def test_a_copying_generator_is_flagged_memorised(digits):
+    x, y, *_ = digits
+    o = _verdict(digits, x[:400], y[:400])
+    assert "memorised" in o["flags"] and o["memorisation_ratio"] == 0.0
+    near = x[:400] + 0.1 * x.std(0).mean() * torch.randn(400, 64, dtype=torch.float64,
+                                                         generator=torch.Generator().manual_seed(1))
+    assert "memorised" in _verdict(digits, near, y[:400])["flags"]
+
+
+def test_a_collapsed_generator_is_flagged(digits):
+    x, y, *_ = digits
+    means = torch.stack([x[y == c].mean(0) for c in range(10)])
+    o = _verdict(digits, means[y[:400]], y[:400])
+    assert "collapsed" in o["flags"] and o["spread_ratio"] < m.SPREAD_RANGE[0]
+    assert o["density"] > 2  # the crowding the issue measured: density far above 1
+
+
+def test_pure_noise_and_other_classes_are_flagged_off_class(digits):
+    x, y, *_ = digits
+    noise = torch.rand(400, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    o = _verdict(digits, noise, y[:400])
+    assert "off-class" in o["flags"] and "scattered" in o["flags"]
+    shifted = (y[:400] + 1) % 10  # real rows of class c labelled c + 1
+    o = _verdict(digits, x[:400], shifted)
+    assert "off-class" in o["flags"]
+    # the seed's cosine check passes the wrongly labelled samples: it cannot tell
+    assert o["cosine_to_real_mean"] >= m.COSINE_HEALTH_THRESHOLD
 
 
 def test_quality_report_errors():

@@ -44,3 +44,31 @@ def test_mix_real_follows_the_documented_ratio():
     assert torch.equal(x[y == 1], torch.ones(10, 4, 8))
     same_x, same_y = mix_real(syn_x, syn_y, None, ratio=0.5, seed=0)
     assert same_x is syn_x and same_y is syn_y
+
+
+def test_the_server_keeps_the_configured_share_of_its_training_step():
+    """global = average + mix x (trained - average): mix 1 is the seed (the trained adapter),
+    mix 0 the plain average, 0.25 a quarter of the way."""
+    from feda2v import config as config_mod
+    from feda2v.federated.client import ClientUpdate
+    from feda2v.federated.server import server_step
+    from feda2v.federated.task import new_adapter
+
+    def cfg(mix):
+        return config_mod.validate({"batch_size": 8, "feda2v": {
+            "adapter_hidden_dims": [16], "adapter_heads": 2, "global_model_train": True,
+            "global_model_train_mix": mix}, "data": {"clients": [["a"], ["b"]]}})
+
+    torch.manual_seed(0)
+    state = new_adapter(cfg(1.0), 8, 8).state_dict()
+    g = torch.Generator().manual_seed(1)
+    updates = [ClientUpdate(i, state, 10, {}, torch.randn(6, 2, 8, generator=g),
+                            torch.tensor([i] * 6)) for i in (0, 1)]
+    targets = torch.randn(2, 8, generator=g)
+    tests = [(torch.randn(4, 2, 8, generator=g), torch.tensor([0, 0, 1, 1]))]
+    got = {mix: server_step(cfg(mix), 1, 1, "run2", updates, state, targets, ["a", "b"],
+                            tests)[0] for mix in (0.0, 0.25, 1.0)}
+    for key, avg in state.items():
+        assert torch.equal(got[0.0][key], avg)
+        assert torch.allclose(got[0.25][key], avg + 0.25 * (got[1.0][key] - avg), atol=1e-6)
+    assert any(not torch.equal(got[1.0][k], v) for k, v in state.items())

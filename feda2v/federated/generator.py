@@ -84,10 +84,18 @@ def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, cl
         log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id,
                  average)
         return average
+    if getattr(vae, "dp_state", None) is not None:
+        from feda2v.federated import dp
+
+        losses = dp.train_vae(cfg, vae, opt, x, cond, client_id, seed, vae.dp_state, vae_loss)
+        average = sum(losses) / len(losses)
+        log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id,
+                 average)
+        return average
     vae.train()
     losses = []
     for epoch in range(epochs):
-        beta, w = vae_schedule(epoch, epochs)
+        beta, w = vae_schedule(epoch, epochs, beta_max=f["generator_kl_weight"])
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for start in range(0, len(x), bs):
@@ -110,11 +118,44 @@ def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, cl
     return average
 
 
-def sample_per_class(vae, conditions: torch.Tensor, per_class: int,
-                     seed: int) -> torch.Tensor:
-    """[C, D_clip] conditions -> [C, per_class, S, D] samples, each class from its own condition."""
+def sample_per_class(vae, conditions: torch.Tensor, per_class: int, seed: int,
+                     temperature: float | list[float] = 1.0) -> torch.Tensor:
+    """[C, D_clip] conditions -> [C, per_class, S, D] samples, each class from its own condition
+    (and its own temperature when a list is given)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.stack([vae.sample(c.expand(per_class, -1), generator=gen) for c in conditions])
+    temps = temperature if isinstance(temperature, list) else [temperature] * len(conditions)
+    return torch.stack([vae.sample(c.expand(per_class, -1), generator=gen, temperature=t)
+                        for c, t in zip(conditions, temps)])
+
+
+def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor], seed: int,
+                          bounds: tuple[float, float] = (0.25, 8.0),
+                          steps: int = 12) -> list[tuple[float, float]]:
+    """Per class, the latent temperature at which the samples' density (Naeem et al.) on the
+    client's own training rows of that class is 1: samples then spread over the class as its
+    rows do, rather than crowding its centre (density > 1) or scattering (< 1). Density falls
+    as the temperature grows; a geometric bisection finds it. Returns (temperature, density)
+    per class (1.0 and NaN for a class with too few rows to measure). Uses only the client's
+    training rows; the held-out rows stay for the quality report."""
+    from feda2v.metrics import density_coverage
+
+    out = []
+    for i, (c, r) in enumerate(zip(conditions, rows)):
+        if len(r) <= 2:
+            out.append((1.0, float("nan")))
+            continue
+
+        def density(t: float, c=c, r=r, i=i) -> float:
+            s = sample_per_class(vae, c[None], len(r), seed + i, t)[0].cpu()
+            return density_coverage(r.cpu(), s, k=min(5, len(r) - 1))[0]
+
+        lo, hi = bounds
+        for _ in range(steps):
+            mid = (lo * hi) ** 0.5
+            lo, hi = (mid, hi) if density(mid) > 1.0 else (lo, mid)
+        t = (lo * hi) ** 0.5
+        out.append((t, density(t)))
+    return out
 
 
 def checkpoint_dict(cfg: dict, vae, opt, client_id: int, round_num: int,
@@ -136,6 +177,7 @@ def checkpoint_dict(cfg: dict, vae, opt, client_id: int, round_num: int,
         "class_names": list(class_names),
         "class_conditions": conditions.detach().cpu(),
         "config": dict(cfg["feda2v"]),
+        **({"dp": vae.dp_state} if getattr(vae, "dp_state", None) is not None else {}),
         **(extra or {}),
     }
 
@@ -169,6 +211,7 @@ def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | Non
     storage.require_finite(ckpt["generator_state_dict"], uri)
     vae = _model_class(want_type)(*(dims[k] for k in DIM_KEYS))
     vae.load_state_dict(ckpt["generator_state_dict"])
+    vae.dp_state = ckpt.get("dp")  # the privacy accountant goes on where it stopped
     vae.to(device or torch.device("cpu"))  # before the optimizer, whose state follows the params
     opt = None
     if with_optimizer:
@@ -201,6 +244,10 @@ def generator_round(cfg: dict, client_id: int, round_num: int, state, x: torch.T
         dims = expected_dims(cfg, x, means.shape[1])
         vae = new_generator(cfg, dims["seq_len"], dims["audio_dim"], dims["cond_dim"]).to(x.device)
         vae.fit_standardisation(x)
+        if cfg["feda2v"]["generator_dp_epsilon"]:
+            from feda2v.federated import dp
+
+            vae.dp_state = dp.plan(cfg, len(x), cfg["feda2v"]["generator_training_rounds"])
         state = (vae, new_optimizer(cfg, vae))
         log.info("[Client %d] Generator initialized successfully", client_id)
     vae, opt = state
@@ -312,7 +359,8 @@ def load_for_sampling(cfg: dict, client_id: int, uri: str, x: torch.Tensor):
 
 
 def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str],
-               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+               seed: int, temperature: float | list[float] = 1.0) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
     """synthetic_samples_per_class samples of each class of the checkpoint, each from the
     condition it was trained with: (x [C*K, S, D], y [C*K])."""
     k = cfg["feda2v"]["synthetic_samples_per_class"]
@@ -322,7 +370,7 @@ def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str
         raise ValueError(f"[Client {client_id}] checkpoint classes {unknown} are not in this "
                          "run's data.clients")
     conditions = ckpt["class_conditions"].to(next(vae.parameters()).device)
-    samples = sample_per_class(vae, conditions, k, seed).cpu()  # [C, K, S, D]
+    samples = sample_per_class(vae, conditions, k, seed, temperature).cpu()  # [C, K, S, D]
     log.info("[Client %d] Generated %d synthetic sample sets", client_id, len(names))
     for name, s in zip(names, samples):
         log.info("  - %s: synthetic samples %s", name, tuple(s.shape))
@@ -330,27 +378,32 @@ def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str
     return samples.reshape(-1, *samples.shape[2:]), ids
 
 
-def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed: int) -> dict:
+def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed: int,
+            temperature: float | list[float] = 1.0) -> dict:
     """Quality of the generator, measured as Naeem et al. do: with as many synthetic samples
     per class as the client has real ones (coverage grows with the sample count, so the few
-    samples sent to the server would understate it). Measured on the client, against its own
-    data: only the numbers leave it."""
+    samples sent to the server would understate it). Measured on the client, against its
+    held-out rows (memorisation against its training rows): only the numbers leave it."""
     from feda2v.metrics import quality_report
 
     n = max(int(torch.bincount(data.train_y).max()), 2)
     ids = torch.tensor([class_names.index(c) for c in ckpt["class_names"]])
     conditions = ckpt["class_conditions"].to(next(vae.parameters()).device)
-    samples = sample_per_class(vae, conditions, n, seed + 1).cpu()
+    samples = sample_per_class(vae, conditions, n, seed + 1, temperature).cpu()
     # The metrics run on the CPU (scipy's matrix square root).
     report = quality_report(samples.reshape(-1, *samples.shape[2:]), ids.repeat_interleave(n),
                             data.train_x.cpu(), data.train_y.cpu(), data.test_x.cpu(),
                             data.test_y.cpu(), class_names, seed=seed)
     o = report["overall"]
-    log.info("[Client %d] Synthetic quality: cosine to class mean %.3f (%s), coverage %s, "
-             "memorisation ratio %s", client_id, o["cosine_to_real_mean"],
-             "healthy" if o["cosine_healthy"] else "below 0.7",
-             "-" if o["coverage"] is None else f"{o['coverage']:.2f}",
-             "-" if o["memorisation_ratio"] is None else f"{o['memorisation_ratio']:.2f}")
+
+    def f(key):
+        return "-" if o[key] is None else f"{o[key]:.2f}"
+
+    log.info("[Client %d] Synthetic quality vs held-out rows: density %s, coverage %s, spread "
+             "%s, consistency %s (real %s), memorisation ratio %s, cosine to class mean %s: %s",
+             client_id, f("density"), f("coverage"), f("spread_ratio"), f("class_consistency"),
+             f("class_consistency_real"), f("memorisation_ratio"), f("cosine_to_real_mean"),
+             "too few rows to judge" if o["flags"] is None else ", ".join(o["flags"]) or "healthy")
     return report
 
 
@@ -368,14 +421,36 @@ def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rou
                              dict(meta, quality={}, missing=True))
         return {"client_id": client_id, "samples": 0}
     vae, ckpt, digest = loaded
+    temperature: float | list[float] = 1.0
+    if cfg["feda2v"]["generator_sampling"] == "calibrated":
+        rows = [data.train_x[data.train_y == class_names.index(n)] for n in ckpt["class_names"]]
+        found = calibrate_temperature(vae, ckpt["class_conditions"].to(data.train_x.device),
+                                      rows, round_seed(cfg["seed"], client_id, 0))
+        temperature = [t for t, _ in found]
+        log.info("[Client %d] Sampling temperatures %s (density on its training rows %s)",
+                 client_id, ", ".join(f"{n} {t:.2f}" for n, (t, _) in
+                                      zip(ckpt["class_names"], found)),
+                 ", ".join(f"{d:.2f}" for _, d in found))
+    meta["sampling_temperature"] = temperature
+    privacy = {}
+    if ckpt.get("dp"):
+        from feda2v.federated import dp
+
+        privacy = {"dp_epsilon": dp.epsilon(ckpt["dp"]), "dp_delta": ckpt["dp"]["delta"]}
+        log.info("[Client %d] Generator trained with DP-SGD: (ε %.2f, δ %.0e)", client_id,
+                 privacy["dp_epsilon"], privacy["dp_delta"])
+    meta["privacy"] = privacy
     xs = []
     for r in range(1, rounds + 1):
-        x, y = synthesise(cfg, client_id, vae, ckpt, class_names, round_seed(cfg["seed"], client_id, r))
+        x, y = synthesise(cfg, client_id, vae, ckpt, class_names,
+                          round_seed(cfg["seed"], client_id, r), temperature)
         xs.append(x)
     report = {}
     if cfg["feda2v"]["quality_metrics"]:
         report = quality(vae, ckpt, data, class_names, client_id,
-                         round_seed(cfg["seed"], client_id, rounds))
+                         round_seed(cfg["seed"], client_id, rounds), temperature)
+    if privacy:  # travels with the quality numbers: MLflow quality/node_{i}/dp_epsilon, report
+        report.setdefault("overall", {}).update(privacy)
     del vae
     if cfg["feda2v"]["optimize_memory_usage"] and dev.type == "cuda":
         torch.cuda.empty_cache()

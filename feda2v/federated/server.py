@@ -97,7 +97,10 @@ def update_metrics(updates: list, counts: dict[str, int], n_synthetic: int) -> d
             safe = re.sub(r"[^\w\-. /]", "_", group)
             prefix = f"quality/node_{u.client_id}" + ("" if group == "overall" else f"/{safe}")
             for key, value in entry.items():
-                if value is not None and not key.startswith("n_"):
+                if key == "flags":  # 0 = healthy, else the number of verdicts
+                    if value is not None:
+                        metrics[f"{prefix}/flags"] = float(len(value))
+                elif value is not None and not key.startswith("n_"):
                     metrics[f"{prefix}/{key}"] = float(value)
     if counts:
         metrics["server/synthetic_samples_total"] = n_synthetic
@@ -132,7 +135,8 @@ def server_step(cfg: dict, round_num: int, step: int, phase: str, updates: list,
         if len(y) == 0:
             raise ValueError(f"round {round_num}: global_model_train is on but no client sent "
                              "synthetic samples")
-        adapter = adapter_from_state(cfg, state if from_nodes else previous).to(dev)
+        start = state if from_nodes else previous
+        adapter = adapter_from_state(cfg, start).to(dev)
         seed = round_seed(cfg["seed"], -1, step)
         tx, ty = mix_real(x.float(), y, server_real, f["global_model_train_real_ratio"], seed)
         before = weighted_accuracy(adapter, targets, test_sets)[0]
@@ -144,7 +148,12 @@ def server_step(cfg: dict, round_num: int, step: int, phase: str, updates: list,
         metrics.update({"server/global_train_loss": loss,
                         "eval/accuracy_before_global_train": before,
                         "eval/accuracy_after_global_train": after})
-        state = {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()}
+        trained = {k: v.detach().cpu() for k, v in adapter.state_dict().items()}
+        mix = f["global_model_train_mix"] if phase == "run2" else 1.0
+        state = {k: (start[k].float() + mix * (v.float() - start[k].float())).to(v.dtype)
+                 for k, v in trained.items()}
+        if mix != 1.0:
+            log.info("[Server] Round %d: kept %.2f of the global training step", round_num, mix)
     adapter = adapter_from_state(cfg, state).to(dev)
     accuracy, per_client = weighted_accuracy(adapter, targets, test_sets)
     metrics.update({f"eval/node_{i}/accuracy": a for i, a in per_client.items()})
