@@ -222,17 +222,17 @@ FEDA2V: dict[str, Key] = {
     "quality_metrics": Key(True, _bool,
                            "Run 2 clients report quality and privacy metrics of their synthetic "
                            "samples (computed on the client; only the numbers leave it)."),
-    "run2_start": Key("initial", _choice("initial", "run1"),
-                      "Run 2's first global adapter: the initial one (the seed's separate Run 2) "
-                      "or Run 1's final one (needs Run 1 in the same run: end_to_end, "
-                      "experiments)."),
+    "run2_start": Key("auto", _choice("auto", "initial", "run1"),
+                      "Run 2's first global adapter: Run 1's final one (run1; needs Run 1 in the "
+                      "same run: end_to_end, experiments), the initial one (the seed's separate "
+                      "Run 2), or auto: run1 when this run has a Run 1, else initial."),
     "global_model_train": Key(False, _bool, "Server trains the global adapter on pooled synthetic samples."),
     "global_model_train_epochs": Key(5, _int(1), "Epochs of that server-side training per round."),
     "global_model_train_mix": Key(
-        1.0, _float(0.0, 1.0),
+        0.25, _float(0.0, 1.0),
         "Share of the server's training step kept: global = average + mix x (trained - "
         "average), where average is what the server's training started from (1 = the seed: "
-        "the trained adapter replaces it)."),
+        "the trained adapter replaces it; a full step hurts when clients share classes)."),
     "global_model_train_from_nodes_adapters": Key(
         True, _bool,
         "Server training starts from this round's FedAvg of node adapters (true) or from the "

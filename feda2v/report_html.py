@@ -28,12 +28,12 @@ _QUALITY_COLUMNS = [
 ]
 _EXPLAINED = (
     "Measured by each client against its held-out rows, which the generator never saw. "
-    "<b>density</b> and <b>coverage</b> (Naeem et al. 2020): about 1 and close to 1 when the "
+    "<strong>density</strong> and <strong>coverage</strong> (Naeem et al. 2020): about 1 and close to 1 when the "
     "synthetic samples follow the real distribution; density well above 1 means samples crowd "
-    "the class centres. <b>spread</b>: median distance to the class centre over the real rows' "
+    "the class centres. <strong>spread</strong>: median distance to the class centre over the real rows' "
     f"(outside {SPREAD_RANGE[0]}–{SPREAD_RANGE[1]}: collapsed or scattered). "
-    "<b>consistency</b>: share of samples nearest to their own class mean, next to the real "
-    f"rows' (below {CONSISTENCY_SHARE:.0%} of it: off-class). <b>memorisation ratio</b>: "
+    "<strong>consistency</strong>: share of samples nearest to their own class mean, next to the real "
+    f"rows' (below {CONSISTENCY_SHARE:.0%} of it: off-class). <strong>memorisation ratio</strong>: "
     "distance to the closest training row over the held-out rows' (about 1 for fresh data; "
     f"below {MEMORISATION_THRESHOLD}: flagged as memorised). Fréchet distance next to the "
     "training-vs-held-out baseline; the seed's cosine to the class mean is shown, not judged "

@@ -175,11 +175,12 @@ def initial_state(cfg: dict, fed) -> dict[str, torch.Tensor]:
 
 def phase_start(cfg: dict, fed, plan: list[tuple[str, int]], phase: str,
                 run: str) -> dict[str, torch.Tensor]:
-    """A phase's first global adapter: the initial one, or for Run 2 with run2_start 'run1' the
-    adapter Run 1 of this run ended with."""
-    if phase != "run2" or cfg["feda2v"]["run2_start"] == "initial":
-        return initial_state(cfg, fed)
+    """A phase's first global adapter: the initial one, or for Run 2 (run2_start 'run1', or
+    'auto' in a run that has a Run 1) the adapter Run 1 of this run ended with."""
     rounds = dict(plan).get("run1")
+    start = cfg["feda2v"]["run2_start"]
+    if phase != "run2" or start == "initial" or (start == "auto" and not rounds):
+        return initial_state(cfg, fed)
     if not rounds:
         raise ValueError("feda2v.run2_start is 'run1' but this run has no Run 1 (run the "
                          "end_to_end pipeline, or set run2_start to 'initial')")

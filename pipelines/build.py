@@ -186,7 +186,7 @@ def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None"
                 _phase_dag(t, plan, common, mlflow_run_id)
             else:
                 _round_dag(t, plan, common, mlflow_run_id, clients,
-                           cfg["feda2v"]["run2_start"] == "run1")
+                           cfg["feda2v"]["run2_start"] != "initial")
         return done.outputs["report"]
 
     if execution == "round":

@@ -189,3 +189,26 @@ def test_prefork_runs_the_task_command_with_its_streams_and_exit_code(tmp_path):
         server.kill()
         server.wait()
     assert sys.executable != shim
+
+
+def test_run2_goes_on_from_run1s_adapter_when_the_run_has_a_run1(tmp_path):
+    from feda2v import stages
+
+    cfg = _cfg()
+    fed = _federation(cfg)
+    run = str(tmp_path / "run")
+    final, _ = run_phase(fed, "run1", 2, 1, _start(cfg), run)
+    both = [("run1", 2), ("run2", 3)]
+    got = stages.phase_start(cfg, fed, both, "run2", run)  # run2_start: auto (the default)
+    assert all(torch.equal(got[k], v) for k, v in final.items())
+    initial = stages.initial_state(cfg, fed)
+    alone = stages.phase_start(cfg, fed, [("run2", 3)], "run2", run)
+    assert all(torch.equal(alone[k], v) for k, v in initial.items())
+    seed_like = dict(cfg, feda2v=dict(cfg["feda2v"], run2_start="initial"))
+    got = stages.phase_start(seed_like, fed, both, "run2", run)
+    assert all(torch.equal(got[k], v) for k, v in initial.items())
+    explicit = dict(cfg, feda2v=dict(cfg["feda2v"], run2_start="run1"))
+    with pytest.raises(ValueError, match="run2_start is 'run1' but this run has no Run 1"):
+        stages.phase_start(explicit, fed, [("run2", 3)], "run2", run)
+    with pytest.raises(config_mod.ConfigError, match="'run1' needs Run 1 in the same run"):
+        config_mod.validate({"pipeline": "run2", "feda2v": {"run2_start": "run1"}})

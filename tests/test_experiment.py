@@ -140,3 +140,27 @@ def test_experiment_over_seeds_and_partitions_prints_the_table_and_lines(make_co
     assert len(grid) == 1 and grid[0].data.params["feda2v.seeds"] == "0,1"
     cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == grid[0].info.run_id]
     assert len(cells) == 4  # 2 partitions x 2 seeds, each the parent of its variants
+
+
+def test_epsilons_add_dp_sgd_runs_and_the_report_plots_accuracy_against_epsilon(make_config):
+    from mlflow.tracking import MlflowClient
+
+    cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 1,
+                                               "generator_training_mode": True})
+    result = run_experiment(cfg, ["synthetic"], "dp", epsilons=[4.0, float("inf")])
+    assert [r["variant"] for r in result["results"]] == ["synthetic", "synthetic-dp-eps4"]
+    private = result["results"][1]
+    assert private["dp_epsilon"] == 4.0
+    spent = [q["overall"]["dp_epsilon"] for q in private["quality"].values()]
+    assert len(spent) == 2 and all(0 < e <= 4.05 for e in spent)
+    report_dir = os.path.dirname(result["html"])
+    assert os.path.exists(os.path.join(report_dir, "privacy.png"))
+    with open(result["html"]) as f:
+        html = f.read()
+    assert "Accuracy against privacy" in html and "<td>∞</td>" in html and "<td>4</td>" in html
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    child = client.get_run(private["run_id"])
+    assert child.data.params["feda2v.generator_dp_epsilon"] == "4.0"
+    assert 0 < child.data.metrics["quality/node_0/dp_epsilon"] <= 4.05
+    with pytest.raises(ValueError, match="include 'synthetic'"):
+        run_experiment(cfg, ["fedavg"], "dp2", epsilons=[1.0])

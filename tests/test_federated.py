@@ -286,3 +286,37 @@ def test_calibrated_vae_samples_spread_like_the_held_out_rows():
     assert got["seed"]["density"] > 2 and "collapsed" in got["seed"]["flags"]
     assert 0.8 <= got["now"]["density"] <= 1.25 and got["now"]["coverage"] >= 0.9
     assert got["now"]["flags"] == []
+
+
+def test_dp_sgd_generators_spend_the_configured_epsilon_and_resume_counting(tmp_path):
+    """DP-SGD over all of Run 1's generator rounds spends (ε, δ): about ε after the last round,
+    less before; the accountant travels in the checkpoint, so a retried task goes on counting."""
+    from feda2v.federated import dp
+
+    cfg = _cfg(generator_dp_epsilon=4.0, generator_training_rounds=2,
+               generator_training_epochs=2)
+    data = _data([0, 1])
+    _run1(cfg, tmp_path, data, rounds=1)
+    first = torch.load(generator.checkpoint_uri(str(tmp_path / "ckpt"), 0), weights_only=True)
+    spent_1 = dp.epsilon(first["dp"])
+    assert 0 < spent_1 < 4.0 and first["dp"]["noise_multiplier"] > 0.5
+    _run1(cfg, tmp_path / "b", data, rounds=2)
+    done = torch.load(generator.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0),
+                      weights_only=True)
+    assert spent_1 < dp.epsilon(done["dp"]) <= 4.0 + 0.05
+    assert len(done["dp"]["history"]) == 1  # one (sigma, rate) entry counting every step
+    # a retried task loads the accountant with the weights and goes on from its count
+    uri = generator.checkpoint_uri(str(tmp_path / "ckpt"), 0)
+    vae, _, _ = generator.load(uri, cfg, {"seq_len": 4, "audio_dim": 16})
+    assert vae.dp_state == first["dp"]
+    out = str(tmp_path / "synthetic.safetensors")
+    generator.generate_client(cfg, 0, data, NAMES, 1,
+                              generator.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0), out)
+    meta = generator.load_synthetic(out)[1]
+    assert meta["privacy"]["dp_epsilon"] == pytest.approx(dp.epsilon(done["dp"]))
+    assert meta["quality"]["overall"]["dp_epsilon"] == meta["privacy"]["dp_epsilon"]
+
+
+def test_dp_sgd_is_refused_for_the_gan():
+    with pytest.raises(config_mod.ConfigError, match="generator_dp_epsilon.*VAE"):
+        _cfg(generator_dp_epsilon=1.0, generator_type="gan")

@@ -15,9 +15,10 @@ from feda2v.report_html import pca_2d, write_report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _entry(cosine, healthy, ratio, frechet=1.25, density=0.8):
-    return {"cosine_to_real_mean": cosine, "cosine_healthy": healthy, "frechet": frechet,
+def _entry(cosine, flags, ratio, frechet=1.25, density=0.8):
+    return {"cosine_to_real_mean": cosine, "flags": flags, "frechet": frechet,
             "frechet_real_baseline": 0.5, "density": density, "coverage": 0.6,
+            "spread_ratio": 1.0, "class_consistency": 0.9, "class_consistency_real": 0.95,
             "memorisation_ratio": ratio, "k": 3}
 
 
@@ -31,9 +32,10 @@ RESULTS = [
                  {"phase": "run1", "round": 2, "step": 2, "accuracy": 0.4375}]},
 ]
 QUALITY = {
-    0: {"dog": _entry(0.91, True, 1.02),
-        "<b>bold</b>": _entry(0.42, False, 0.55, frechet=None, density=None),
-        "overall": _entry(0.66, False, 0.95)},
+    0: {"dog": _entry(0.91, [], 1.02),
+        "<b>bold</b>": _entry(0.42, ["memorised", "collapsed"], 0.45, frechet=None,
+                              density=None),
+        "overall": _entry(0.66, ["memorised"], 0.95)},
     1: {},
 }
 
@@ -87,10 +89,11 @@ def test_results_table(report):
 
 def test_quality_tables(report):
     _, doc = report
-    assert '<td class="pass">pass</td>' in doc
-    assert doc.count('<td class="fail">fail</td>') == 2  # the "<b>" class and overall
-    # Ratio 0.55 < 0.9 is flagged, 1.02 and 0.95 are not.
-    assert re.search(r'<td class="leak"[^>]*>0\.550 possible leak</td>', doc)
+    assert '<td class="pass">pass</td>' in doc  # dog: no verdict
+    assert '<td class="fail">memorised, collapsed</td>' in doc
+    assert '<td class="fail">memorised</td>' in doc  # overall
+    # Ratio 0.45 < 0.5 is highlighted, 1.02 and 0.95 are not.
+    assert re.search(r'<td class="leak"[^>]*>0\.450 memorised\?</td>', doc)
     assert doc.count('class="leak"') == 1
     assert "<td>1.020</td>" in doc and "<td>0.950</td>" in doc
     assert "<td>–</td>" in doc  # frechet and density are None for the "<b>" class
