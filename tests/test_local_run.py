@@ -45,7 +45,10 @@ def _history(client, run_id, key):
 
 @pytest.mark.slow
 def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
-    cfg = make_config(feda2v={"generator_save_every": 2, "generator_training_mode": True})
+    # The seed's two separate runs: Run 2 starts from the initial adapter, so its 2 rounds learn
+    # through the server's whole training step (the seed's mix of 1).
+    cfg = make_config(feda2v={"generator_save_every": 2, "generator_training_mode": True,
+                              "global_model_train_mix": 1.0})
     path = _write(cfg, tmp_path)
 
     out1 = _run(path, "run1", tmp_path)
