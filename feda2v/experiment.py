@@ -389,9 +389,25 @@ def grid_table(cells: dict[str, dict[int, list[dict]]], variants: list[str]) -> 
                      for s in seeds]
             mean, sd = _mean_sd(diffs)
             lines.append(f"run2 - fedavg ({label}, {len(seeds)} seeds): {mean:+.1f} ± {sd:.1f} pts")
+        lines += _generator_line(label, by_seed)
     head = ["partition", "variant", "seeds", f"final (last {LAST_K}) mean ± sd",
             "rounds to target", "reached"]
     return _table(head, rows), lines
+
+
+def _generator_line(label: str, by_seed: dict[int, list[dict]]) -> list[str]:
+    """The synthetic variant's generators against held-out rows, over every seed and client."""
+    entries = [q["overall"] for res in by_seed.values() for r in res
+               if r["variant"] == "synthetic" for q in (r.get("quality") or {}).values()
+               if q.get("overall", {}).get("density") is not None]
+    if not entries:
+        return []
+    dens = [e["density"] for e in entries]
+    cov = [e["coverage"] for e in entries]
+    healthy = sum(1 for e in entries if e.get("flags") == [])
+    return [(f"generators ({label}, {len(entries)} client-runs) vs held-out rows: density "
+            f"{min(dens):.2f}–{max(dens):.2f}, coverage {min(cov):.2f}–{max(cov):.2f}, "
+            f"healthy {healthy}/{len(entries)}")]
 
 
 def run_grid(cfg: dict, variants: list[str], seeds: list[int], partitions: list[str],
