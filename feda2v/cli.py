@@ -379,12 +379,27 @@ def _cluster_args(p) -> None:
                    help="taint every task tolerates, e.g. nvidia.com/gpu:NoSchedule (repeatable)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("feda2v")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feda2v", epilog="--debug (anywhere on the line) shows the traceback of an error.",
         description="FedA2V: federated audio-to-visual learning with client-side generators, "
                     "as Kubeflow Pipelines. `feda2v run` executes a whole pipeline locally; "
                     "the stage sub-commands run one step, as a pipeline task would.")
+    parser.add_argument("--version", action="version", version=f"feda2v {_version()}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="debug lines too (tasks of `feda2v run` inherit it)")
+    loud.add_argument("-q", "--quiet", action="store_true",
+                      help="warnings and errors only (tasks of `feda2v run` inherit it)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_):
@@ -606,6 +621,11 @@ def main(argv: list[str] | None = None) -> None:
     _pass_through(argv, commands)
     debug = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
+    if args.verbose or args.quiet:
+        from feda2v.log import LEVEL_ENV, get_logger
+
+        os.environ[LEVEL_ENV] = "DEBUG" if args.verbose else "WARNING"
+        get_logger().setLevel(os.environ[LEVEL_ENV])
     try:
         args.func(args)
     except (config_mod.ConfigError, FileNotFoundError, ValueError, OSError) as e:

@@ -12,6 +12,7 @@ import sys
 import time
 
 TAG_ENV = "FEDA2V_LOG_TAG"
+LEVEL_ENV = "FEDA2V_LOG_LEVEL"  # set by `feda2v -v/-q`; task processes inherit it
 
 
 class _TaggedFormatter(logging.Formatter):
@@ -27,7 +28,7 @@ def get_logger() -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_TaggedFormatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(os.environ.get(LEVEL_ENV, "INFO"))
         logger.propagate = False
     return logger
 

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,41 @@ def test_the_image_entrypoint_passes_whole_commands_through(tmp_path):
     outside = subprocess.run([*run, "sh", "-c", "exit 3"], capture_output=True, text=True,
                              check=False)  # outside the image: no pass-through
     assert outside.returncode == 2 and "invalid choice" in outside.stderr
+
+
+def test_version_prints_the_installed_version_without_heavy_imports():
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "feda2v.cli", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == f"feda2v {version('feda2v')}"
+    probe = ("import sys\nfrom feda2v import cli\ntry:\n    cli.main(['--version'])\n"
+             "except SystemExit:\n    pass\n"
+             "print('HEAVY', [m for m in ('torch', 'mlflow', 'kfp') if m in sys.modules])")
+    assert "HEAVY []" in subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                        text=True, check=True).stdout
+
+
+def test_quiet_and_verbose_set_the_log_level_for_this_process_and_its_tasks(tmp_path):
+    def lines(*flags):
+        proc = subprocess.run([sys.executable, "-m", "feda2v.cli", *flags, "data", "demo",
+                               "--out", str(tmp_path / "-".join(flags or ("plain",))),
+                               "--clips-per-class", "5"], capture_output=True, text=True,
+                              check=True, env={**os.environ, "FEDA2V_LOG_LEVEL": "INFO"})
+        return proc.stderr.splitlines()
+
+    assert any(line.startswith("Wrote 75 clips") for line in lines())
+    assert lines("-q") == []
+    env = dict(os.environ)
+    from feda2v.cli import main
+    from feda2v.log import LEVEL_ENV, get_logger
+
+    try:
+        main(["-v", "config", "keys"])
+        assert os.environ[LEVEL_ENV] == "DEBUG" and get_logger().level == 10  # tasks inherit it
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        get_logger().setLevel("INFO")
+    with pytest.raises(SystemExit):
+        main(["-v", "-q", "config", "keys"])  # one or the other

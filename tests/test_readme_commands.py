@@ -54,6 +54,9 @@ def _subparsers(parser):
 def _check(tokens, line):
     parser = build_parser()
     words = []
+    while tokens and tokens[0].startswith("-"):  # top-level options: --version, -q, -v
+        assert tokens[0] in parser._option_string_actions, f"feda2v has no {tokens[0]}: {line}"
+        tokens.pop(0)
     while tokens and _subparsers(parser):
         name = tokens.pop(0)
         choices = _subparsers(parser)
