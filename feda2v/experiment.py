@@ -241,6 +241,7 @@ def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> s
 def run_variant_task(config_json: str, variant: str, targets_path: str, parent_run_id: str) -> dict:
     cfg = config_mod.loads(config_json)
     run_id = tracking.create_run(cfg, f"ablation/{variant}", parent_run_id=parent_run_id)
+    tracking.log_params(cfg, run_id, {"feda2v.variant": variant})
     root = storage.join(cfg["storage_root"], "experiments", "pipeline", run_id)
     try:
         result = run_variant(cfg, variant, root, targets_path, run_id)
@@ -291,6 +292,7 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
     results = []
     for variant in variants:
         child = tracking.create_run(cfg, f"{name}/{variant}", parent_run_id=parent)
+        tracking.log_params(cfg, child, {"feda2v.variant": variant})
         synthetic = next((r for r in results if r["variant"] == "synthetic"), None)
         try:
             result = run_variant(cfg, variant, root, targets_uri, child, reuse=synthetic)
@@ -308,7 +310,7 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
         dcfg = json.loads(json.dumps(cfg))
         dcfg["feda2v"]["generator_dp_epsilon"] = eps
         child = tracking.create_run(cfg, f"{name}/{label}", parent_run_id=parent)
-        tracking.log_params(dcfg, child)
+        tracking.log_params(dcfg, child, {"feda2v.variant": label})
         try:
             result = run_variant(dcfg, "synthetic", root, targets_uri, child, label=label)
         except BaseException:

@@ -92,13 +92,39 @@ def _experiment_id(cfg: dict, client, uri: str) -> str:
     return exp.experiment_id
 
 
+def source_tags() -> dict[str, str]:
+    """What made a run: the package version and, where known, the git commit (MLflow's own
+    tag, shown in its UI). The commit comes from $FEDA2V_GIT_COMMIT (set in images at build
+    time) or from the git checkout the package runs from."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tags = {"feda2v.version": version("feda2v")}
+    except PackageNotFoundError:
+        tags = {}
+    tags["mlflow.source.name"] = "feda2v"
+    commit = os.environ.get("FEDA2V_GIT_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=5, cwd=os.path.dirname(os.path.abspath(__file__)),
+                                    check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def create_run(cfg: dict, run_name: str, parent_run_id: str = "",
                tags: dict[str, str] | None = None) -> str:
     uri = tracking_uri(cfg)
     client = _client(uri)
-    tags = dict(tags or {}, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}))
+    tags = dict(source_tags(), **(tags or {}),
+                **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}))
     return client.create_run(_experiment_id(cfg, client, uri), run_name=run_name,
-                             tags=tags or None).info.run_id
+                             tags=tags).info.run_id
 
 
 RUN_KEY_TAG = "feda2v.run_key"
@@ -126,8 +152,11 @@ def ensure_run(cfg: dict, run_id: str, run_key: str, phases: str) -> str:
                                    max_results=1)
         if found:
             return found[0].info.run_id
-        run_id = client.create_run(exp_id, run_name=run_key).info.run_id
+        run_id = client.create_run(exp_id, run_name=run_key, tags=source_tags()).info.run_id
     log_params(cfg, run_id, {"feda2v.phases": phases})
+    for key, value in source_tags().items():  # a run created by `feda2v run` has them already
+        client.set_tag(run_id, key, value)
+    client.set_tag(run_id, "kfp.run_id", run_key)
     client.set_tag(run_id, RUN_KEY_TAG, run_key)  # last: a claimed run has its params
     return run_id
 

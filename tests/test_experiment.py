@@ -64,6 +64,11 @@ def test_report_and_results_are_written_and_tracked(experiment_result):
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.info.run_name for r in children) == sorted(f"t/{v}" for v in VARIANTS)
+    source = tracking.source_tags()
+    assert source["mlflow.source.git.commit"]  # the tests run from a git checkout
+    for run in [parent, *children]:  # every run: params and what made it
+        assert run.data.params, run.info.run_name
+        assert {k: run.data.tags.get(k) for k in source} == source
     synthetic = next(r for r in children if r.info.run_name == "t/synthetic")
     assert "quality/node_0/coverage" in synthetic.data.metrics
     assert "eval/accuracy_after_global_train" in synthetic.data.metrics

@@ -69,6 +69,11 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
     assert len(runs) == 2  # one MLflow run per pipeline run
     run1, run2 = runs
     assert run1.info.status == run2.info.status == "FINISHED"
+    from feda2v.tracking import source_tags
+
+    for run in (run1, run2):  # what made it, and which KFP run it tracks
+        assert {k: run.data.tags.get(k) for k in source_tags()} == source_tags()
+        assert run.data.tags["kfp.run_id"] == run.data.tags["feda2v.run_key"]
     gen = client.get_metric_history(run1.info.run_id, "train/node_0/generator_loss")
     assert [m.step for m in gen] == [1, 2]
     assert gen[-1].value < gen[0].value
