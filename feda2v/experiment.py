@@ -214,6 +214,24 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
                       *(fmt.format(*row).rstrip() for row in rows)])
 
 
+def run_identity(cfg: dict, run_id: str) -> dict[str, str]:
+    """What a report says about its run: seed, config hash, date, code version, MLflow run."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    source = tracking.source_tags()
+    text = json.dumps(config_mod.withhold_credentials(cfg)[0], sort_keys=True)
+    out = {"seed": str(cfg["seed"]),
+           "config sha256": hashlib.sha256(text.encode()).hexdigest()[:12],
+           "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "feda2v": source.get("feda2v.version", "?")}
+    if "mlflow.source.git.commit" in source:
+        out["commit"] = source["mlflow.source.git.commit"][:12]
+    if run_id:
+        out["MLflow run"] = run_id
+    return out
+
+
 def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> str:
     """HTML report + PNGs (accuracy per round per variant, real vs synthetic projection, quality
     tables), logged to MLflow; returns the HTML path."""
@@ -229,7 +247,8 @@ def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> s
                       "synthetic_y": syn_y, "class_names": names}
     quality = next((r["quality"] for r in results if r.get("quality")), {})
     files = report_html.write_report(out_dir, summarise(results),
-                                     {int(k): v for k, v in quality.items()}, projection)
+                                     {int(k): v for k, v in quality.items()}, projection,
+                                     identity=run_identity(cfg, run_id))
     if run_id:
         for path in files.values():
             tracking.log_artifact(cfg, run_id, path, "report")

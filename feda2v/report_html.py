@@ -237,15 +237,20 @@ def _img(b64: str, alt: str) -> str:
 
 
 def write_report(out_dir: str, results: list[dict], quality: dict[int, dict],
-                 projection: dict | None, title: str = "FedA2V experiment") -> dict[str, str]:
+                 projection: dict | None, title: str = "FedA2V experiment",
+                 identity: dict[str, str] | None = None) -> dict[str, str]:
     """Write report.html plus accuracy.png (and projection.png when `projection` is given) to
     `out_dir`; return their paths under "html", "accuracy_png" and "projection_png".
 
     Clients appear in `quality`'s order; an empty per-client dict means no synthetic samples.
+    `identity` (seed, config hash, date, commit, run id…) is shown under the title, so a
+    report found on its own says what made it.
     """
     os.makedirs(out_dir, exist_ok=True)
     paths = {"accuracy_png": os.path.join(out_dir, "accuracy.png")}
-    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Ablation results</h2>",
+    who = " · ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in (identity or {}).items())
+    parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="identity">{who}</p>' if who else "",
+             "<h2>Ablation results</h2>",
              _results_table(results), _img(_accuracy_plot(results, paths["accuracy_png"]),
                                            "accuracy per variant")]
     parts.append("<h2>Synthetic sample quality</h2>")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -50,6 +51,9 @@ def test_report_and_results_are_written_and_tracked(experiment_result):
     with open(result["html"]) as f:
         html = f.read()
     assert all(v in html for v in VARIANTS) and "data:image/png;base64" in html
+    identity = re.search(r'<p class="identity">(.*?)</p>', html).group(1)
+    assert f"seed {cfg['seed']}" in identity and "config sha256 " in identity
+    assert f"MLflow run {result['parent_run_id']}" in identity and "commit " in identity
     assert os.path.exists(os.path.join(os.path.dirname(result["html"]), "projection.png"))
     with open(os.path.join(result["dir"], "results.json")) as f:
         saved = json.load(f)
