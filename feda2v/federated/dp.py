@@ -46,13 +46,14 @@ def epsilon(state: dict) -> float:
 
 
 def train_vae(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
-              seed: int, state: dict, loss_fn) -> list[float]:
+              seed: int, state: dict) -> list[float]:
     """One round's epochs of DP-SGD on the VAE; `state` (see `plan`) is updated in place.
     Returns the mean loss of each epoch."""
     from opacus import GradSampleModule
     from opacus.accountants import RDPAccountant
     from opacus.optimizers import DPOptimizer
 
+    from feda2v.federated.generator import batch_loss
     from feda2v.models import vae_schedule
 
     f = cfg["feda2v"]
@@ -78,10 +79,7 @@ def train_vae(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_i
                 accountant.step(noise_multiplier=sigma, sample_rate=rate)
                 if len(idx) == 0:  # about exp(-batch size): nothing to release
                     continue
-                noisy = (x[idx] + noise * torch.randn(x[idx].shape, generator=gen).to(x.device)
-                         if noise else x[idx])
-                recon, mu, logvar = model(vae.normalise(noisy), cond[idx])
-                loss = loss_fn(recon, clean[idx], mu, logvar, beta, w)
+                loss = batch_loss(model, vae, x, cond, clean, idx, noise, gen, beta, w)
                 dp_opt.zero_grad()
                 loss.backward()
                 dp_opt.step()

@@ -61,6 +61,17 @@ def new_optimizer(cfg: dict, model):
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
 
 
+def batch_loss(model, vae, x: torch.Tensor, cond: torch.Tensor, clean: torch.Tensor,
+               idx: torch.Tensor, noise: float, gen: torch.Generator, beta: float,
+               w: float) -> torch.Tensor:
+    """The VAE's loss on batch `idx`: Gaussian noise on the input only, the clean target.
+    `model` is the VAE itself, or its per-sample-gradient wrapper under DP-SGD."""
+    noisy = (x[idx] + noise * torch.randn(x[idx].shape, generator=gen).to(x.device)
+             if noise else x[idx])
+    recon, mu, logvar = model(vae.normalise(noisy), cond[idx])
+    return vae_loss(recon, clean[idx], mu, logvar, beta, w)
+
+
 def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
                     seed: int) -> float:
     """Train on real sequences x [N, S, D] with per-sample conditions cond [N, D_clip].
@@ -87,7 +98,7 @@ def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, cl
     if getattr(vae, "dp_state", None) is not None:
         from feda2v.federated import dp
 
-        losses = dp.train_vae(cfg, vae, opt, x, cond, client_id, seed, vae.dp_state, vae_loss)
+        losses = dp.train_vae(cfg, vae, opt, x, cond, client_id, seed, vae.dp_state)
         average = sum(losses) / len(losses)
         log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id,
                  average)
@@ -100,10 +111,7 @@ def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, cl
         total = 0.0
         for start in range(0, len(x), bs):
             idx = order[start:start + bs]
-            noisy = (x[idx] + noise * torch.randn(x[idx].shape, generator=gen).to(x.device)
-                     if noise else x[idx])
-            recon, mu, logvar = vae(vae.normalise(noisy), cond[idx])
-            loss = vae_loss(recon, clean[idx], mu, logvar, beta, w)
+            loss = batch_loss(vae, vae, x, cond, clean, idx, noise, gen, beta, w)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
