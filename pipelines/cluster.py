@@ -13,6 +13,8 @@ from kfp import kubernetes
 # Tasks that run models: extraction (encoders) and training (adapters, generators).
 GPU_TASKS = ("extract", "federated-phase", "train-generator", "generate", "client-round",
              "server-round", "ablation-variant")
+# Tasks that load a model without training one: the cluster's CPU/memory requests, no GPU.
+MODEL_TASKS = ("class-targets",)
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Only for the tasks that write to MLflow, and only used by servers with authentication.
 MLFLOW_TASKS = ("federated-phase", "server-round", "finish-run", "ablation-variant",
@@ -30,6 +32,12 @@ class ClusterOptions:
     cpu_limit: str = "8"
     memory_request: str = "4Gi"
     memory_limit: str = "32Gi"
+    # Bookkeeping tasks (initial adapter, exit handler, report) still request something: pods
+    # without requests are evicted first and refused by namespaces with a ResourceQuota.
+    light_cpu_request: str = "250m"
+    light_cpu_limit: str = "2"
+    light_memory_request: str = "1Gi"
+    light_memory_limit: str = "4Gi"
     retries: int = 3
     retry_backoff: str = "30s"           # doubled after every failed try, at most 1 h in all
     s3_secret: str = "feda2v-s3"         # keys: SECRET_KEYS (the MLflow ones optional)
@@ -51,9 +59,13 @@ def configure(task, options: ClusterOptions):
     """Apply the options to one task; returns it for chaining."""
     if options.image:
         task.set_container_image(options.image)
-    if component_name(task) in GPU_TASKS:  # the heavy tasks; the others are light bookkeeping
+    if component_name(task) in GPU_TASKS + MODEL_TASKS:
         task.set_cpu_request(options.cpu_request).set_cpu_limit(options.cpu_limit)
         task.set_memory_request(options.memory_request).set_memory_limit(options.memory_limit)
+    else:  # light bookkeeping, but never without requests
+        task.set_cpu_request(options.light_cpu_request).set_cpu_limit(options.light_cpu_limit)
+        task.set_memory_request(options.light_memory_request)
+        task.set_memory_limit(options.light_memory_limit)
     if options.retries:
         task.set_retry(options.retries, backoff_duration=options.retry_backoff,
                        backoff_factor=2.0, backoff_max_duration="3600s")

@@ -175,12 +175,19 @@ def test_cluster_settings_in_the_compiled_yaml(make_config, tmp_path, monkeypatc
         container = ex["container"]
         assert container["image"] == "registry.example/feda2v:1.2.3"
         resources = container.get("resources", {})
+        # every task requests CPU and memory: pods without requests are evicted first and
+        # refused by namespaces with a ResourceQuota
+        assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), name
         if name.startswith(gpu_tasks):
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert resources["accelerator"]["resourceCount"] == "2"
             assert resources["resourceMemoryLimit"] == "32Gi"
         else:
             assert "accelerator" not in resources, name
+            if name.startswith("exec-class-targets"):  # loads a CLIP model
+                assert resources["resourceMemoryRequest"] == "4Gi"
+            else:
+                assert resources["resourceMemoryRequest"] == "1Gi", name
         k8s = platform[name]
         assert k8s["secretAsEnv"][0]["secretName"] == "feda2v-s3"
         keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -238,3 +245,18 @@ def test_full_size_round_execution_yaml_stays_under_1_mb(tmp_path):
                                               "global_model_train": True}})
         _, path = _compile(cfg, "end_to_end", tmp_path)
         assert path.stat().st_size < 1_000_000
+
+
+@pytest.mark.parametrize("kind, execution", [("end_to_end", "round"), ("ablations", "phase")])
+def test_every_task_requests_cpu_and_memory(make_config, tmp_path, kind, execution):
+    from pipelines import ClusterOptions
+
+    cfg = make_config(global_rounds=1, execution=execution,
+                      feda2v={"generator_training_rounds": 1})
+    spec, _ = _compile(cfg, kind, tmp_path, ClusterOptions(gpus=0))
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) >= 5
+    for name, ex in executors.items():
+        resources = ex["container"].get("resources", {})
+        assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), name
+        assert resources.get("resourceCpuLimit") and resources.get("resourceMemoryLimit"), name
