@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import os
 
 import numpy as np
@@ -87,10 +88,28 @@ def _save(fig: Figure, path: str) -> str:
         return base64.b64encode(f.read()).decode("ascii")
 
 
+def phase_boundaries(results: list[dict]) -> list[tuple[float, str]]:
+    """(x, "run1 → run2") wherever a variant's history changes phase: half a step before the
+    first round of the new phase, where the chart draws a line."""
+    found: dict[float, dict[str, set]] = {}
+    for res in results:
+        history = sorted(res.get("history", []), key=lambda h: h["step"])
+        for before, after in itertools.pairwise(history):
+            if before.get("phase") != after.get("phase"):
+                into = found.setdefault(after["step"] - 0.5, {})
+                into.setdefault(str(before.get("phase")), set()).add(str(after.get("phase")))
+    return [(x, ", ".join(f"{a} → {' / '.join(sorted(b))}" for a, b in sorted(into.items())))
+            for x, into in sorted(found.items())]
+
+
 def _accuracy_plot(results: list[dict], path: str) -> str:
     # Figure() without pyplot: renders through Agg, no GUI backend or global state involved.
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
+    for x, label in phase_boundaries(results):
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize="small", color="grey", ha="right", va="bottom")
     for res in results:
         points = [(h["step"], h["accuracy"]) for h in res.get("history", [])
                   if h.get("accuracy") is not None]

@@ -140,3 +140,16 @@ def test_pca_flattens_sequences_and_handles_tiny_inputs():
     assert pca_2d(np.zeros((0, 4))).shape == (0, 2)
     one_feature = pca_2d(np.arange(4.0)[:, None])
     assert np.allclose(one_feature[:, 1], 0) and np.ptp(one_feature[:, 0]) == pytest.approx(3)
+
+
+def test_the_accuracy_chart_marks_where_run2_starts():
+    from feda2v.report_html import phase_boundaries
+
+    assert phase_boundaries(RESULTS) == [(2.5, "run1 → run2")]
+    one_phase = [{"variant": "fedavg", "history": [{"phase": "fedavg", "step": s, "accuracy": 0.1}
+                                                   for s in (1, 2, 3)]}]
+    assert phase_boundaries(one_phase) == []
+    both = [dict(RESULTS[0], variant=v, history=[dict(h, phase=p if h["phase"] == "run2" else
+                                                      h["phase"]) for h in RESULTS[0]["history"]])
+            for v, p in (("synthetic", "run2"), ("synthetic_only", "synthetic_only"))]
+    assert phase_boundaries(both) == [(2.5, "run1 → run2 / synthetic_only")]
