@@ -344,10 +344,11 @@ def redact(text: str) -> str:
     return _USERINFO.sub("//***@", text)
 
 
-def _items(cfg: dict, prefix: str = ""):
+def leaves(cfg: dict, prefix: str = ""):
+    """(dotted key, its section dict, key, value) for every non-dict value of a config."""
     for key, value in cfg.items():
         if isinstance(value, dict):
-            yield from _items(value, f"{prefix}{key}.")
+            yield from leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", cfg, key, value
 
@@ -356,7 +357,7 @@ def withhold_credentials(cfg: dict) -> tuple[dict, dict[str, str]]:
     """(cfg with every credential-bearing string redacted, {dotted key: real value})."""
     cfg = copy.deepcopy(cfg)
     withheld = {}
-    for dotted, section, key, value in list(_items(cfg)):
+    for dotted, section, key, value in list(leaves(cfg)):
         if isinstance(value, str) and redact(value) != value:
             withheld[dotted] = value
             section[key] = redact(value)
@@ -368,7 +369,7 @@ def _restore_credentials(raw: Any) -> Any:
     if not text or not isinstance(raw, dict):
         return raw
     withheld = json.loads(text)
-    for dotted, section, key, value in list(_items(raw)):
+    for dotted, section, key, value in list(leaves(raw)):
         real = withheld.get(dotted)
         if real is not None and value == redact(real):
             section[key] = real

@@ -309,34 +309,25 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
         stages.extract(cfg_json, i)
     tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants)})
     results = []
-    for variant in variants:
-        child = tracking.create_run(cfg, f"{name}/{variant}", parent_run_id=parent)
-        tracking.log_params(cfg, child, {"feda2v.variant": variant})
-        synthetic = next((r for r in results if r["variant"] == "synthetic"), None)
-        try:
-            result = run_variant(cfg, variant, root, targets_uri, child, reuse=synthetic)
-        except BaseException:
-            tracking.set_status(cfg, child, "FAILED")
-            tracking.set_status(cfg, parent, "FAILED")
-            raise
-        tracking.set_status(cfg, child, "FINISHED")
-        tracking.log_metrics(cfg, parent, {f"ablation/{variant}/final_accuracy":
-                                           result["final_accuracy"]}, 0)
-        result["run_id"] = child
-        results.append(result)
-    for eps in private:
-        label = f"synthetic-dp-eps{eps:g}"
+    runs = [(variant, variant, cfg) for variant in variants]
+    for eps in private:  # the synthetic variant again, its generators trained with DP-SGD
         dcfg = json.loads(json.dumps(cfg))
         dcfg["feda2v"]["generator_dp_epsilon"] = eps
+        runs.append((f"synthetic-dp-eps{eps:g}", "synthetic", dcfg))
+    for label, variant, vcfg in runs:
         child = tracking.create_run(cfg, f"{name}/{label}", parent_run_id=parent)
-        tracking.log_params(dcfg, child, {"feda2v.variant": label})
+        tracking.log_params(vcfg, child, {"feda2v.variant": label})
+        synthetic = next((r for r in results if r["variant"] == "synthetic"), None)
         try:
-            result = run_variant(dcfg, "synthetic", root, targets_uri, child, label=label)
+            result = run_variant(vcfg, variant, root, targets_uri, child, reuse=synthetic,
+                                 label=label)
         except BaseException:
             tracking.set_status(cfg, child, "FAILED")
             tracking.set_status(cfg, parent, "FAILED")
             raise
         tracking.set_status(cfg, child, "FINISHED")
+        tracking.log_metrics(cfg, parent, {f"ablation/{label}/final_accuracy":
+                                           result["final_accuracy"]}, 0)
         results.append(dict(result, run_id=child))
     table = results_table(results)
     storage.write_json(storage.join(root, "results.json"), results)

@@ -207,18 +207,16 @@ def class_consistency(x: torch.Tensor, labels: torch.Tensor, train: torch.Tensor
 
 def _flags(entry: dict) -> list[str] | None:
     """The verdicts of one entry; None when none of them could be computed."""
-    checks = {
-        "memorised": (entry["memorisation_ratio"],
-                      lambda v: v < MEMORISATION_THRESHOLD),
-        "collapsed": (entry["spread_ratio"], lambda v: v < SPREAD_RANGE[0]),
-        "scattered": (entry["spread_ratio"], lambda v: v > SPREAD_RANGE[1]),
-        "off-class": (entry["class_consistency"], lambda v: v < CONSISTENCY_SHARE
-                      * (entry["class_consistency_real"] or 0.0)),
-    }
-    known = {name: bad(v) for name, (v, bad) in checks.items() if v is not None}
-    if "off-class" in known and entry["class_consistency_real"] is None:
-        del known["off-class"]
-    return [name for name, bad in known.items() if bad] if known else None
+    judged = {}
+    if entry["memorisation_ratio"] is not None:
+        judged["memorised"] = entry["memorisation_ratio"] < MEMORISATION_THRESHOLD
+    if entry["spread_ratio"] is not None:
+        judged["collapsed"] = entry["spread_ratio"] < SPREAD_RANGE[0]
+        judged["scattered"] = entry["spread_ratio"] > SPREAD_RANGE[1]
+    if entry["class_consistency"] is not None and entry["class_consistency_real"] is not None:
+        judged["off-class"] = (entry["class_consistency"]
+                               < CONSISTENCY_SHARE * entry["class_consistency_real"])
+    return [name for name, bad in judged.items() if bad] if judged else None
 
 
 def _class_entry(syn: torch.Tensor, real: torch.Tensor, holdout: torch.Tensor,

@@ -32,6 +32,8 @@ def _probe(url: str, what: str) -> None:
     endpoint for a minute or more before saying anything."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    if (parts.hostname, port) in _answered:  # the dataset, storage root… share one endpoint
+        return
     try:
         socket.getaddrinfo(parts.hostname, port)
     except OSError:
@@ -40,6 +42,10 @@ def _probe(url: str, what: str) -> None:
         socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as e:
         raise ConnectionError(f"{what}: {tracking.redact(url)} does not answer ({e})") from None
+    _answered.add((parts.hostname, port))
+
+
+_answered: set[tuple[str, int]] = set()
 
 
 def _remote(uri: str, key: str) -> None:

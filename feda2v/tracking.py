@@ -6,12 +6,13 @@ mlflow is imported lazily: client tasks never pay for it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
 
 from feda2v import storage
-from feda2v.config import redact  # the one redaction rule, also used as tracking.redact
+from feda2v.config import leaves, redact  # redact: the one rule, also tracking.redact
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -93,9 +94,14 @@ def _experiment_id(cfg: dict, client, uri: str) -> str:
 
 
 def source_tags() -> dict[str, str]:
+    return dict(_source_tags())
+
+
+@functools.lru_cache(maxsize=1)
+def _source_tags() -> dict[str, str]:
     """What made a run: the package version and, where known, the git commit (MLflow's own
-    tag, shown in its UI). The commit comes from $FEDA2V_GIT_COMMIT (set in images at build
-    time) or from the git checkout the package runs from."""
+    tag, shown in its UI). The commit comes from $FEDA2V_GIT_COMMIT or from the git checkout
+    the package runs from; looked up once per process (every run creation asks)."""
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
@@ -168,14 +174,10 @@ def end_run(cfg: dict, run_id: str, status: str) -> None:
         client.set_terminated(run_id, status)
 
 
-def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value) if not isinstance(value, str) else value
-    return out
+def flatten(cfg: dict) -> dict[str, str]:
+    """{dotted key: value as text} of a config (strings as they are, the rest as JSON)."""
+    return {dotted: value if isinstance(value, str) else json.dumps(value)
+            for dotted, _, _, value in leaves(cfg)}
 
 
 def log_params(cfg: dict, run_id: str, extra: dict[str, Any] | None = None) -> None:
