@@ -206,10 +206,15 @@ FEDA2V: dict[str, Key] = {
     "generator_dp_delta": Key(1e-5, _float(0, 1, strict_lo=True), "The δ of that guarantee."),
     "generator_dp_max_grad_norm": Key(1.0, _float(0, strict_lo=True),
                                       "DP-SGD: per-sample gradient clipping norm."),
-    "generator_sampling": Key("calibrated", _choice("calibrated", "prior"),
-                              "Latent draws at sampling: scaled by a temperature each client "
-                              "calibrates so that its samples' density on its own training rows "
-                              "is 1 (calibrated), or the plain prior (the seed)."),
+    "generator_sampling": Key("auto", _choice("auto", "posterior", "calibrated", "prior"),
+                              "How each client draws its synthetic samples. posterior (VAE): "
+                              "latents from a Gaussian fitted per class to its training rows' "
+                              "codes, plus the decoder's residual noise scaled per class so that "
+                              "the samples' density on its training rows is 1; calibrated: prior "
+                              "draws scaled by such a per-class temperature; prior: the plain "
+                              "prior (the seed). auto: posterior for the VAE, calibrated for the "
+                              "GAN, prior under DP-SGD (the others read the training rows "
+                              "outside the guarantee)."),
     "generator_learning_rate": Key(1e-3, _float(0, strict_lo=True), "Generator AdamW lr."),
     "generator_training_rounds": Key(30, _int(1),
                                      "Run 1 rounds inside the end_to_end pipeline (Run 2 then "
@@ -301,6 +306,13 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
     if f["generator_dp_epsilon"] and f["generator_type"] != "vae":
         raise ConfigError("bad value for 'feda2v.generator_dp_epsilon': differentially private "
                           "training is implemented for the VAE (generator_type 'vae') only")
+    if f["generator_sampling"] == "posterior" and f["generator_type"] != "vae":
+        raise ConfigError("bad value for 'feda2v.generator_sampling': 'posterior' needs the "
+                          "VAE's encoder (generator_type 'vae'); use calibrated or prior")
+    if f["generator_dp_epsilon"] and f["generator_sampling"] in ("posterior", "calibrated"):
+        raise ConfigError(f"bad value for 'feda2v.generator_sampling': "
+                          f"'{f['generator_sampling']}' fits the sampling to the training rows, "
+                          "outside the guarantee of generator_dp_epsilon; use prior (or auto)")
     if f["run2_start"] == "run1" and pipeline_kind(cfg) == "run2":
         raise ConfigError("bad value for 'feda2v.run2_start': 'run1' needs Run 1 in the same run "
                           "(pipeline end_to_end), but this config runs Run 2 alone")

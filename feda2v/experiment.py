@@ -416,9 +416,11 @@ def _generator_line(label: str, by_seed: dict[int, list[dict]]) -> list[str]:
         return []
     dens = [e["density"] for e in entries]
     cov = [e["coverage"] for e in entries]
+    real = [e["density_real"] for e in entries if e.get("density_real") is not None]
     healthy = sum(1 for e in entries if e.get("flags") == [])
+    real_part = f" (training rows: {min(real):.2f}–{max(real):.2f})" if real else ""
     return [(f"generators ({label}, {len(entries)} client-runs) vs held-out rows: density "
-            f"{min(dens):.2f}–{max(dens):.2f}, coverage {min(cov):.2f}–{max(cov):.2f}, "
+            f"{min(dens):.2f}–{max(dens):.2f}{real_part}, coverage {min(cov):.2f}–{max(cov):.2f}, "
             f"healthy {healthy}/{len(entries)}")]
 
 

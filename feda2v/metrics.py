@@ -27,6 +27,9 @@ COSINE_HEALTH_THRESHOLD = 0.7
 MEMORISATION_THRESHOLD = 0.5  # below: samples sit twice as close to training rows as fresh data
 SPREAD_RANGE = (0.5, 2.0)     # outside: collapsed onto the class centre, or scattered
 CONSISTENCY_SHARE = 0.8       # below this share of the real rows' consistency: off-class samples
+# A class with fewer held-out rows than this is not judged (flags None): its spread and
+# consistency would rest on one or two rows. Its samples still count in "overall".
+MIN_JUDGED_HOLDOUT = 6
 
 # Diagonal offset for the covariance square root when it comes out non-finite or complex
 # (singular covariances, e.g. fewer samples than features); the value used by the FID code.
@@ -207,6 +210,8 @@ def class_consistency(x: torch.Tensor, labels: torch.Tensor, train: torch.Tensor
 
 def _flags(entry: dict) -> list[str] | None:
     """The verdicts of one entry; None when none of them could be computed."""
+    if entry["n_holdout"] < MIN_JUDGED_HOLDOUT:
+        return None
     judged = {}
     if entry["memorisation_ratio"] is not None:
         judged["memorised"] = entry["memorisation_ratio"] < MEMORISATION_THRESHOLD
@@ -242,6 +247,9 @@ def _class_entry(syn: torch.Tensor, real: torch.Tensor, holdout: torch.Tensor,
         "k": k_used if k_used >= 1 else None,
         "density": density,
         "coverage": coverage,
+        # The same measure for the training rows themselves: how far from 1 real data lands.
+        "density_real": (density_coverage(holdout, real, k=k_used)[0]
+                         if k_used >= 1 and n_real else None),
         "spread_ratio": spread_ratio(syn, holdout) if n_syn and n_hold >= 2 else None,
         "memorisation_ratio": (memorisation_ratio(syn, real, holdout)
                                if n_syn and n_real and n_hold else None),
@@ -260,10 +268,11 @@ def quality_report(synthetic: torch.Tensor, synthetic_labels: torch.Tensor | Seq
     the synthetic set lacks are left out everywhere). Each entry holds n_synthetic, n_real,
     n_holdout, cosine_to_real_mean (the seed's number, reported only), frechet (vs the holdout)
     and frechet_real_baseline (training rows vs the holdout), k, density and coverage (the
-    holdout as the reference set), spread_ratio, memorisation_ratio, class_consistency and
+    holdout as the reference set), density_real (the training rows' density on the holdout: the
+    figure real data reaches), spread_ratio, memorisation_ratio, class_consistency and
     class_consistency_real (the holdout's own), and `flags`: the verdicts among "memorised",
     "collapsed", "scattered", "off-class" (see the thresholds above; [] = healthy, None = too
-    few samples to judge).
+    few samples to judge, which includes a class with under MIN_JUDGED_HOLDOUT held-out rows).
 
     Small groups degrade instead of failing: density/coverage use k = min(k, n_holdout - 1)
     (reported under "k") and are None with fewer than 2 holdout samples; the Fréchet distances

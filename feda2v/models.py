@@ -75,10 +75,18 @@ class ConditionedVAE(nn.Module):
         x = flat * self.SCALE * self.data_std + self.data_mean
         return x.reshape(-1, self.seq_len, self.audio_dim)
 
+    def encode(self, x_norm: torch.Tensor, cond: torch.Tensor):
+        """x_norm: [B, S*D] normalised input -> the posterior's (mu, logvar), each [B, L]."""
+        h = self.encoder(torch.cat([x_norm, cond], dim=1))
+        return self.to_mu(h), self.to_logvar(h).clamp(-10, 10)
+
+    def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """z: [B, L] -> [B, S, D_audio] sequences in embedding units."""
+        return self.denormalise(self.decoder(torch.cat([z, cond], dim=1)))
+
     def forward(self, x_norm: torch.Tensor, cond: torch.Tensor):
         """x_norm: [B, S*D] normalised input -> (reconstruction, mu, logvar), all normalised."""
-        h = self.encoder(torch.cat([x_norm, cond], dim=1))
-        mu, logvar = self.to_mu(h), self.to_logvar(h).clamp(-10, 10)
+        mu, logvar = self.encode(x_norm, cond)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decoder(torch.cat([z, cond], dim=1)), mu, logvar
 
@@ -90,8 +98,7 @@ class ConditionedVAE(nn.Module):
         # Draw on the generator's own device (a CPU generator may serve a CUDA model).
         z = torch.randn(cond.shape[0], self.latent_dim, generator=generator,
                         device=generator.device if generator is not None else cond.device)
-        z = z.to(cond.device) * temperature
-        return self.denormalise(self.decoder(torch.cat([z, cond], dim=1)))
+        return self.decode(z.to(cond.device) * temperature, cond)
 
 
 def vae_schedule(epoch: int, epochs: int, beta_max: float = 0.01, w_start: float = 0.1,

@@ -40,10 +40,26 @@ def test_unknown_top_level_key_is_named():
     ({"data": {"test_fraction": 0.95}}, "data.test_fraction"),
     ({"data": {"prompt_template": "a photo"}}, "data.prompt_template"),
     ({"models": {"device": "tpu"}}, "models.device"),
+    ({"feda2v": {"generator_type": "gan", "generator_sampling": "posterior"}},
+     "feda2v.generator_sampling"),
+    ({"feda2v": {"generator_dp_epsilon": 4.0, "generator_sampling": "calibrated"}},
+     "feda2v.generator_sampling"),
 ])
 def test_bad_value_names_the_key(raw, key):
     with pytest.raises(ConfigError, match=f"bad value for '{key}'"):
         config_mod.validate(raw)
+
+
+def test_auto_sampling_fits_the_rows_only_where_nothing_forbids_it():
+    from feda2v.federated.generator import sampling_mode
+
+    def mode(**f):
+        return sampling_mode(config_mod.validate({"feda2v": f}))
+
+    assert mode() == "posterior"  # the VAE has an encoder
+    assert mode(generator_type="gan") == "calibrated"
+    assert mode(generator_dp_epsilon=4.0) == "prior"  # nothing outside the DP guarantee
+    assert mode(generator_sampling="prior") == "prior"
 
 
 def test_both_generator_types_are_accepted():

@@ -126,12 +126,13 @@ def test_final_accuracy_is_the_mean_of_the_last_rounds_and_lines_pair_the_seeds(
     assert lines == ["run2 - fedavg (classes, 2 seeds): +15.0 ± 7.1 pts"]
     assert "0.550 ± 0.071" in table and "0.700 ± 0.000" in table
     assert cells["classes"][0][0]["target"] == pytest.approx(0.9)  # 90 % of centralized
-    good = {"overall": {"density": 1.1, "coverage": 0.95, "flags": []}}
-    crowded = {"overall": {"density": 3.9, "coverage": 1.0, "flags": ["collapsed"]}}
+    good = {"overall": {"density": 1.1, "density_real": 1.05, "coverage": 0.95, "flags": []}}
+    crowded = {"overall": {"density": 3.9, "density_real": 0.9, "coverage": 1.0,
+                           "flags": ["collapsed"]}}
     cells["classes"][0][1]["quality"] = {"0": good, "1": crowded}
     _, lines = grid_table(cells, ["fedavg", "synthetic"])
     assert lines[1] == ("generators (classes, 2 client-runs) vs held-out rows: density "
-                        "1.10–3.90, coverage 0.95–1.00, healthy 1/2")
+                        "1.10–3.90 (training rows: 0.90–1.05), coverage 0.95–1.00, healthy 1/2")
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -126,36 +127,103 @@ def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, cl
     return average
 
 
+MIN_CALIBRATION_ROWS = 10  # below this, density on a class's rows is too noisy to steer by
+
+
+def sampling_mode(cfg: dict) -> str:
+    """generator_sampling with auto resolved (see its help in config.py)."""
+    f = cfg["feda2v"]
+    if f["generator_sampling"] != "auto":
+        return f["generator_sampling"]
+    if f["generator_dp_epsilon"]:
+        return "prior"  # anything fitted to the rows would sit outside the DP guarantee
+    return "calibrated" if f["generator_type"] == "gan" else "posterior"
+
+
+@dataclass
+class Posterior:
+    """Per class, a Gaussian fitted to the VAE's latent codes of the client's training rows (the
+    aggregate posterior), and the decoder's residual sd per dimension. A VAE trained with a
+    small KL weight leaves its codes far from N(0, I): prior draws then decode to the wrong
+    class or to the class centre, while draws from the codes' own Gaussian stay on the class
+    (ex-post density estimation, Ghosh et al. 2020). Decoders return means, which are smoother
+    than data; the residual noise, scaled per class, puts the spread back."""
+
+    mean: torch.Tensor   # [C, L]
+    chol: torch.Tensor   # [C, L, L], Cholesky factors of the covariances
+    noise: torch.Tensor  # [S, D], residual sd in embedding units
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, vae, conditions: torch.Tensor, rows: list[torch.Tensor]) -> Posterior:
+        dim = vae.latent_dim
+        eye = torch.eye(dim, device=conditions.device)
+        means, chols, residuals = [], [], []
+        for c, r in zip(conditions, rows):
+            mu, logvar = vae.encode(vae.normalise(r), c.expand(len(r), -1))
+            cov = torch.cov(mu.T) if len(r) > 1 else torch.zeros_like(eye)
+            # Few rows give a poor covariance: shrink it towards its diagonal.
+            shrink = min(1.0, dim / (4 * len(r)))
+            cov = (1 - shrink) * cov + shrink * torch.diag(cov.diagonal())
+            cov = cov + torch.diag(logvar.exp().mean(0)) + 1e-5 * eye
+            means.append(mu.mean(0))
+            chols.append(torch.linalg.cholesky(cov))
+            residuals.append((vae.decode(mu, c.expand(len(r), -1)) - r).flatten(1))
+        noise = torch.cat(residuals).pow(2).mean(0).sqrt().reshape(rows[0].shape[1:])
+        return cls(torch.stack(means), torch.stack(chols), noise)
+
+    def select(self, i: int) -> Posterior:
+        return Posterior(self.mean[i:i + 1], self.chol[i:i + 1], self.noise)
+
+    def sample(self, vae, i: int, cond: torch.Tensor, generator: torch.Generator,
+               noise_scale: float) -> torch.Tensor:
+        def randn(*shape):
+            return torch.randn(*shape, generator=generator, device=generator.device).to(cond.device)
+
+        z = self.mean[i] + randn(len(cond), self.mean.shape[1]) @ self.chol[i].T
+        with torch.no_grad():
+            x = vae.decode(z, cond)
+        return x + noise_scale * self.noise * randn(*x.shape)
+
+
 def sample_per_class(vae, conditions: torch.Tensor, per_class: int, seed: int,
-                     temperature: float | list[float] = 1.0) -> torch.Tensor:
+                     temperature: float | list[float] = 1.0,
+                     posterior: Posterior | None = None) -> torch.Tensor:
     """[C, D_clip] conditions -> [C, per_class, S, D] samples, each class from its own condition
-    (and its own temperature when a list is given)."""
+    (and its own temperature when a list is given). With a posterior, latents come from it and
+    the temperature scales the residual noise instead."""
     gen = torch.Generator().manual_seed(seed)
     temps = temperature if isinstance(temperature, list) else [temperature] * len(conditions)
-    return torch.stack([vae.sample(c.expand(per_class, -1), generator=gen, temperature=t)
-                        for c, t in zip(conditions, temps)])
+    out = []
+    for i, (c, t) in enumerate(zip(conditions, temps)):
+        cond = c.expand(per_class, -1)
+        out.append(vae.sample(cond, generator=gen, temperature=t) if posterior is None
+                   else posterior.sample(vae, i, cond, gen, t))
+    return torch.stack(out)
 
 
 def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor], seed: int,
-                          bounds: tuple[float, float] = (0.25, 8.0),
-                          steps: int = 12) -> list[tuple[float, float]]:
-    """Per class, the latent temperature at which the samples' density (Naeem et al.) on the
-    client's own training rows of that class is 1: samples then spread over the class as its
-    rows do, rather than crowding its centre (density > 1) or scattering (< 1). Density falls
-    as the temperature grows; a geometric bisection finds it. Returns (temperature, density)
-    per class (1.0 and NaN for a class with too few rows to measure). Uses only the client's
-    training rows; the held-out rows stay for the quality report."""
+                          bounds: tuple[float, float] = (0.25, 8.0), steps: int = 12,
+                          posterior: Posterior | None = None) -> list[tuple[float, float]]:
+    """Per class, the temperature at which the samples' density (Naeem et al.) on the client's
+    own training rows of that class is 1: samples then spread over the class as its rows do,
+    rather than crowding its centre (density > 1) or scattering (< 1). Density falls as the
+    temperature grows; a geometric bisection finds it. Returns (temperature, density) per class;
+    a class with fewer than MIN_CALIBRATION_ROWS rows takes the median temperature of the others
+    (1.0 when none), with density NaN. Uses only the client's training rows; the held-out rows
+    stay for the quality report."""
     from feda2v.metrics import density_coverage
 
-    out = []
-    for i, (c, r) in enumerate(zip(conditions, rows)):
-        if len(r) <= 2:
-            out.append((1.0, float("nan")))
+    out: list[tuple[float, float] | None] = []
+    for i, r in enumerate(rows):
+        if len(r) < MIN_CALIBRATION_ROWS:
+            out.append(None)
             continue
 
-        def density(t: float, c=c, r=r, i=i) -> float:
-            s = sample_per_class(vae, c[None], len(r), seed + i, t)[0].cpu()
-            return density_coverage(r.cpu(), s, k=min(5, len(r) - 1))[0]
+        def density(t: float, i=i, r=r) -> float:
+            one = posterior.select(i) if posterior is not None else None
+            s = sample_per_class(vae, conditions[i:i + 1], len(r), seed + i, t, one)[0].cpu()
+            return density_coverage(r.cpu(), s, k=5)[0]
 
         lo, hi = bounds
         for _ in range(steps):
@@ -163,7 +231,9 @@ def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor
             lo, hi = (mid, hi) if density(mid) > 1.0 else (lo, mid)
         t = (lo * hi) ** 0.5
         out.append((t, density(t)))
-    return out
+    found = sorted(t for t, _ in filter(None, out))
+    fallback = found[len(found) // 2] if found else 1.0
+    return [o or (fallback, float("nan")) for o in out]
 
 
 def checkpoint_dict(cfg: dict, vae, opt, client_id: int, round_num: int,
@@ -367,8 +437,8 @@ def load_for_sampling(cfg: dict, client_id: int, uri: str, x: torch.Tensor):
 
 
 def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str],
-               seed: int, temperature: float | list[float] = 1.0) -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
+               seed: int, temperature: float | list[float] = 1.0,
+               posterior: Posterior | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """synthetic_samples_per_class samples of each class of the checkpoint, each from the
     condition it was trained with: (x [C*K, S, D], y [C*K])."""
     k = cfg["feda2v"]["synthetic_samples_per_class"]
@@ -378,7 +448,7 @@ def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str
         raise ValueError(f"[Client {client_id}] checkpoint classes {unknown} are not in this "
                          "run's data.clients")
     conditions = ckpt["class_conditions"].to(next(vae.parameters()).device)
-    samples = sample_per_class(vae, conditions, k, seed, temperature).cpu()  # [C, K, S, D]
+    samples = sample_per_class(vae, conditions, k, seed, temperature, posterior).cpu()  # [C,K,S,D]
     log.info("[Client %d] Generated %d synthetic sample sets", client_id, len(names))
     for name, s in zip(names, samples):
         log.info("  - %s: synthetic samples %s", name, tuple(s.shape))
@@ -387,19 +457,26 @@ def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str
 
 
 def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed: int,
-            temperature: float | list[float] = 1.0) -> dict:
-    """Quality of the generator, measured as Naeem et al. do: with as many synthetic samples
-    per class as the client has real ones (coverage grows with the sample count, so the few
-    samples sent to the server would understate it). Measured on the client, against its
-    held-out rows (memorisation against its training rows): only the numbers leave it."""
+            temperature: float | list[float] = 1.0, posterior: Posterior | None = None) -> dict:
+    """Quality of the generator, measured as Naeem et al. do: against a real set from the same
+    distribution, so with as many samples of each class as the client has training rows of it
+    (the held-out rows keep the client's class mix; equal counts per class would crowd its rare
+    classes, and the few samples sent to the server would understate coverage). Measured on the
+    client, against its held-out rows (memorisation against its training rows): only the
+    numbers leave it."""
     from feda2v.metrics import quality_report
 
-    n = max(int(torch.bincount(data.train_y).max()), 2)
     ids = torch.tensor([class_names.index(c) for c in ckpt["class_names"]])
+    counts = torch.bincount(data.train_y.cpu(), minlength=len(class_names))[ids].clamp_min(1)
     conditions = ckpt["class_conditions"].to(next(vae.parameters()).device)
-    samples = sample_per_class(vae, conditions, n, seed + 1, temperature).cpu()
+    gen_seed = seed + 1
+    xs = []
+    for i, n in enumerate(counts.tolist()):
+        one = posterior.select(i) if posterior is not None else None
+        t = temperature[i] if isinstance(temperature, list) else temperature
+        xs.append(sample_per_class(vae, conditions[i:i + 1], n, gen_seed + i, t, one)[0].cpu())
     # The metrics run on the CPU (scipy's matrix square root).
-    report = quality_report(samples.reshape(-1, *samples.shape[2:]), ids.repeat_interleave(n),
+    report = quality_report(torch.cat(xs), ids.repeat_interleave(counts),
                             data.train_x.cpu(), data.train_y.cpu(), data.test_x.cpu(),
                             data.test_y.cpu(), class_names, seed=seed)
     o = report["overall"]
@@ -430,15 +507,22 @@ def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rou
         return {"client_id": client_id, "samples": 0}
     vae, ckpt, digest = loaded
     temperature: float | list[float] = 1.0
-    if cfg["feda2v"]["generator_sampling"] == "calibrated":
+    posterior = None
+    mode = sampling_mode(cfg)
+    if mode != "prior":
+        conditions = ckpt["class_conditions"].to(dev)
         rows = [data.train_x[data.train_y == class_names.index(n)] for n in ckpt["class_names"]]
-        found = calibrate_temperature(vae, ckpt["class_conditions"].to(data.train_x.device),
-                                      rows, round_seed(cfg["seed"], client_id, 0))
+        if mode == "posterior":
+            posterior = Posterior.fit(vae, conditions, rows)
+        found = calibrate_temperature(vae, conditions, rows, round_seed(cfg["seed"], client_id, 0),
+                                      posterior=posterior)
         temperature = [t for t, _ in found]
-        log.info("[Client %d] Sampling temperatures %s (density on its training rows %s)",
-                 client_id, ", ".join(f"{n} {t:.2f}" for n, (t, _) in
-                                      zip(ckpt["class_names"], found)),
+        log.info("[Client %d] Sampling %s; temperatures %s (density on its training rows %s)",
+                 client_id, "from the latent posterior of its training rows, noise scaled by "
+                 "temperature" if posterior else "the prior scaled by temperature",
+                 ", ".join(f"{n} {t:.2f}" for n, (t, _) in zip(ckpt["class_names"], found)),
                  ", ".join(f"{d:.2f}" for _, d in found))
+    meta["sampling"] = mode
     meta["sampling_temperature"] = temperature
     privacy = {}
     if ckpt.get("dp"):
@@ -451,12 +535,12 @@ def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rou
     xs = []
     for r in range(1, rounds + 1):
         x, y = synthesise(cfg, client_id, vae, ckpt, class_names,
-                          round_seed(cfg["seed"], client_id, r), temperature)
+                          round_seed(cfg["seed"], client_id, r), temperature, posterior)
         xs.append(x)
     report = {}
     if cfg["feda2v"]["quality_metrics"]:
         report = quality(vae, ckpt, data, class_names, client_id,
-                         round_seed(cfg["seed"], client_id, rounds), temperature)
+                         round_seed(cfg["seed"], client_id, rounds), temperature, posterior)
     if privacy:  # travels with the quality numbers: MLflow quality/node_{i}/dp_epsilon, report
         report.setdefault("overall", {}).update(privacy)
     del vae
