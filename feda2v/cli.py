@@ -205,6 +205,15 @@ def compile_pipeline(cfg: dict, kind: str, output: str, options, execution=None)
     return time.perf_counter() - start
 
 
+def _run_cfg(a) -> dict:
+    """The config file with the command line's --param and --register-model applied."""
+    cfg = _cfg(a.config)
+    assignments = list(a.param or [])
+    if getattr(a, "register_model", None):
+        assignments.append(f"mlflow_register_model={a.register_model}")
+    return config_mod.override(cfg, assignments) if assignments else cfg
+
+
 def _preflight_cluster(a, cfg: dict) -> None:
     """What can be seen from here is checked (with this machine's AWS_* settings); the rest is
     printed as notes, since the pods may see paths and hosts this machine cannot."""
@@ -220,7 +229,7 @@ def _preflight_cluster(a, cfg: dict) -> None:
 def cmd_compile(a) -> None:
     import pipelines
 
-    cfg = _cfg(a.config)
+    cfg = _run_cfg(a)
     _preflight_cluster(a, cfg)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
     execution = a.execution or cfg["execution"]
@@ -237,9 +246,12 @@ def cmd_submit(a) -> None:
 
     import kfp
 
-    cfg = _cfg(a.config)
+    from feda2v import submit
+
+    cfg = _run_cfg(a)
     _preflight_cluster(a, cfg)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
+    caching = {"on": True, "off": False}.get(a.caching)
     with tempfile.TemporaryDirectory() as tmp:
         package = os.path.join(tmp, "pipeline.yaml")
         compile_pipeline(cfg, kind, package, _cluster_options(a), a.execution)
@@ -247,16 +259,18 @@ def cmd_submit(a) -> None:
             client = kfp.Client(host=a.host, namespace=a.namespace or None)
         except Exception as e:  # noqa: BLE001 - kfp raises urllib3/ApiException types
             raise ValueError(f"cannot reach Kubeflow Pipelines at {a.host}: {e}") from None
-        run = client.create_run_from_pipeline_package(
-            package, arguments={}, experiment_name=a.experiment,
-            run_name=a.run_name or None, enable_caching=None)
-    print(f"Submitted {kind} to {a.host}: run {run.run_id} (experiment {a.experiment!r})")
+        version = a.version_name or (submit.version_name(package, _version())
+                                if a.pipeline_name else None)
+        run_id, what = submit.submit(client, package, experiment=a.experiment,
+                                     run_name=a.run_name, namespace=a.namespace or None,
+                                     caching=caching, pipeline_name=a.pipeline_name,
+                                     version=version)
+    print(f"Submitted {kind} ({what}) to {a.host}: run {run_id} (experiment {a.experiment!r}, "
+          f"caching {a.caching or 'as compiled'})")
     if a.watch:
-        detail = client.wait_for_run_completion(run.run_id, timeout=a.timeout)
-        state = getattr(detail, "state", None) or getattr(getattr(detail, "run", None),
-                                                          "status", "unknown")
-        print(f"Run {run.run_id} finished: {state}")
-        if str(state).upper() not in ("SUCCEEDED", "SUCCESS"):
+        state = submit.watch(client, run_id, a.timeout, a.poll)
+        print(f"Run {run_id} finished: {state}")
+        if state != "SUCCEEDED":
             sys.exit(1)
 
 
@@ -264,7 +278,7 @@ def cmd_experiment(a) -> None:
     from feda2v.experiment import VARIANTS, parse_partitions, run_experiment, run_grid
     from feda2v.local_run import resolve_local_paths
 
-    cfg = resolve_local_paths(_cfg(a.config))
+    cfg = resolve_local_paths(_run_cfg(a))
     variants = a.variants.split(",") if a.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -312,13 +326,25 @@ def tracking_uri_text(cfg: dict) -> str:
 def cmd_run(a) -> None:
     from feda2v.local_run import run_locally
 
-    cfg = _cfg(a.config)
+    cfg = _run_cfg(a)
     sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,
                          a.execution, prefork=not a.no_prefork, runner=a.runner,
                          image=a.image or ""))
 
 
 # --- parser ------------------------------------------------------------------------------------
+
+def _override_args(p, register: bool = True) -> None:
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="override a config key for this command, repeatable; a section's key "
+                        "dotted (feda2v.generator_type=gan); VALUE is JSON when it parses "
+                        "(5, true, [1,2]), else a string. Keys the pipeline has as run-time "
+                        "parameters (global_rounds, ...) become their defaults")
+    if register:
+        p.add_argument("--register-model", metavar="NAME",
+                       help="register the final global adapter in the MLflow model registry "
+                            "under NAME (same as --param mlflow_register_model=NAME)")
+
 
 def _execution_arg(p) -> None:
     p.add_argument("--execution", choices=["phase", "round"],
@@ -411,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to run (default: the config's `pipeline` key)")
+    _override_args(p)
     p.add_argument("--pipeline-root", help="where kfp.local keeps task artifacts (default: "
                                            "storage_root/kfp-local)")
     _execution_arg(p)
@@ -440,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilons", help="comma-separated ε, e.g. 1,4,8,inf: the synthetic variant "
                    "again with DP-SGD generators at each finite ε; the report plots accuracy "
                    "against ε (inf = without DP)")
+    _override_args(p, register=False)
 
     p = add("compile", cmd_compile, "Compile the pipeline to a KFP YAML for the UI or "
                                     "`kfp run create`.")
@@ -447,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="pipeline YAML to write")
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to compile (default: the config's `pipeline` key)")
+    _override_args(p)
     _execution_arg(p)
     _cluster_args(p)
 
@@ -460,9 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to submit (default: the config's `pipeline` key)")
+    _override_args(p)
     _execution_arg(p)
-    p.add_argument("--watch", action="store_true", help="wait for the run and exit non-zero "
-                                                        "unless it succeeds")
+    p.add_argument("--pipeline-name", help="upload the package as a new version of this "
+                   "pipeline (created on first use) and run that version; default: a one-off "
+                   "package run")
+    p.add_argument("--version-name", help="the version's name (default: feda2v version, UTC "
+                                          "time, the YAML's sha256 prefix)")
+    p.add_argument("--caching", choices=["on", "off"],
+                   help="KFP step caching for this run (default: as compiled, i.e. on)")
+    p.add_argument("--watch", action="store_true", help="follow the run, printing each task's "
+                   "state changes, and exit non-zero unless it succeeds")
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between --watch polls "
+                                                           "(default 10)")
     p.add_argument("--timeout", type=int, default=24 * 3600, help="seconds --watch waits "
                                                                    "(default: 1 day)")
     _cluster_args(p)

@@ -124,6 +124,10 @@ TOP_LEVEL: dict[str, Key] = {
     "mlflow_tracking_uri": Key("", _str,
                                "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else SQLite "
                                "file mlflow.db under a local storage_root."),
+    "mlflow_register_model": Key("", _str,
+                                 "Register the final global adapter in the MLflow model "
+                                 "registry under this name (a new version per run); empty = "
+                                 "log the model without registering it."),
 }
 
 DATA: dict[str, Key] = {
@@ -334,6 +338,27 @@ def load(path: str | Path) -> dict[str, Any]:
         return validate(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def override(cfg: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """`cfg` with KEY=VALUE assignments applied (a section's key dotted:
+    feda2v.generator_type=gan), then validated. VALUE is read as JSON when it parses (5, 0.01,
+    true, [1, 2]), else taken as a string."""
+    out = copy.deepcopy(cfg)
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE, e.g. global_rounds=5")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        section, _, name = key.rpartition(".")
+        if section and section not in SECTIONS:
+            raise ConfigError(f"--param {item!r}: unknown config section {section!r} (expected "
+                              f"one of {sorted(SECTIONS)})")
+        (out.setdefault(section, {}) if section else out)[name] = value
+    return validate(out)
 
 
 def loads(text: str) -> dict[str, Any]:

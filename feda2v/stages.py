@@ -432,6 +432,18 @@ def log_generator_losses(cfg: dict, run: str, run_id: str, first: int = 1) -> No
         tracking.log_metrics(cfg, run_id, metrics, step)
 
 
+def _log_generators(cfg: dict, run_id: str, tmp: str) -> None:
+    """Each client's latest generator checkpoint, as MLflow artifacts under generators/."""
+    from feda2v.federated.generator import checkpoint_uri
+
+    for i in range(config_mod.num_clients(cfg)):
+        uri = checkpoint_uri(checkpoint_dir(cfg), i)
+        if storage.exists(uri):
+            local = os.path.join(tmp, os.path.basename(uri))
+            storage.write_bytes(local, storage.read_bytes(uri))
+            tracking.log_artifact(cfg, run_id, local, "generators")
+
+
 def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: str,
                     report_path: str, error: str = "") -> str:
     """The pipeline's exit handler: generator losses, results table (Markdown), final adapter
@@ -458,6 +470,16 @@ def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: s
             adapter_file = os.path.join(tmp, "global_adapter.safetensors")
             storage.write_bytes(adapter_file, storage.read_bytes(adapter))
             tracking.log_artifact(cfg, run_id, adapter_file, "model")
+            targets_file = ""
+            if storage.exists(targets_uri(cfg, run_key)):  # phase execution keeps them there
+                targets_file = os.path.join(tmp, "class_targets.safetensors")
+                storage.write_bytes(targets_file, storage.read_bytes(targets_uri(cfg, run_key)))
+            model_uri = tracking.log_adapter_model(cfg, run_id, adapter_file, targets_file)
+            log.info("[Server] Global adapter logged as MLflow model %s%s", model_uri,
+                     f", registered as {cfg['mlflow_register_model']!r}"
+                     if cfg["mlflow_register_model"] else "")
+        if "run1" in dict(plan):
+            _log_generators(cfg, run_id, tmp)
         report_file = os.path.join(tmp, "results.md")
         storage.write_bytes(report_file, text.encode())
         tracking.log_artifact(cfg, run_id, report_file, "report")

@@ -44,7 +44,7 @@ def _history(client, run_id, key):
 
 
 @pytest.mark.slow
-def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
+def test_run1_then_run2_under_kfp_local(make_config, tmp_path, monkeypatch):
     # The seed's two separate runs: Run 2 starts from the initial adapter, so its 2 rounds learn
     # through the server's whole training step (the seed's mix of 1).
     cfg = make_config(feda2v={"generator_save_every": 2, "generator_training_mode": True,
@@ -88,6 +88,15 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path):
     assert any(k.startswith("quality/node_1/") for k in run2.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
     assert {"model", "report"} <= artifacts
+    generators = {a.path for a in client.list_artifacts(run1.info.run_id, "generators")}
+    assert generators == {"generators/client_0_generator.pt", "generators/client_1_generator.pt"}
+    import mlflow
+
+    logged = {m.source_run_id: m for m in client.search_logged_models([run2.info.experiment_id])}
+    assert set(logged) == {run1.info.run_id, run2.info.run_id}  # each run's global adapter
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # for models:/ URIs
+    info = mlflow.models.get_model_info(f"models:/{logged[run2.info.run_id].model_id}")
+    assert info.signature is not None and info.saved_input_example_info is not None
 
 
 def _final_adapter(root, key, phase, rounds):

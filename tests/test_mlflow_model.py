@@ -1,0 +1,68 @@
+"""The global adapter as an MLflow model: signature, input example, registry, and a load that
+gives what the adapter itself gives."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from feda2v import config as config_mod
+from feda2v import tracking
+from feda2v.models import Adapter
+
+
+def _adapter_file(tmp_path, hidden=(32,), heads=4):
+    torch.manual_seed(0)
+    adapter = Adapter(12, 16, hidden, heads).eval()
+    path = str(tmp_path / "global_adapter.safetensors")
+    save_file(adapter.state_dict(), path)
+    return adapter, path
+
+
+def _cfg(tmp_path, **top):
+    return config_mod.validate({"storage_root": str(tmp_path / "store"),
+                                "feda2v": {"adapter_hidden_dims": [32], "adapter_heads": 4},
+                                **top})
+
+
+def test_the_logged_model_has_a_signature_an_example_and_predicts_as_the_adapter(tmp_path,
+                                                                                monkeypatch):
+    import mlflow
+
+    cfg = _cfg(tmp_path, mlflow_register_model="feda2v-adapter")
+    adapter, path = _adapter_file(tmp_path)
+    run_id = tracking.create_run(cfg, "model")
+    uri = tracking.log_adapter_model(cfg, run_id, path)
+    uri_again = tracking.log_adapter_model(cfg, run_id, path)  # a second run, a new version
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model leaves no trace
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))  # undone after
+    info = mlflow.models.get_model_info(uri)
+    assert tuple(info.signature.inputs.inputs[0].shape) == (-1, -1, 12)  # any sequence length
+    assert tuple(info.signature.outputs.inputs[0].shape) == (-1, 16)
+    assert info.saved_input_example_info is not None
+    assert "python_model.pkl" not in os.listdir(mlflow.artifacts.download_artifacts(uri))
+
+    x = torch.randn(3, 7, 12)  # any sequence length
+    got = mlflow.pyfunc.load_model(uri).predict(x.numpy())
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(got), adapter(x), atol=1e-6)
+    store = tracking.tracking_uri(cfg)
+    versions = mlflow.MlflowClient(store, store).search_model_versions("name='feda2v-adapter'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert uri != uri_again
+    with pytest.raises(Exception, match=r"does not match expected shape \(-1, -1, 12\)"):  # the signature
+        mlflow.pyfunc.load_model(uri).predict(x[0].numpy())
+
+
+def test_without_a_name_nothing_is_registered(tmp_path):
+    import mlflow
+
+    cfg = _cfg(tmp_path)
+    _, path = _adapter_file(tmp_path)
+    tracking.log_adapter_model(cfg, tracking.create_run(cfg, "model"), path)
+    uri = tracking.tracking_uri(cfg)
+    assert uri.startswith("sqlite:///" + str(tmp_path))  # the last test's store is not kept
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.MlflowClient(uri, uri).search_registered_models() == []
