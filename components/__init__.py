@@ -6,7 +6,7 @@ container image (FEDA2V_IMAGE, read at import) has the `feda2v` package and kfp 
 no package is pip-installed at task start.
 """
 
-from components.ablations import ablation_report, ablation_variant
+from components.ablations import ablation_finish, ablation_parent, ablation_report, ablation_variant
 from components.extract import extract
 from components.federated_phase import federated_phase
 from components.finish import finish_run
@@ -14,6 +14,8 @@ from components.generator import generate, train_generator
 from components.rounds import class_targets, client_round, init_adapter, server_round
 
 __all__ = [
+           "ablation_finish",
+           "ablation_parent",
            "ablation_report",
            "ablation_variant",
            "class_targets",

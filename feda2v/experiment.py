@@ -257,8 +257,27 @@ def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> s
 
 # --- KFP task entry points (the ablations pipeline fans variants out, one task each) ----------
 
-def run_variant_task(config_json: str, variant: str, targets_path: str, parent_run_id: str) -> dict:
+def parent_task(config_json: str, mlflow_run_id: str, run_key: str) -> str:
     cfg = config_mod.loads(config_json)
+    run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
+    log.info("Ablations nest under MLflow run %s", run_id)
+    return run_id
+
+
+def finish_task(config_json: str, mlflow_run_id: str, run_key: str, state: str) -> str:
+    cfg = config_mod.loads(config_json)
+    run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
+    status = tracking.final_status(state)
+    tracking.end_run(cfg, run_id, status)
+    log.info("Ablations %s: MLflow run %s %s", state.lower(), run_id, status)
+    return status
+
+
+def run_variant_task(config_json: str, variant: str, targets_path: str, mlflow_run_id: str,
+                     run_key: str) -> dict:
+    cfg = config_mod.loads(config_json)
+    # The parent task made (or claimed) it; looked up by the KFP job id, so a retry finds it.
+    parent_run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
     run_id = tracking.create_run(cfg, f"ablation/{variant}", parent_run_id=parent_run_id)
     tracking.log_params(cfg, run_id, {"feda2v.variant": variant})
     root = storage.join(cfg["storage_root"], "experiments", "pipeline", run_id)
@@ -271,18 +290,20 @@ def run_variant_task(config_json: str, variant: str, targets_path: str, parent_r
     return dict(result, run_id=run_id)
 
 
-def report_task(config_json: str, results_json: list[str], parent_run_id: str,
+def report_task(config_json: str, results_json: list[str], mlflow_run_id: str, run_key: str,
                 html_path: str) -> str:
     import shutil
     import tempfile
 
     cfg = config_mod.loads(config_json)
+    parent_run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
     results = sorted((json.loads(r) for r in results_json),
                      key=lambda r: VARIANTS.index(r["variant"]))
     table = results_table(results)
     with tempfile.TemporaryDirectory() as tmp:
         html = write_report(cfg, results, tmp, parent_run_id)
         shutil.copyfile(html, html_path)
+    tracking.log_text(cfg, parent_run_id, table + "\n", "report/results.txt")
     log.info("Ablations (same data, seed %d):\n%s", cfg["seed"], table)
     return table
 

@@ -483,8 +483,7 @@ def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: s
         report_file = os.path.join(tmp, "results.md")
         storage.write_bytes(report_file, text.encode())
         tracking.log_artifact(cfg, run_id, report_file, "report")
-    status = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(
-        state.upper(), "FAILED")
+    status = tracking.final_status(state)
     tracking.end_run(cfg, run_id, status)
     log.info("[Server] Pipeline %s: results of %d rounds written to %s; MLflow run %s %s",
              state.lower(), len(rows), report_path, run_id, status)

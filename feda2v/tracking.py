@@ -168,6 +168,12 @@ def ensure_run(cfg: dict, run_id: str, run_key: str, phases: str) -> str:
     return run_id
 
 
+def final_status(kfp_state: str) -> str:
+    """The MLflow status for a KFP pipeline state: FINISHED, KILLED or FAILED."""
+    return {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(
+        kfp_state.upper(), "FAILED")
+
+
 def end_run(cfg: dict, run_id: str, status: str) -> None:
     """End the run unless something else already ended it (a KILLED stays KILLED)."""
     client = _client(tracking_uri(cfg))

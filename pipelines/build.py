@@ -128,23 +128,29 @@ def build_ablations(cfg: dict, options: ClusterOptions):
     default_json = json.dumps(cfg, sort_keys=True)
     compiled = runtime.compiled_values(cfg)
 
-    def pipeline(config_json: str = default_json, mlflow_run_id: str = "") -> dsl.HTML:
-        targets = t(c.class_targets(config_json=config_json, compiled=compiled), cache=True)
-        with dsl.ParallelFor(clients, name="clients") as i:
-            extracted = t(c.extract(config_json=config_json, compiled=compiled,
-                                    client_ids=clients, client_id=i), cache=True)
-        ready = t(c.init_adapter(config_json=config_json, compiled=compiled,
-                                 client_data_uris=dsl.Collected(extracted.output),
-                                 targets=targets.outputs["targets"]))
-        with dsl.ParallelFor(list(VARIANTS), name="variants") as variant:
-            result = t(c.ablation_variant(config_json=config_json, variant=variant,
-                                          targets=targets.outputs["targets"],
-                                          parent_run_id=mlflow_run_id))
-            result.after(ready)
-        report = t(c.ablation_report(config_json=config_json,
-                                     results=dsl.Collected(result.output),
-                                     parent_run_id=mlflow_run_id))
-        return report.outputs["report"]
+    # No pipeline output: KFP allows none from inside an ExitHandler; the report task's HTML
+    # artifact is in the UI, and in the parent MLflow run.
+    def pipeline(config_json: str = default_json, mlflow_run_id: str = ""):
+        keyed = {"config_json": config_json, "mlflow_run_id": mlflow_run_id,
+                 "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+        done = t(c.ablation_finish(**keyed))
+        with dsl.ExitHandler(done, name="feda2v-ablations"):
+            # One parent run, whatever mlflow_run_id is: every variant nests under it.
+            parent = t(c.ablation_parent(**keyed))
+            targets = t(c.class_targets(config_json=config_json, compiled=compiled), cache=True)
+            with dsl.ParallelFor(clients, name="clients") as i:
+                extracted = t(c.extract(config_json=config_json, compiled=compiled,
+                                        client_ids=clients, client_id=i), cache=True)
+            ready = t(c.init_adapter(config_json=config_json, compiled=compiled,
+                                     client_data_uris=dsl.Collected(extracted.output),
+                                     targets=targets.outputs["targets"]))
+            with dsl.ParallelFor(list(VARIANTS), name="variants") as variant:
+                result = t(c.ablation_variant(config_json=config_json, variant=variant,
+                                              targets=targets.outputs["targets"],
+                                              mlflow_run_id=mlflow_run_id,
+                                              run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER))
+                result.after(ready, parent)  # the parent exists before four tasks look it up
+            t(c.ablation_report(results=dsl.Collected(result.output), **keyed))
 
     # The docstring becomes the parameter help of the KFP UI's run form.
     pipeline.__doc__ = "FedA2V ablations on the same data and seed.\n" + PARAMS_DOC.format(

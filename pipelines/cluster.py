@@ -17,8 +17,8 @@ GPU_TASKS = ("extract", "federated-phase", "train-generator", "generate", "clien
 MODEL_TASKS = ("class-targets",)
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Only for the tasks that write to MLflow, and only used by servers with authentication.
-MLFLOW_TASKS = ("federated-phase", "server-round", "finish-run", "ablation-variant",
-                "ablation-report")
+MLFLOW_TASKS = ("federated-phase", "server-round", "finish-run", "ablation-parent",
+                "ablation-finish", "ablation-variant", "ablation-report")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 

@@ -270,18 +270,30 @@ def test_run_with_an_s3_storage_root(make_config, tmp_path, s3_env):  # noqa: F8
 
 
 @pytest.mark.slow
-def test_ablations_pipeline_under_kfp_local(make_config, tmp_path):
+def test_ablations_pipeline_nests_under_one_parent_with_an_empty_run_id(make_config, tmp_path):
+    """As on a cluster, where the run form's mlflow_run_id is empty: the pipeline makes its own
+    parent run (named by the KFP job), nests the four variants under it, logs the report and the
+    table there, and its exit handler ends it."""
+    from kfp import local
+
+    import pipelines
+
     cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 1,
                                                "generator_training_mode": True})
-    out = _run(_write(cfg, tmp_path), "ablations", tmp_path)
-    for variant in ("fedavg", "synthetic", "synthetic_only", "centralized"):
-        assert f"\n{variant} " in out
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "kfp"), raise_on_error=True)
+    pipelines.build(cfg, "ablations", pipelines.ClusterOptions.local())(mlflow_run_id="")
     client, runs = _runs(cfg)
-    parent = runs[0]  # created first, by `feda2v run`
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert sorted(r.info.run_name for r in children) == sorted(
+        f"ablation/{v}" for v in ("fedavg", "synthetic", "synthetic_only", "centralized"))
+    assert all(r.info.status == "FINISHED" for r in children + [parent])
+    assert parent.data.tags["kfp.run_id"]  # found again by its job id on a retry
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
-        "report/report.html"}
+        "report/report.html", "report/results.txt"}
 
 
 @pytest.mark.slow
