@@ -128,6 +128,7 @@ def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, cl
 
 
 MIN_CALIBRATION_ROWS = 10  # below this, density on a class's rows is too noisy to steer by
+CROSS_SPLITS = 3  # random halvings of a class's rows when the posterior's fit is crossed
 
 
 def sampling_mode(cfg: dict) -> str:
@@ -156,21 +157,17 @@ class Posterior:
     @classmethod
     @torch.no_grad()
     def fit(cls, vae, conditions: torch.Tensor, rows: list[torch.Tensor]) -> Posterior:
-        dim = vae.latent_dim
-        eye = torch.eye(dim, device=conditions.device)
-        means, chols, residuals = [], [], []
-        for c, r in zip(conditions, rows):
-            mu, logvar = vae.encode(vae.normalise(r), c.expand(len(r), -1))
-            cov = torch.cov(mu.T) if len(r) > 1 else torch.zeros_like(eye)
-            # Few rows give a poor covariance: shrink it towards its diagonal.
-            shrink = min(1.0, dim / (4 * len(r)))
-            cov = (1 - shrink) * cov + shrink * torch.diag(cov.diagonal())
-            cov = cov + torch.diag(logvar.exp().mean(0)) + 1e-5 * eye
-            means.append(mu.mean(0))
-            chols.append(torch.linalg.cholesky(cov))
-            residuals.append((vae.decode(mu, c.expand(len(r), -1)) - r).flatten(1))
+        fits = [_latent_gaussian(vae, c, r) for c, r in zip(conditions, rows)]
+        residuals = [(vae.decode(mu, c.expand(len(r), -1)) - r).flatten(1)
+                     for c, r, (_, _, mu) in zip(conditions, rows, fits)]
         noise = torch.cat(residuals).pow(2).mean(0).sqrt().reshape(rows[0].shape[1:])
-        return cls(torch.stack(means), torch.stack(chols), noise)
+        return cls(torch.stack([m for m, _, _ in fits]), torch.stack([ch for _, ch, _ in fits]),
+                   noise)
+
+    def refit(self, vae, condition: torch.Tensor, rows: torch.Tensor) -> Posterior:
+        """One class's latent Gaussian fitted to `rows` alone, with this residual noise."""
+        mean, chol, _ = _latent_gaussian(vae, condition, rows)
+        return Posterior(mean[None], chol[None], self.noise)
 
     def select(self, i: int) -> Posterior:
         return Posterior(self.mean[i:i + 1], self.chol[i:i + 1], self.noise)
@@ -184,6 +181,21 @@ class Posterior:
         with torch.no_grad():
             x = vae.decode(z, cond)
         return x + noise_scale * self.noise * randn(*x.shape)
+
+
+@torch.no_grad()
+def _latent_gaussian(vae, condition: torch.Tensor, rows: torch.Tensor):
+    """(mean [L], Cholesky factor [L, L], codes [N, L]) of the Gaussian over the codes of
+    `rows`: their covariance, shrunk towards its diagonal when the rows are few, plus their
+    mean posterior variance."""
+    dim = vae.latent_dim
+    eye = torch.eye(dim, device=condition.device)
+    mu, logvar = vae.encode(vae.normalise(rows), condition.expand(len(rows), -1))
+    cov = torch.cov(mu.T) if len(rows) > 1 else torch.zeros_like(eye)
+    shrink = min(1.0, dim / (4 * len(rows)))
+    cov = (1 - shrink) * cov + shrink * torch.diag(cov.diagonal())
+    cov = cov + torch.diag(logvar.exp().mean(0)) + 1e-5 * eye
+    return mu.mean(0), torch.linalg.cholesky(cov), mu
 
 
 def sample_per_class(vae, conditions: torch.Tensor, per_class: int, seed: int,
@@ -208,31 +220,60 @@ def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor
     """Per class, the temperature at which the samples' density (Naeem et al.) on the client's
     own training rows of that class is 1: samples then spread over the class as its rows do,
     rather than crowding its centre (density > 1) or scattering (< 1). Density falls as the
-    temperature grows; a geometric bisection finds it. Returns (temperature, density) per class;
-    a class with fewer than MIN_CALIBRATION_ROWS rows takes the median temperature of the others
-    (1.0 when none), with density NaN. Uses only the client's training rows; the held-out rows
-    stay for the quality report."""
+    temperature grows; a geometric bisection finds it.
+
+    With a posterior the fit is crossed: the class's rows are halved (CROSS_SPLITS times, at
+    random), the latent Gaussian fitted on one half and the density measured on the other, both
+    ways; the temperature is where the mean density over these folds is 1. Measured on the rows
+    it was fitted to, a density of 1 would be well above 1 on unseen rows.
+
+    Returns (temperature, density) per class; a class with too few rows (MIN_CALIBRATION_ROWS,
+    twice that when crossed) takes the median temperature of the others (1.0 when none), with
+    density NaN. Uses only the client's training rows; the held-out rows stay for the quality
+    report."""
     from feda2v.metrics import density_coverage
 
-    out: list[tuple[float, float] | None] = []
-    for i, r in enumerate(rows):
-        if len(r) < MIN_CALIBRATION_ROWS:
-            out.append(None)
-            continue
-
-        def density(t: float, i=i, r=r) -> float:
-            one = posterior.select(i) if posterior is not None else None
-            s = sample_per_class(vae, conditions[i:i + 1], len(r), seed + i, t, one)[0].cpu()
-            return density_coverage(r.cpu(), s, k=5)[0]
-
+    def bisect(density) -> float:
         lo, hi = bounds
         for _ in range(steps):
             mid = (lo * hi) ** 0.5
             lo, hi = (mid, hi) if density(mid) > 1.0 else (lo, mid)
-        t = (lo * hi) ** 0.5
+        return (lo * hi) ** 0.5
+
+    out: list[tuple[float, float] | None] = []
+    for i, r in enumerate(rows):
+        cond = conditions[i:i + 1]
+        if posterior is None:
+            if len(r) < MIN_CALIBRATION_ROWS:
+                out.append(None)
+                continue
+
+            def density(t: float, i=i, r=r, cond=cond) -> float:
+                s = sample_per_class(vae, cond, len(r), seed + i, t)[0].cpu()
+                return density_coverage(r.cpu(), s, k=5)[0]
+
+            t = bisect(density)
+            out.append((t, density(t)))
+            continue
+        if len(r) < 2 * MIN_CALIBRATION_ROWS:
+            out.append(None)
+            continue
+        folds = []
+        for split in range(CROSS_SPLITS):
+            gen = torch.Generator().manual_seed(seed + 1000 * split + i)
+            perm = torch.randperm(len(r), generator=gen)
+            halves = (r[perm[: len(r) // 2]], r[perm[len(r) // 2:]])
+            folds += [(posterior.refit(vae, conditions[i], a), b) for a, b in (halves, halves[::-1])]
+
+        def density(t: float, i=i, folds=folds, cond=cond) -> float:
+            return sum(density_coverage(b.cpu(), sample_per_class(
+                vae, cond, len(b), seed + i + 7 * k, t, one)[0].cpu(), k=5)[0]
+                       for k, (one, b) in enumerate(folds)) / len(folds)
+
+        t = bisect(density)
         out.append((t, density(t)))
-    found = sorted(t for t, _ in filter(None, out))
-    fallback = found[len(found) // 2] if found else 1.0
+    done = sorted(t for t, _ in filter(None, out))
+    fallback = done[len(done) // 2] if done else 1.0
     return [o or (fallback, float("nan")) for o in out]
 
 
