@@ -269,16 +269,21 @@ def _unknown(key: str, known: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{where}{key}'{tip}")
 
 
-def _validate_section(raw: Any, spec: dict[str, Key], where: str) -> dict[str, Any]:
+def _validate_section(raw: Any, spec: dict[str, Key], where: str,
+                      errors: list[str]) -> dict[str, Any]:
+    """The section with defaults filled in; each bad key's message is added to `errors`."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"'{where.rstrip('.')}' must be a JSON object, got {type(raw).__name__}")
+        errors.append(f"'{where.rstrip('.')}' must be a JSON object, got {type(raw).__name__}")
+        raw = {}
     out = {}
     for key, value in raw.items():
         if key not in spec:
-            raise _unknown(key, list(spec), where)
+            errors.append(str(_unknown(key, list(spec), where)))
+            continue
         error = spec[key].check(value)
         if error:
-            raise ConfigError(f"bad value for '{where}{key}': {error}")
+            errors.append(f"bad value for '{where}{key}': {error}")
+            continue
         out[key] = value
     for key, k in spec.items():
         out.setdefault(key, copy.deepcopy(k.default))
@@ -286,13 +291,20 @@ def _validate_section(raw: Any, spec: dict[str, Key], where: str) -> dict[str, A
 
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
-    """Return the resolved config (defaults filled in) or raise ConfigError naming the key."""
+    """Return the resolved config (defaults filled in) or raise ConfigError naming every bad
+    key at once (one per line after the first); cross-key checks run on a config whose keys
+    are each valid."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(raw).__name__}")
+    errors: list[str] = []
     top = {k: v for k, v in raw.items() if k not in SECTIONS}
-    cfg = _validate_section(top, TOP_LEVEL, "")
+    cfg = _validate_section(top, TOP_LEVEL, "", errors)
     for name, spec in SECTIONS.items():
-        cfg[name] = _validate_section(raw.get(name, {}), spec, f"{name}.")
+        cfg[name] = _validate_section(raw.get(name, {}), spec, f"{name}.", errors)
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    if errors:
+        raise ConfigError(f"{len(errors)} bad keys:\n  - " + "\n  - ".join(errors))
     _check_cross_keys(cfg)
     return cfg
 

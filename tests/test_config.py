@@ -62,6 +62,20 @@ def test_auto_sampling_fits_the_rows_only_where_nothing_forbids_it():
     assert mode(generator_sampling="prior") == "prior"
 
 
+def test_every_bad_key_is_named_at_once(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"global_rounds": 0, "batch_sise": 8, "feda2v": {"generator_type": "x", '
+                    '"generator_tipe": "gan"}, "data": {"test_fraction": 2}}')
+    with pytest.raises(ConfigError) as e:
+        config_mod.load(path)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{path}: 5 bad keys:"
+    assert [line.split("'")[1] for line in lines[1:]] == [
+        "global_rounds", "batch_sise", "data.test_fraction", "feda2v.generator_type",
+        "feda2v.generator_tipe"]
+    assert "did you mean 'batch_size'" in lines[2]
+
+
 def test_both_generator_types_are_accepted():
     assert config_mod.validate({"feda2v": {"generator_type": "gan"}})["feda2v"]["generator_type"] == "gan"
 
