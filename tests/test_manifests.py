@@ -30,7 +30,8 @@ MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 K8S_VERSION = "1.30"  # the oldest Kubernetes the manifests claim (manifests/README.md)
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(MANIFESTS))
                         for p in MANIFESTS.rglob("kustomization.yaml"))
-DEPLOYABLE = ["base", "kfp-launcher", "overlays/local-seaweedfs"]  # what the README applies
+DEPLOYABLE = ["base", "kfp-launcher", "overlays/local-seaweedfs",
+              "overlays/mlflow-auth"]  # what the README applies
 SECRET_TEMPLATES = sorted(MANIFESTS.rglob("secret-*.example.yaml"))
 PLACEHOLDER = "REPLACE_ME"
 # Keys the pipeline tasks read from the ConfigMap and the Secret (pipelines/cluster.py).
@@ -66,16 +67,29 @@ def object_id(obj: dict) -> tuple:
     return obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"]
 
 
+# The strategic-merge keys of the list fields the patches touch (from the Kubernetes API's
+# patchMergeKey); any other list (command, args) is replaced whole, as kustomize does.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath"}
+
+
 def merge_patch(target: dict, patch: dict) -> None:
-    """Strategic merge restricted to maps: nested maps merge, scalars replace, null deletes.
-    Lists would need the per-field merge keys of the real thing, so they are refused."""
+    """Strategic merge: nested maps merge, scalars replace, null deletes; lists of the fields in
+    MERGE_KEYS merge item by item on their key, other lists replace."""
     for key, value in patch.items():
         if value is None:
             target.pop(key, None)
         elif isinstance(value, dict) and isinstance(target.get(key), dict):
             merge_patch(target[key], value)
-        elif isinstance(value, list):
-            raise UnsupportedKustomization(f"list in a patch ({key}): extend render() first")
+        elif isinstance(value, list) and key in MERGE_KEYS and isinstance(target.get(key), list):
+            by_key = {item[MERGE_KEYS[key]]: item for item in target[key]}
+            added = []  # kustomize puts the patch's new items first, in the patch's order
+            for item in value:
+                if item[MERGE_KEYS[key]] in by_key:
+                    merge_patch(by_key[item[MERGE_KEYS[key]]], item)
+                else:
+                    added.append(copy.deepcopy(item))
+            target[key] = added + target[key]
         else:
             target[key] = copy.deepcopy(value)
 
@@ -205,6 +219,15 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path):
         render(tmp_path)
 
 
+def test_renderer_merges_named_lists_and_replaces_the_others():
+    target = {"containers": [{"name": "a", "command": ["x", "y"], "env": [{"name": "K", "value": "1"}]}]}
+    merge_patch(target, {"containers": [{"name": "a", "command": ["z"],
+                                         "env": [{"name": "L", "value": "2"}]},
+                                        {"name": "b"}]})
+    assert target == {"containers": [{"name": "b"}, {"name": "a", "command": ["z"], "env": [
+        {"name": "L", "value": "2"}, {"name": "K", "value": "1"}]}]}
+
+
 @pytest.mark.parametrize("name", DEPLOYABLE)
 def test_everything_is_labelled_and_namespaced(name):
     for obj in rendered(name):
@@ -225,7 +248,8 @@ def test_the_namespace_enforces_the_restricted_pod_security_standard():
 
 def test_secret_templates_validate_and_hold_only_replace_me_values():
     assert {p.name for p in SECRET_TEMPLATES} == {"secret-s3.example.yaml",
-                                                  "secret-postgres.example.yaml"}
+                                                  "secret-postgres.example.yaml",
+                                                  "secret-mlflow-auth.example.yaml"}
     for path in SECRET_TEMPLATES:
         [secret] = load_yaml_documents(path)
         kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
@@ -265,7 +289,7 @@ def test_every_referenced_secret_key_is_in_a_template():
         [secret] = load_yaml_documents(path)
         templates[secret["metadata"]["name"]] = set(secret["stringData"])
     refs = set()
-    for _, pod in pod_specs(rendered("base")):
+    for _, pod in pod_specs(rendered("base") + rendered("overlays/mlflow-auth")):
         for container, _ in containers(pod):
             refs |= {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
                      for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
@@ -368,24 +392,64 @@ def test_mlflow_serves_artifacts_from_s3_with_a_postgres_backend():
     assert urlsplit(backend).hostname == find(objects, "Service", "postgres")["metadata"]["name"]
     assert "--default-artifact-root" not in command  # would bypass the proxy
     env = {e["name"]: e for e in container["env"]}
-    assert "PYTHONPATH" in env and "MLFLOW_S3_ENDPOINT_URL" in env
-    mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert env["PYTHONPATH"]["value"] in mounts
+    assert "MLFLOW_S3_ENDPOINT_URL" in env
 
 
-def test_mlflow_init_container_installs_exact_binary_drivers_where_the_server_looks():
+def test_mlflow_installs_nothing_at_pod_start_its_image_has_the_drivers():
+    """No init container, no pip at start: docker/Dockerfile.mlflow bakes exact, binary-only
+    drivers into the official image of the same MLflow version the Deployment names."""
     deployment = find(rendered("base"), "Deployment", "mlflow")
     pod = deployment["spec"]["template"]["spec"]
-    [init] = pod["initContainers"]
-    command = init["command"]
-    assert command[:4] == ["python", "-m", "pip", "install"]
-    assert "--only-binary=:all:" in command and "--no-deps" in command
-    packages = [c for c in command if not c.startswith("-") and "==" in c]
-    assert {p.split("==")[0] for p in packages} >= {"psycopg2-binary", "boto3", "botocore"}
-    assert len(packages) == len([c for c in command[4:] if not c.startswith("-")])
-    target = next(c.split("=", 1)[1] for c in command if c.startswith("--target="))
-    server = mlflow_container([deployment])
-    assert {e["name"]: e.get("value") for e in server["env"]}["PYTHONPATH"] == target
+    assert "initContainers" not in pod
+    assert not any("pip" in s for s in strings(pod))
+    image = mlflow_container([deployment])["image"]
+    name, tag = image.rsplit(":", 1)
+    assert name == "feda2v-mlflow"
+    dockerfile = (MANIFESTS.parent / "docker" / "Dockerfile.mlflow").read_text()
+    assert f"FROM ghcr.io/mlflow/mlflow:v{tag}\n" in dockerfile
+    import importlib.metadata
+
+    assert tag == importlib.metadata.version("mlflow")  # the server as new as the clients
+    install = dockerfile[dockerfile.index("RUN python -m pip install"):].split("\n\n")[0]
+    assert "--only-binary=:all:" in install and "--no-deps" in install
+    pins = dict(re.findall(r"([A-Za-z0-9_.\-]+)==([0-9.]+)", install))
+    assert {"psycopg2-binary", "boto3", "botocore", "Flask-WTF"} <= set(pins)
+
+
+def test_the_auth_overlay_adds_basic_auth_to_the_same_server():
+    base = mlflow_container(rendered("base"))
+    objects = rendered("overlays/mlflow-auth")
+    auth = mlflow_container(objects)
+    assert auth["command"] == base["command"] + ["--app-name", "basic-auth"]
+    env = {e["name"]: e for e in auth["env"]}
+    assert {e["name"] for e in base["env"]} < set(env)  # the base's env is kept
+    config = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    mount = next(m for m in auth["volumeMounts"] if config.startswith(m["mountPath"] + "/"))
+    pod = find(objects, "Deployment", "mlflow")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "feda2v-mlflow-auth"
+    assert [i["path"] for i in volume["secret"]["items"]] == [config.rsplit("/", 1)[1]]
+    [template] = load_yaml_documents(MANIFESTS / "overlays" / "mlflow-auth" /
+                                     "secret-mlflow-auth.example.yaml")
+    ini = template["stringData"]["basic_auth.ini"]
+    assert "authenticate_request_basic_auth" in ini and "postgres:5432" in ini
+    assert "admin_password" not in ini  # from the Secret's env key, never in a file
+
+
+def test_only_labelled_namespaces_reach_mlflow():
+    objects = rendered("base")
+    policy = find(objects, "NetworkPolicy", "mlflow", "feda2v")
+    pods = find(objects, "Deployment", "mlflow")["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pods.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 5000, "protocol": "TCP"}]
+    sources = rule["from"]
+    assert {"namespaceSelector": {"matchLabels": {"feda2v.io/mlflow-client": "true"}}} in sources
+    assert {"podSelector": {}} in sources  # the feda2v namespace itself
+    readme = (MANIFESTS / "README.md").read_text()
+    assert "feda2v.io/mlflow-client=true" in readme  # the install step that labels the profile
 
 
 def test_mlflow_probes_hit_health_on_its_port():
