@@ -51,7 +51,41 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except OSError as e:
         raise ConnectionError(f"MLflow tracking server {redact(uri)} is unreachable ({e}); "
                               "start it or fix mlflow_tracking_uri / $MLFLOW_TRACKING_URI") from None
+    _check_credentials(uri, timeout)
     _checked.add(uri)
+
+
+def _check_credentials(uri: str, timeout: float) -> None:
+    """One authenticated read, with the credentials MLflow's client would send: a server with
+    authentication (the manifests' basic-auth overlay) that refuses them fails here, naming the
+    variables, instead of deep inside the first task."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    headers = {}
+    user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                      os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    elif user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {pair}"
+    request = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise PermissionError(
+                f"MLflow tracking server {redact(uri)} needs a login (401): "
+                + ("it refused MLFLOW_TRACKING_USERNAME / _PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+                   if headers else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                   "(or MLFLOW_TRACKING_TOKEN)")) from None
+        # Anything else (404 on an old server, 403 for this one read) is for the real
+        # requests to report; this check is about logging in.
+    except OSError:
+        pass  # the socket answered; slow or odd HTTP is for the real requests to report
 
 
 _clients: dict = {}

@@ -1,8 +1,10 @@
-"""A real MLflow tracking server on 127.0.0.1 for the tests (SQLite backend, proxied artifacts),
-started once per session and stopped at the end."""
+"""Real MLflow tracking servers on 127.0.0.1 for the tests (SQLite backend, proxied artifacts),
+started once per session and stopped at the end: a plain one, and one with MLflow's basic-auth
+app (the manifests' auth overlay)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+ADMIN = ("admin", "test-admin-password-7")  # the auth server's first admin (a test value)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -20,18 +24,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """Yields the tracking URI (http://127.0.0.1:PORT)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def _server(root: Path, extra_args: list[str] = (), extra_env: dict | None = None):
     port = _free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", f"file://{root}/artifacts", "--serve-artifacts"],
+         "--artifacts-destination", f"file://{root}/artifacts", "--serve-artifacts",
+         *extra_args],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -48,10 +52,34 @@ def mlflow_server(tmp_path_factory):
             tail = (root / "server.log").read_text()[-3000:]
             raise RuntimeError(f"mlflow server did not come up on {uri}:\n{tail}")
         time.sleep(0.5)
-    yield uri
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """Yields the tracking URI (http://127.0.0.1:PORT)."""
+    with _server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory):
+    """Yields the tracking URI of a basic-auth server whose admin is ADMIN."""
+    root = tmp_path_factory.mktemp("mlflow-auth-server")
+    (root / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root}/basic_auth.db\nadmin_username = {ADMIN[0]}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
+    with _server(root, ["--app-name", "basic-auth"], env) as uri:
+        yield uri
