@@ -3,10 +3,10 @@ server: a run logs with the credentials MLflow's client reads from the environme
 them (or with wrong ones) fails at once, naming the variables and never printing a password."""
 
 import pytest
+from mlflowserver import ADMIN, mlflow_auth_server  # noqa: F401 - fixture
 
 from feda2v import config as config_mod
 from feda2v import tracking
-from mlflowserver import ADMIN, mlflow_auth_server  # noqa: F401 - fixture
 
 
 @pytest.fixture
