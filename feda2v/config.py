@@ -124,6 +124,9 @@ TOP_LEVEL: dict[str, Key] = {
     "mlflow_tracking_uri": Key("", _str,
                                "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else SQLite "
                                "file mlflow.db under a local storage_root."),
+    "mlflow_system_metrics": Key(False, _bool,
+                                 "Log CPU, memory, disk, network (and GPU) use of the federated "
+                                 "tasks into their MLflow run as system/{phase}/… every 10 s."),
     "mlflow_register_model": Key("", _str,
                                  "Register the final global adapter in the MLflow model "
                                  "registry under this name (a new version per run); empty = "

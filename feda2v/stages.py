@@ -253,9 +253,10 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
              len(fed.clients), run)
     synthetic = (_synthetic_source(run, len(fed.clients))
                  if phase in ("run2", "sample") else None)
-    state, history = run_phase(fed, phase, rounds, phase_plan_steps(plan, phase),
-                               phase_start(cfg, fed, plan, phase, run), run, synthetic,
-                               lambda m, step: tracking.log_metrics(cfg, run_id, m, step))
+    with tracking.system_metrics(cfg, run_id, phase):
+        state, history = run_phase(fed, phase, rounds, phase_plan_steps(plan, phase),
+                                   phase_start(cfg, fed, plan, phase, run), run, synthetic,
+                                   lambda m, step: tracking.log_metrics(cfg, run_id, m, step))
     if adapter_out:
         storage.save_tensors(adapter_out, state, {"round": rounds, "phase": phase})
     return {"phase": phase, "rounds": rounds, "accuracy": history[-1]["accuracy"],

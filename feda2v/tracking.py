@@ -202,6 +202,30 @@ def ensure_run(cfg: dict, run_id: str, run_key: str, phases: str) -> str:
     return run_id
 
 
+SYSTEM_METRICS_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def system_metrics(cfg: dict, run_id: str, node: str):
+    """With `mlflow_system_metrics`, CPU, memory, disk, network (and GPU, where pynvml finds
+    one) sampled every SYSTEM_METRICS_SECONDS into the run as system/{node}/…, while the block
+    runs; `node` tells the tasks apart (one run spans several)."""
+    if not cfg["mlflow_system_metrics"] or not run_id:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    uri = tracking_uri(cfg)
+    _client(uri)  # the fail-fast settings
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS,
+                                   resume_logging=True, node_id=node, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def final_status(kfp_state: str) -> str:
     """The MLflow status for a KFP pipeline state: FINISHED, KILLED or FAILED."""
     return {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(

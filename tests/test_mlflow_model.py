@@ -66,3 +66,21 @@ def test_without_a_name_nothing_is_registered(tmp_path):
     assert uri.startswith("sqlite:///" + str(tmp_path))  # the last test's store is not kept
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert mlflow.MlflowClient(uri, uri).search_registered_models() == []
+
+
+def test_system_metrics_land_in_the_run_only_when_asked(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(tracking, "SYSTEM_METRICS_SECONDS", 0.2)
+    for on in (True, False):
+        cfg = _cfg(tmp_path / str(on), mlflow_system_metrics=on)
+        run_id = tracking.create_run(cfg, "system")
+        with tracking.system_metrics(cfg, run_id, "run2"):
+            time.sleep(1.0)
+        _, history = tracking.run_info(cfg, run_id)
+        system = {k for k in history if k.startswith("system/")}
+        if on:
+            assert {"system/run2/cpu_utilization_percentage",
+                    "system/run2/system_memory_usage_megabytes"} <= system
+        else:
+            assert not system
