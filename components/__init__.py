@@ -7,7 +7,7 @@ no package is pip-installed at task start.
 """
 
 from components.ablations import ablation_finish, ablation_parent, ablation_report, ablation_variant
-from components.extract import extract
+from components.extract import data_config, extract
 from components.federated_phase import federated_phase
 from components.finish import finish_run
 from components.generator import generate, train_generator
@@ -20,6 +20,7 @@ __all__ = [
            "ablation_variant",
            "class_targets",
            "client_round",
+           "data_config",
            "extract",
            "federated_phase",
            "finish_run",

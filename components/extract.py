@@ -4,8 +4,17 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def extract(config_json: str, compiled: str, client_ids: list, client_id: int) -> str:
-    """Embed one client's clips under the storage root; returns the embeddings URI."""
-    from feda2v import runtime, stages
+def data_config(config_json: str, compiled: str, client_ids: list) -> str:
+    """The keys the data stages read (the rest at defaults): their cache key, so a change of a
+    learning rate or a round count re-runs no extraction."""
+    from feda2v import runtime
 
-    return stages.extract(runtime.resolve(config_json, compiled, client_ids=client_ids), client_id)
+    return runtime.data_stage_config(config_json, compiled, client_ids)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def extract(data_config: str, client_id: int) -> str:
+    """Embed one client's clips under the storage root; returns the embeddings URI."""
+    from feda2v import stages
+
+    return stages.extract(data_config, client_id)

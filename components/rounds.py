@@ -12,10 +12,11 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def class_targets(config_json: str, compiled: str, targets: Output[Dataset]) -> int:
-    from feda2v import runtime, stages
+def class_targets(data_config: str, targets: Output[Dataset]) -> int:
+    """Each class's CLIP-space target, from the data stages' config (see data_config)."""
+    from feda2v import stages
 
-    return stages.class_targets(runtime.resolve(config_json, compiled), targets.path)["num_classes"]
+    return stages.class_targets(data_config, targets.path)["num_classes"]
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -141,3 +141,22 @@ def _exit_with_parent(parent: int) -> None:
         except PermissionError:
             pass  # alive, owned by someone else: cannot be ours, but keep waiting
         time.sleep(0.5)
+
+
+# The keys the data stages (extraction, class targets) read: their output depends on these
+# alone, so a task fed only these is cached by KFP across changes of everything else (learning
+# rates, rounds, generator settings).
+DATA_STAGE_TOP_KEYS = ("seed", "storage_root")
+DATA_STAGE_SECTIONS = ("data", "models")
+
+
+def data_stage_config(config_json: str, compiled: str, client_ids: list | None = None) -> str:
+    """The config of the data stages: config_json resolved as `resolve` does (structure checked,
+    client_ids applied), cut down to the keys they read (the rest at defaults), with credentials
+    redacted (it travels as a task output)."""
+    cfg = json.loads(resolve(config_json, compiled, client_ids=client_ids))
+    subset = {k: cfg[k] for k in DATA_STAGE_TOP_KEYS}
+    subset.update({k: cfg[k] for k in DATA_STAGE_SECTIONS})
+    redacted, _ = config_mod.withhold_credentials(subset)
+    return json.dumps(redacted, sort_keys=True)
+

@@ -40,7 +40,9 @@ def phase_plan(cfg: dict, kind: str) -> "list[tuple[str, int]]":
 
 class _Tasks:
     """Every task goes through here: caching (only for tasks that depend on their inputs alone:
-    extraction and class targets) and the cluster options (image, resources, retries, secrets)."""
+    extraction and class targets, fed the data_config task's cut-down config so that their
+    cache key holds only what decides their output) and the cluster options (image,
+    resources, retries, secrets)."""
 
     def __init__(self, options: ClusterOptions):
         self.options = options
@@ -58,7 +60,10 @@ def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
     shape = {k: common[k] for k in ("config_json", "compiled", "client_ids")}
     last = None
     with dsl.ParallelFor(ids, name="clients") as i:
-        extracted = t(c.extract(**shape, client_id=i), cache=True)
+        # In the loop: kfp.local hands a loop's task the loop item where it should pass the
+        # parameter output of a task outside the loop (artifacts pass fine).
+        data = t(c.data_config(**shape)).output
+        extracted = t(c.extract(data_config=data, client_id=i), cache=True)
         if "run2" in phases and "run1" not in phases:  # Run 2 alone: sample right away
             sampled = t(c.generate(**keyed, client_id=i)).after(extracted)
     if "fedavg" in phases:
@@ -83,9 +88,11 @@ def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]
     first Run 2 round."""
     keyed = dict(common, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     base = {k: common[k] for k in ("config_json", "compiled")}
-    targets = t(c.class_targets(**base), cache=True).outputs["targets"]
+    data = t(c.data_config(**base, client_ids=clients)).output
+    targets = t(c.class_targets(data_config=data), cache=True).outputs["targets"]
     with dsl.ParallelFor(clients, name="clients") as i:
-        extracted = t(c.extract(**base, client_ids=clients, client_id=i), cache=True)
+        data = t(c.data_config(**base, client_ids=clients)).output  # see _phase_dag
+        extracted = t(c.extract(data_config=data, client_id=i), cache=True)
     init = t(c.init_adapter(**base, client_data_uris=dsl.Collected(extracted.output),
                             targets=targets))
     last, phases = init, [p for p, _ in plan]
@@ -137,10 +144,12 @@ def build_ablations(cfg: dict, options: ClusterOptions):
         with dsl.ExitHandler(done, name="feda2v-ablations"):
             # One parent run, whatever mlflow_run_id is: every variant nests under it.
             parent = t(c.ablation_parent(**keyed))
-            targets = t(c.class_targets(config_json=config_json, compiled=compiled), cache=True)
+            shape = {"config_json": config_json, "compiled": compiled, "client_ids": clients}
+            targets = t(c.class_targets(data_config=t(c.data_config(**shape)).output),
+                        cache=True)
             with dsl.ParallelFor(clients, name="clients") as i:
-                extracted = t(c.extract(config_json=config_json, compiled=compiled,
-                                        client_ids=clients, client_id=i), cache=True)
+                data = t(c.data_config(**shape)).output  # in the loop: see _phase_dag
+                extracted = t(c.extract(data_config=data, client_id=i), cache=True)
             ready = t(c.init_adapter(config_json=config_json, compiled=compiled,
                                      client_data_uris=dsl.Collected(extracted.output),
                                      targets=targets.outputs["targets"]))

@@ -264,3 +264,30 @@ def test_every_task_requests_cpu_and_memory(make_config, tmp_path, kind, executi
         resources = ex["container"].get("resources", {})
         assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), name
         assert resources.get("resourceCpuLimit") and resources.get("resourceMemoryLimit"), name
+
+
+def test_the_data_stages_are_fed_only_the_keys_that_decide_their_output(make_config, tmp_path):
+    """Extraction's cache key is the data_config task's output: a new learning rate or round
+    count leaves it as it was (KFP reuses the embeddings), a data or model change does not."""
+    from feda2v import runtime
+
+    cfg = make_config()
+    compiled = runtime.compiled_values(cfg)
+
+    def data_config(**change):
+        changed = json.loads(json.dumps(cfg))
+        for dotted, value in change.items():
+            section, _, key = dotted.replace("__", ".").rpartition(".")
+            (changed[section] if section else changed)[key] = value
+        return runtime.data_stage_config(json.dumps(changed), compiled, [0, 1])
+
+    same = data_config()
+    assert data_config(learning_rate=0.5, feda2v__generator_learning_rate=0.1) == same
+    assert data_config(feda2v__generator_hidden_dim=64, local_epochs=9) == same
+    assert data_config(data__test_fraction=0.3) != same
+    assert data_config(seed=cfg["seed"] + 1) != same
+    spec, _ = _compile(cfg, "end_to_end", tmp_path)
+    loop = next(comp for name, comp in spec["components"].items()
+                if "extract" in comp.get("dag", {}).get("tasks", {}))
+    inputs = loop["dag"]["tasks"]["extract"]["inputs"]["parameters"]
+    assert set(inputs) == {"data_config", "client_id"}
