@@ -333,8 +333,8 @@ def test_posterior_sampling_keeps_an_unbalanced_client_on_class():
     post = got["posterior"]
     assert post["flags"] == [], post
     assert post["class_consistency"] >= 0.9 * post["class_consistency_real"]
-    # Measured: density 1.33 (training rows on the same held-out rows: 1.01); prior draws 2.15.
-    assert 0.8 <= post["density"] <= 1.5 and post["coverage"] >= 0.9
+    # Measured: density 1.17 (training rows on the same held-out rows: 1.01); prior draws 2.15.
+    assert 0.8 <= post["density"] <= 1.25 and post["coverage"] >= 0.9
     assert post["density"] < got["calibrated"]["density"] - 0.5
 
 
