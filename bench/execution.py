@@ -37,8 +37,9 @@ def _wall(cmd: list[str]) -> float:
 
 IN_PROCESS = """
 import json, sys, uuid
-from feda2v import config as config_mod, runtime, stages, tracking
-from feda2v.local_run import resolve_local_paths
+from feda2v.io import config as config_mod, tracking
+from feda2v.orchestration import runtime, stages
+from feda2v.orchestration.local_run import resolve_local_paths
 cfg = resolve_local_paths(config_mod.load(sys.argv[1]))
 cfg["pipeline"] = config_mod.pipeline_kind(cfg)
 text = json.dumps(cfg, sort_keys=True)
@@ -112,7 +113,7 @@ def tasks_and_yaml() -> tuple[dict[str, int], int, int]:
     from kfp import compiler
 
     import pipelines
-    from feda2v import config as config_mod
+    from feda2v.io import config as config_mod
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,9 +138,9 @@ def checkpoint_bytes(rounds: int = 10) -> tuple[float, float]:
     by Run 2's sampling of `rounds` rounds), counted at the storage layer."""
     import torch
 
-    from feda2v import config as config_mod
-    from feda2v import runstate, storage
     from feda2v.federated import generator
+    from feda2v.io import config as config_mod
+    from feda2v.io import runstate, storage
 
     written, read = [0], [0]
     real_write, real_read = storage.write_bytes, storage.read_bytes
@@ -189,7 +190,7 @@ def checkpoint_bytes(rounds: int = 10) -> tuple[float, float]:
 def real_write_conditions(run: str, r: int, means) -> None:
     import torch
 
-    from feda2v import runstate, storage
+    from feda2v.io import runstate, storage
 
     storage.save_tensors(runstate.conditions_uri(run, 0, r),
                          {"ids": torch.tensor([0, 1]), "means": means})

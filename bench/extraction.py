@@ -28,9 +28,9 @@ import torch
 
 warnings.filterwarnings("ignore", message="At least one mel filter")
 
-from feda2v.audio import load_clip
-from feda2v.demo_data import write_demo_dataset
-from feda2v.encoders import AudioEncoder, embed_clips, write_tiny_models
+from feda2v.data.audio import load_clip
+from feda2v.data.demo_data import write_demo_dataset
+from feda2v.encoders.embed import AudioEncoder, embed_clips, write_tiny_models
 
 
 def full_size_ast(out: str) -> str:

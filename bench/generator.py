@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from feda2v import config as config_mod
 from feda2v.federated import generator
+from feda2v.io import config as config_mod
 
 
 def throughput(cfg: dict, x: torch.Tensor, cond: torch.Tensor, batch: int) -> float:

@@ -1,5 +1,6 @@
-"""KFP components, one module per stage. Each body only calls `feda2v.stages` (and
-`feda2v.runtime.resolve`, which applies the run form's typed parameters to the config).
+"""KFP components, one module per stage. Each body only calls `feda2v.orchestration.stages`
+(and `feda2v.orchestration.runtime.resolve`, which applies the run form's typed parameters to
+the config).
 
 Imports live inside the bodies because KFP ships each function's source on its own. The
 container image (FEDA2V_IMAGE, read at import) has the `feda2v` package and kfp installed, so

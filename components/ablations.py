@@ -9,7 +9,7 @@ from components.image import IMAGE
 def ablation_parent(config_json: str, mlflow_run_id: str, run_key: str) -> str:
     """The MLflow parent run every variant nests under: mlflow_run_id, else the run of this KFP
     run (found again by its job id on retries), else a new one."""
-    from feda2v import experiment
+    from feda2v.evaluation import experiment
 
     return experiment.parent_task(config_json, mlflow_run_id, run_key)
 
@@ -18,7 +18,7 @@ def ablation_parent(config_json: str, mlflow_run_id: str, run_key: str) -> str:
 def ablation_finish(config_json: str, mlflow_run_id: str, run_key: str,
                     status: dsl.PipelineTaskFinalStatus) -> str:
     """Exit handler: the parent run ends FINISHED, FAILED or KILLED whatever happened."""
-    from feda2v import experiment
+    from feda2v.evaluation import experiment
 
     return experiment.finish_task(config_json, mlflow_run_id, run_key, status.state)
 
@@ -30,7 +30,7 @@ def ablation_variant(config_json: str, variant: str, targets: Input[Dataset],
     as JSON."""
     import json
 
-    from feda2v import experiment
+    from feda2v.evaluation import experiment
 
     return json.dumps(experiment.run_variant_task(config_json, variant, targets.path,
                                                   mlflow_run_id, run_key))
@@ -41,6 +41,6 @@ def ablation_report(config_json: str, results: list[str], mlflow_run_id: str, ru
                     report: Output[HTML]) -> str:
     """One table (and the HTML report) over all variants, also in the parent run; returns the
     table."""
-    from feda2v import experiment
+    from feda2v.evaluation import experiment
 
     return experiment.report_task(config_json, results, mlflow_run_id, run_key, report.path)

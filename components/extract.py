@@ -7,7 +7,7 @@ from components.image import IMAGE
 def data_config(config_json: str, compiled: str, client_ids: list) -> str:
     """The keys the data stages read (the rest at defaults): their cache key, so a change of a
     learning rate or a round count re-runs no extraction."""
-    from feda2v import runtime
+    from feda2v.orchestration import runtime
 
     return runtime.data_stage_config(config_json, compiled, client_ids)
 
@@ -15,6 +15,6 @@ def data_config(config_json: str, compiled: str, client_ids: list) -> str:
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def extract(data_config: str, client_id: int) -> str:
     """Embed one client's clips under the storage root; returns the embeddings URI."""
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     return stages.extract(data_config, client_id)

@@ -12,7 +12,7 @@ def federated_phase(config_json: str, compiled: str, global_rounds: int,
     """Every round of one federated phase for every client: FedAvg (and, in Run 2, global
     training on the pooled synthetic samples) each round; resumes after the last finished round
     on retry. `ready`: the per-client tasks it waits for. Returns the final accuracy."""
-    from feda2v import runtime, stages
+    from feda2v.orchestration import runtime, stages
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids)

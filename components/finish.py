@@ -11,7 +11,7 @@ def finish_run(config_json: str, compiled: str, global_rounds: int,
                report: Output[Markdown]) -> str:
     """Exit handler: results table, final adapter and report to MLflow; the MLflow run ends
     FINISHED, FAILED or KILLED whatever stopped the pipeline."""
-    from feda2v import runtime, stages
+    from feda2v.orchestration import runtime, stages
 
     error = status.error_message
     try:

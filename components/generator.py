@@ -11,7 +11,7 @@ def train_generator(config_json: str, compiled: str, global_rounds: int,
     Returns its result as JSON."""
     import json
 
-    from feda2v import runtime, stages
+    from feda2v.orchestration import runtime, stages
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids)
@@ -26,7 +26,7 @@ def generate(config_json: str, compiled: str, global_rounds: int,
     Returns the checkpoint it used (round, sha256) as JSON."""
     import json
 
-    from feda2v import runtime, stages
+    from feda2v.orchestration import runtime, stages
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids)

@@ -11,8 +11,8 @@ import json
 import os
 import sys
 
-from feda2v import config as config_mod
-from feda2v.download import ESC50_URL
+from feda2v.data.download import ESC50_URL
+from feda2v.io import config as config_mod
 
 
 def _cfg(path: str) -> dict:
@@ -22,7 +22,7 @@ def _cfg(path: str) -> dict:
 def _stage_cfg(path: str) -> dict:
     """Stage commands resolve relative local paths as `feda2v run` does, so that a stage run by
     hand reads and writes exactly where the pipeline's task would."""
-    from feda2v.local_run import resolve_local_paths
+    from feda2v.orchestration.local_run import resolve_local_paths
 
     return resolve_local_paths(config_mod.load(path))
 
@@ -32,13 +32,13 @@ def _json(cfg: dict) -> str:
 
 
 def _targets_uri(cfg: dict) -> str:
-    from feda2v import storage
+    from feda2v.io import storage
 
     return storage.join(cfg["storage_root"], "class_targets.safetensors")
 
 
 def _data_uris(cfg: dict, given: list[str] | None) -> list[str]:
-    from feda2v.stages import embeddings_uri
+    from feda2v.orchestration.stages import embeddings_uri
 
     return given or [embeddings_uri(cfg, i) for i in range(config_mod.num_clients(cfg))]
 
@@ -50,26 +50,26 @@ def _print(result) -> None:
 # --- sub-commands ------------------------------------------------------------------------------
 
 def cmd_data_demo(a) -> None:
-    from feda2v.demo_data import write_demo_dataset
+    from feda2v.data.demo_data import write_demo_dataset
 
     write_demo_dataset(a.out, clips_per_class=a.clips_per_class, folds=a.folds, seconds=a.seconds,
                        sample_rate=a.sample_rate, seed=a.seed)
 
 
 def cmd_data_esc50(a) -> None:
-    from feda2v.download import download_esc50
+    from feda2v.data.download import download_esc50
 
     download_esc50(a.out, a.url, a.sha256, verify=not a.no_verify)
 
 
 def cmd_data_digits(a) -> None:
-    from feda2v.package_data import write_digits
+    from feda2v.data.package_data import write_digits
 
     write_digits(a.out, folds=a.folds, seed=a.seed)
 
 
 def cmd_models_tiny(a) -> None:
-    from feda2v.encoders import write_tiny_models
+    from feda2v.encoders.embed import write_tiny_models
 
     _print(write_tiny_models(a.out, seed=a.seed))
 
@@ -85,20 +85,20 @@ def cmd_config_keys(a) -> None:
 
 
 def cmd_class_targets(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
     _print(stages.class_targets(_json(cfg), a.out or _targets_uri(cfg)))
 
 
 def cmd_extract(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     _print(stages.extract(_json(_stage_cfg(a.config)), a.client, a.out or ""))
 
 
 def cmd_init_adapter(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
     _print(stages.init_adapter(_json(cfg), _data_uris(cfg, a.data), a.targets or _targets_uri(cfg),
@@ -110,7 +110,7 @@ def _run_key(a) -> str:
 
 
 def cmd_client_round(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
     _print(stages.client_round(_json(cfg), a.client, a.round, a.phase, a.global_adapter,
@@ -118,7 +118,7 @@ def cmd_client_round(a) -> None:
 
 
 def cmd_server_round(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
     _print(stages.server_round(_json(cfg), a.round, a.phase, a.updates, a.previous,
@@ -127,7 +127,7 @@ def cmd_server_round(a) -> None:
 
 
 def cmd_phase(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
     _print(stages.federated_phase(_json(cfg), a.phase, _run_key(a), a.mlflow_run_id,
@@ -135,19 +135,19 @@ def cmd_phase(a) -> None:
 
 
 def cmd_train_generator(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     _print(stages.train_generator(_json(_stage_cfg(a.config)), a.client, _run_key(a)))
 
 
 def cmd_generate(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     _print(stages.generate(_json(_stage_cfg(a.config)), a.client, _run_key(a)))
 
 
 def cmd_evaluate(a) -> None:
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
     _print(stages.evaluate(_json(cfg), a.adapter, a.targets or _targets_uri(cfg), a.data))
@@ -181,7 +181,7 @@ def _cluster_options(a):
 
 def _check_no_credentials(cfg: dict) -> None:
     """The config travels inside the compiled YAML: no URI in it may carry credentials."""
-    from feda2v import tracking
+    from feda2v.io import tracking
 
     for key, value in tracking.flatten(cfg).items():
         if "://" in value and tracking.redact(value) != value:
@@ -220,7 +220,7 @@ def _preflight_cluster(a, cfg: dict) -> None:
     _check_no_credentials(cfg)  # first: nothing else matters if the YAML would leak them
     if a.no_preflight:
         return
-    from feda2v import preflight
+    from feda2v.orchestration import preflight
 
     for note in preflight.check(cfg, "cluster"):
         print(f"note: {note}", file=sys.stderr)
@@ -246,7 +246,7 @@ def cmd_submit(a) -> None:
 
     import kfp
 
-    from feda2v import submit
+    from feda2v.orchestration import submit
 
     cfg = _run_cfg(a)
     _preflight_cluster(a, cfg)
@@ -275,8 +275,8 @@ def cmd_submit(a) -> None:
 
 
 def cmd_experiment(a) -> None:
-    from feda2v.experiment import VARIANTS, parse_partitions, run_experiment, run_grid
-    from feda2v.local_run import resolve_local_paths
+    from feda2v.evaluation.experiment import VARIANTS, parse_partitions, run_experiment, run_grid
+    from feda2v.orchestration.local_run import resolve_local_paths
 
     cfg = resolve_local_paths(_run_cfg(a))
     variants = a.variants.split(",") if a.variants else list(VARIANTS)
@@ -318,13 +318,13 @@ def cmd_experiment(a) -> None:
 
 
 def tracking_uri_text(cfg: dict) -> str:
-    from feda2v import tracking
+    from feda2v.io import tracking
 
     return tracking.redact(tracking.tracking_uri(cfg))
 
 
 def cmd_run(a) -> None:
-    from feda2v.local_run import run_locally
+    from feda2v.orchestration.local_run import run_locally
 
     cfg = _run_cfg(a)
     sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
     if args.verbose or args.quiet:
-        from feda2v.log import LEVEL_ENV, get_logger
+        from feda2v.io.log import LEVEL_ENV, get_logger
 
         os.environ[LEVEL_ENV] = "DEBUG" if args.verbose else "WARNING"
         get_logger().setLevel(os.environ[LEVEL_ENV])
@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     except (config_mod.ConfigError, FileNotFoundError, ValueError, OSError) as e:
         if debug:
             raise
-        from feda2v.tracking import redact
+        from feda2v.io.tracking import redact
 
         print(f"feda2v {args.command}: error: {redact(str(e))} (--debug shows the traceback)",
               file=sys.stderr)

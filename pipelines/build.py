@@ -14,8 +14,8 @@ import json
 from kfp import dsl
 
 import components as c
-from feda2v import config as config_mod
-from feda2v import runtime
+from feda2v.io import config as config_mod
+from feda2v.orchestration import runtime
 from pipelines.cluster import ClusterOptions, configure
 
 PIPELINES = ("run1", "run2", "end_to_end", "ablations")
@@ -128,7 +128,7 @@ def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]
 
 def build_ablations(cfg: dict, options: ClusterOptions):
     """Fan the ablation variants out (one task each) on shared targets and embeddings."""
-    from feda2v.experiment import VARIANTS
+    from feda2v.evaluation.experiment import VARIANTS
 
     t = _Tasks(options)
     clients = list(range(config_mod.num_clients(cfg)))

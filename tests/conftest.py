@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from feda2v import config as config_mod
+from feda2v.io import config as config_mod
 
 TEST_SPLIT = [["dog", "rooster"], ["rain", "siren"]]
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    from feda2v.encoders import write_tiny_models
+    from feda2v.encoders.embed import write_tiny_models
 
     return write_tiny_models(str(tmp_path_factory.mktemp("models")), seed=0)
 
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
-    from feda2v.demo_data import write_demo_dataset
+    from feda2v.data.demo_data import write_demo_dataset
 
     out = tmp_path_factory.mktemp("esc50")
     classes = [c for group in TEST_SPLIT for c in group]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from feda2v import audio
+from feda2v.data import audio
 
 
 def _tone(rate, seconds=1.0, freq=440.0, channels=1):

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from feda2v.audio_models import (
+from feda2v.encoders.backbones import (
     AudioBackbone,
     image_embeddings,
     write_tiny_clap,
     write_tiny_clip_vision,
 )
-from feda2v.encoders import write_tiny_models
+from feda2v.encoders.embed import write_tiny_models
 
 CPU = torch.device("cpu")
 

@@ -13,12 +13,12 @@ import torch
 from mlflowserver import mlflow_server  # noqa: F401 - fixture
 from s3server import s3_server  # noqa: F401 - fixture
 
-from feda2v import config as config_mod
-from feda2v import storage
 from feda2v.federated import generator
 from feda2v.federated.client import ClientData, ClientUpdate, client_step
 from feda2v.federated.server import server_step
 from feda2v.federated.task import new_adapter
+from feda2v.io import config as config_mod
+from feda2v.io import storage
 
 NAMES = ["dog", "rooster", "rain", "siren"]
 
@@ -51,7 +51,7 @@ TARGETS = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
 # --- embeddings, targets, updates: non-finite values never travel ----------------------------
 
 def test_nan_in_stored_embeddings_is_refused_naming_file_and_key(tmp_path):
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _cfg()
     uri = str(tmp_path / "client_0.safetensors")
@@ -63,7 +63,7 @@ def test_nan_in_stored_embeddings_is_refused_naming_file_and_key(tmp_path):
 
 
 def test_nan_in_precomputed_embeddings_is_refused(tmp_path):
-    from feda2v.datasets import read_embeddings
+    from feda2v.data.datasets import read_embeddings
 
     uri = str(tmp_path / "own.safetensors")
     x = torch.zeros(4, 2, 8)
@@ -75,7 +75,7 @@ def test_nan_in_precomputed_embeddings_is_refused(tmp_path):
 
 
 def test_nan_in_class_targets_is_refused(tmp_path):
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     uri = str(tmp_path / "targets.safetensors")
     storage.save_tensors(uri, {"targets": torch.full((2, 4), float("nan"))},
@@ -162,7 +162,7 @@ def test_an_empty_config_file_says_empty(tmp_path):
 
 
 def test_an_archive_member_outside_the_target_is_refused(tmp_path, monkeypatch):
-    from feda2v import download
+    from feda2v.data import download
 
     archive = tmp_path / "esc.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -414,7 +414,7 @@ def _as_nobody(call):
 def test_a_read_only_folder_is_named_before_and_during_a_run(make_config):
     import tempfile
 
-    from feda2v import preflight
+    from feda2v.orchestration import preflight
 
     top = tempfile.mkdtemp(prefix="feda2v-ro-")
     try:
@@ -533,8 +533,8 @@ def test_a_rerun_after_a_fault_ends_where_a_clean_run_does(tmp_path, monkeypatch
     """Round 2 fails (a full disk or a dead store while its state is written, or a client that
     sends NaN); the rerun resumes after round 1 and ends with the clean run's adapter and
     accuracies: nothing half-written is trusted, nothing finished is redone."""
-    from feda2v import runstate
     from feda2v.federated.loop import Federation, run_phase
+    from feda2v.io import runstate
 
     cfg = _cfg()
     fed = Federation(cfg, [_data(), _data()], TARGETS, NAMES)
@@ -554,7 +554,7 @@ def test_a_rerun_after_a_fault_ends_where_a_clean_run_does(tmp_path, monkeypatch
 # --- audio --------------------------------------------------------------------------------------
 
 def test_an_undecodable_clip_is_named_not_its_buffer(tmp_path):
-    from feda2v.audio import decode
+    from feda2v.data.audio import decode
 
     bad = tmp_path / "dog_1.wav"
     bad.write_bytes(b"RIFF not really a wave file at all")
@@ -569,7 +569,7 @@ def test_a_very_short_clip_is_padded_with_a_warning(tmp_path, caplog):
     import numpy as np
     import soundfile as sf
 
-    from feda2v.audio import load_clip
+    from feda2v.data.audio import load_clip
 
     clip = tmp_path / "tiny.wav"
     sf.write(clip, np.ones(160, dtype=np.float32) * 0.1, 16000)  # 0.01 s
@@ -608,14 +608,14 @@ def test_a_config_that_is_not_json_says_where(tmp_path):
 
 
 def test_a_client_that_does_not_exist_is_named():
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     with pytest.raises(ValueError, match=r"client 5 does not exist: the config has 2 clients"):
         stages.extract(json.dumps(_cfg()), 5)
 
 
 def test_a_precomputed_embeddings_file_without_labels_is_named(tmp_path):
-    from feda2v.datasets import read_embeddings
+    from feda2v.data.datasets import read_embeddings
 
     uri = str(tmp_path / "own.safetensors")
     storage.save_tensors(uri, {"embeddings": torch.zeros(2, 2, 4)}, {"class_names": ["a"]})
@@ -625,7 +625,7 @@ def test_a_precomputed_embeddings_file_without_labels_is_named(tmp_path):
 
 
 def test_labels_outside_the_class_list_are_named(tmp_path):
-    from feda2v.datasets import read_embeddings
+    from feda2v.data.datasets import read_embeddings
 
     uri = str(tmp_path / "own.safetensors")
     storage.save_tensors(uri, {"embeddings": torch.zeros(2, 2, 4), "labels": torch.tensor([0, 3])},
@@ -655,7 +655,7 @@ def test_run2_without_a_checkpoint_fails_naming_the_client(tmp_path):
 
 
 def test_a_download_that_is_not_a_zip_or_has_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
-    from feda2v import download
+    from feda2v.data import download
 
     def fetch(url, dest):
         with open(dest, "wb") as f:
@@ -674,7 +674,7 @@ def test_a_download_that_is_not_a_zip_or_has_the_wrong_checksum_is_refused(tmp_p
 def test_an_archive_that_is_not_the_known_esc50_release_is_refused_by_default(tmp_path,
                                                                               monkeypatch):
     """No --sha256: the archive must be the known release (its published MD5)."""
-    from feda2v import download
+    from feda2v.data import download
 
     archive = tmp_path / "esc.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -105,7 +105,7 @@ def test_quiet_and_verbose_set_the_log_level_for_this_process_and_its_tasks(tmp_
     assert lines("-q") == []
     env = dict(os.environ)
     from feda2v.cli import main
-    from feda2v.log import LEVEL_ENV, get_logger
+    from feda2v.io.log import LEVEL_ENV, get_logger
 
     try:
         main(["-v", "config", "keys"])

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from feda2v import config as config_mod
-from feda2v.config import ConfigError
+from feda2v.io import config as config_mod
+from feda2v.io.config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -5,8 +5,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from feda2v import config as config_mod
-from feda2v import datasets, storage
+from feda2v.data import datasets
+from feda2v.io import config as config_mod
+from feda2v.io import storage
 
 
 def _wav(path, seconds=0.2, rate=16000):

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import soundfile as sf
 
-from feda2v import audio, datasets
-from feda2v import demo_data as demo_mod
+from feda2v.data import audio, datasets
+from feda2v.data import demo_data as demo_mod
 
 
 def _digest(folder):

@@ -469,7 +469,7 @@ def test_copies_cover_what_the_wheel_build_needs():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {"pyproject.toml", project["project"]["readme"]}
-    needed |= {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]}
+    needed |= {p.split("*")[0] for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     for name, path in DOCKERFILES.items():
         copied = {posixpath.normpath(src.lstrip("/")).split("/")[0]
                   for _, _, src in copy_sources(parse_dockerfile(path))}

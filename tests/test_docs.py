@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from feda2v import config as config_mod
+from feda2v.io import config as config_mod
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

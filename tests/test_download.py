@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from feda2v import datasets
 from feda2v.cli import main
+from feda2v.data import datasets
 
 
 @pytest.fixture

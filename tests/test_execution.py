@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from feda2v import config as config_mod
-from feda2v import runstate, runtime
 from feda2v.federated import loop as loop_mod
 from feda2v.federated.client import ClientData
 from feda2v.federated.loop import Federation, run_phase
 from feda2v.federated.task import new_adapter
+from feda2v.io import config as config_mod
+from feda2v.io import runstate
+from feda2v.orchestration import runtime
 
 NAMES = ["dog", "rooster", "rain", "siren"]
 
@@ -162,7 +163,7 @@ def test_prefork_runs_the_task_command_with_its_streams_and_exit_code(tmp_path):
     import sys
     import time
 
-    from feda2v import prefork
+    from feda2v.orchestration import prefork
 
     shim = os.path.join(prefork.write_shim(str(tmp_path)), "python3")
     env = dict(os.environ)
@@ -192,7 +193,7 @@ def test_prefork_runs_the_task_command_with_its_streams_and_exit_code(tmp_path):
 
 
 def test_run2_goes_on_from_run1s_adapter_when_the_run_has_a_run1(tmp_path):
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     cfg = _cfg()
     fed = _federation(cfg)

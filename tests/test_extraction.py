@@ -3,8 +3,10 @@ import shutil
 import pytest
 import torch
 
-from feda2v import audio_models, datasets, encoders, extraction, storage
-from feda2v.extraction import extract_client
+from feda2v.data import datasets
+from feda2v.encoders import backbones, embed, extraction
+from feda2v.encoders.extraction import extract_client
+from feda2v.io import storage
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def test_rerun_with_same_inputs_is_a_cache_hit_without_any_model(make_config, mo
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded on a cache hit")
 
-    monkeypatch.setattr(encoders.AudioEncoder, "__init__", no_model)
+    monkeypatch.setattr(embed.AudioEncoder, "__init__", no_model)
     extract_client(cfg, 0, uri)
     assert torch.equal(storage.load_tensors(uri)[0]["train_x"], first["train_x"])
 
@@ -41,8 +43,8 @@ def test_changed_clip_or_settings_miss_the_cache(make_config, copy_of_data, monk
     uri = extraction.embeddings_uri(cfg, 0)
     extract_client(cfg, 0, uri)
     calls = []
-    real = encoders.AudioEncoder.embed
-    monkeypatch.setattr(encoders.AudioEncoder, "embed",
+    real = embed.AudioEncoder.embed
+    monkeypatch.setattr(embed.AudioEncoder, "embed",
                         lambda self, w: calls.append(len(w)) or real(self, w))
     item = next(i for i in datasets.read_items(cfg) if i.label == "dog")
     with open(item.uri, "ab") as f:
@@ -76,10 +78,10 @@ def test_too_many_corrupt_clips_fail_naming_them(make_config, copy_of_data):
 
 
 def test_clap_encoder_gives_its_projection_dim(make_config, tmp_path):
-    clap = audio_models.write_tiny_clap(str(tmp_path / "clap"))
+    clap = backbones.write_tiny_clap(str(tmp_path / "clap"))
     cfg = make_config(models={"audio_model": clap}, data={"clip_seconds": 1.0})
     t, _ = storage.load_tensors(extract_client(cfg, 0, extraction.embeddings_uri(cfg, 0)))
-    enc = encoders.AudioEncoder(clap, device="cpu")
+    enc = embed.AudioEncoder(clap, device="cpu")
     assert enc.backbone.family == "clap"
     assert t["train_x"].shape[1:] == (4, enc.dim)
 
@@ -97,7 +99,7 @@ def test_precomputed_embeddings_skip_extraction(make_config, tmp_path, monkeypat
                                "split": (torch.arange(30) % 5 == 0).long(),
                                "class_targets": torch.eye(3, 16)},
                          {"class_names": ["a", "b", "c"]})
-    monkeypatch.setattr(encoders.AudioEncoder, "__init__",
+    monkeypatch.setattr(embed.AudioEncoder, "__init__",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
     cfg = make_config(data={"format": "embeddings", "dataset_uri": uri,
                             "clients": [["a", "b"], ["c"]]})

@@ -5,8 +5,8 @@ import pytest
 import torch
 import transformers
 
-from feda2v.audio_models import AudioBackbone
-from feda2v.fbank import ASTFilterbank, ClapFilterbank
+from feda2v.data.fbank import ASTFilterbank, ClapFilterbank
+from feda2v.encoders.backbones import AudioBackbone
 
 
 def _waves() -> list[np.ndarray]:
@@ -69,7 +69,7 @@ def test_cpu_batches_are_cut_in_cache_sized_chunks(monkeypatch):
     sizes = []
     real = fbank._batch
     monkeypatch.setattr(fbank, "_batch", lambda waves: sizes.append(len(waves)) or real(waves))
-    monkeypatch.setattr("feda2v.fbank.CPU_CHUNK_BYTES", fbank.frame_bytes * 2)
+    monkeypatch.setattr("feda2v.data.fbank.CPU_CHUNK_BYTES", fbank.frame_bytes * 2)
     out = fbank(_waves())
     assert sizes == [2, 2, 1] and out.shape[0] == 5
 

@@ -6,12 +6,12 @@ import os
 import pytest
 import torch
 
-from feda2v import config as config_mod
 from feda2v.federated import generator
 from feda2v.federated.client import ClientData, client_step
 from feda2v.federated.loop import save_conditions
 from feda2v.federated.server import train_global
 from feda2v.federated.task import new_adapter, zero_shot_accuracy
+from feda2v.io import config as config_mod
 
 NAMES = ["dog", "rooster", "rain", "siren"]
 
@@ -84,7 +84,7 @@ def test_run1_trains_and_saves_seed_named_checkpoints(tmp_path):
 def test_run1_resume_continues_the_round_counter(tmp_path):
     data = _data([0, 1])
     _run1(_cfg(), tmp_path, data, rounds=1, key="first")
-    from feda2v import runstate
+    from feda2v.io import runstate
 
     runstate.release(str(tmp_path / "ckpt"), "first")  # what the first run's exit handler does
     resume = _cfg(generator_training_mode=True, use_pretrained_generators=True)
@@ -214,7 +214,7 @@ def test_a_retried_generator_task_resumes_and_ends_where_an_unbroken_one_does(tm
 
 
 def test_a_live_run_keeps_the_checkpoint_folder_until_it_ends(tmp_path):
-    from feda2v import runstate
+    from feda2v.io import runstate
 
     cfg = _cfg()
     data = _data([0, 1])
@@ -258,7 +258,7 @@ def test_calibrated_vae_samples_spread_like_the_held_out_rows():
     spread as the held-out rows do."""
     from sklearn.datasets import load_digits
 
-    from feda2v.metrics import quality_report
+    from feda2v.evaluation.metrics import quality_report
 
     d = load_digits()
     keep = torch.isin(torch.tensor(d.target), torch.tensor([0, 1, 2]))
@@ -295,8 +295,8 @@ def test_posterior_sampling_keeps_an_unbalanced_client_on_class():
     the decoder's residual noise, stay on their class and spread as the held-out rows do."""
     from sklearn.datasets import load_digits
 
-    from feda2v import partition
-    from feda2v.metrics import quality_report
+    from feda2v.data import partition
+    from feda2v.evaluation.metrics import quality_report
 
     d = load_digits()
     x_all = torch.tensor(d.images, dtype=torch.float32).reshape(-1, 8, 8) / 16

@@ -13,7 +13,7 @@ import pytest
 import torch
 from s3server import s3_env, s3_server  # noqa: F401 - fixtures
 
-from feda2v import storage, tracking
+from feda2v.io import storage, tracking
 
 
 def _write(cfg, tmp_path, name="config.json"):
@@ -69,7 +69,7 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path, monkeypatch):
     assert len(runs) == 2  # one MLflow run per pipeline run
     run1, run2 = runs
     assert run1.info.status == run2.info.status == "FINISHED"
-    from feda2v.tracking import source_tags
+    from feda2v.io.tracking import source_tags
 
     for run in (run1, run2):  # what made it, and which KFP run it tracks
         assert {k: run.data.tags.get(k) for k in source_tags()} == source_tags()
@@ -112,7 +112,7 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
     from kfp import local
 
     import pipelines
-    from feda2v.experiment import run_experiment
+    from feda2v.evaluation.experiment import run_experiment
 
     cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 2,
                                                "generator_training_mode": True})

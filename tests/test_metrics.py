@@ -1,4 +1,4 @@
-"""Known-answer tests of feda2v.metrics (small tensors, fixed seeds, well under a second each)."""
+"""Known-answer tests of feda2v.evaluation.metrics (small tensors, fixed seeds, well under a second each)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from feda2v import metrics as m
+from feda2v.evaluation import metrics as m
 
 
 def gauss(n: int, mean, std, seed: int) -> torch.Tensor:

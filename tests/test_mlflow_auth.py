@@ -5,8 +5,8 @@ them (or with wrong ones) fails at once, naming the variables and never printing
 import pytest
 from mlflowserver import ADMIN, mlflow_auth_server  # noqa: F401 - fixture
 
-from feda2v import config as config_mod
-from feda2v import tracking
+from feda2v.io import config as config_mod
+from feda2v.io import tracking
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from feda2v import config as config_mod
-from feda2v import tracking
-from feda2v.models import Adapter
+from feda2v.federated.models import Adapter
+from feda2v.io import config as config_mod
+from feda2v.io import tracking
 
 
 def _adapter_file(tmp_path, hidden=(32,), heads=4):

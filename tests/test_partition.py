@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from feda2v import config as config_mod
-from feda2v import partition
+from feda2v.data import partition
+from feda2v.io import config as config_mod
 
 NAMES = [f"c{i}" for i in range(10)]
 

@@ -5,7 +5,7 @@ import yaml
 from kfp import compiler
 
 import pipelines
-from feda2v import config as config_mod
+from feda2v.io import config as config_mod
 
 
 def _compile(cfg, kind, tmp_path, options=None):
@@ -141,7 +141,7 @@ def test_only_extraction_and_class_targets_are_cacheable(make_config, tmp_path, 
 
 
 def test_ablations_fan_out_one_task_per_variant(make_config, tmp_path):
-    from feda2v.experiment import VARIANTS
+    from feda2v.evaluation.experiment import VARIANTS
 
     spec, _ = _compile(make_config(), "ablations", tmp_path)
     # Everything runs inside the exit handler that ends the parent MLflow run.
@@ -241,7 +241,7 @@ def test_credentials_in_the_config_are_refused_at_compile(tmp_path, capsys):
 def test_full_size_round_execution_yaml_stays_under_1_mb(tmp_path):
     """Round execution, 30 + 50 rounds x 3 clients (the seed's runs), and 50 clients: rounds are
     unrolled, clients are not (ParallelFor), so the size depends on the rounds."""
-    from feda2v import config as config_mod
+    from feda2v.io import config as config_mod
 
     for data in ({"partition": "iid", "num_clients": 50},):  # 3 clients: a few bytes less
         cfg = config_mod.validate({"global_rounds": 50, "data": data, "execution": "round",
@@ -269,7 +269,7 @@ def test_every_task_requests_cpu_and_memory(make_config, tmp_path, kind, executi
 def test_the_data_stages_are_fed_only_the_keys_that_decide_their_output(make_config, tmp_path):
     """Extraction's cache key is the data_config task's output: a new learning rate or round
     count leaves it as it was (KFP reuses the embeddings), a data or model change does not."""
-    from feda2v import runtime
+    from feda2v.orchestration import runtime
 
     cfg = make_config()
     compiled = runtime.compiled_values(cfg)

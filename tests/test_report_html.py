@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from feda2v.report_html import pca_2d, write_report
+from feda2v.evaluation.report_html import pca_2d, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -143,7 +143,7 @@ def test_pca_flattens_sequences_and_handles_tiny_inputs():
 
 
 def test_the_accuracy_chart_marks_where_run2_starts():
-    from feda2v.report_html import phase_boundaries
+    from feda2v.evaluation.report_html import phase_boundaries
 
     assert phase_boundaries(RESULTS) == [(2.5, "run1 → run2")]
     one_phase = [{"variant": "fedavg", "history": [{"phase": "fedavg", "step": s, "accuracy": 0.1}

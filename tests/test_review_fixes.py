@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 
-from feda2v import config as config_mod
-from feda2v import datasets, extraction, stages, storage, tracking
+from feda2v.data import datasets
+from feda2v.encoders import extraction
+from feda2v.io import config as config_mod
+from feda2v.io import storage, tracking
+from feda2v.orchestration import stages
 
 
 def test_server_real_data_keeps_only_training_rows(tmp_path):
@@ -80,7 +83,7 @@ def test_a_stage_run_by_hand_writes_where_the_pipeline_reads(make_config, tmp_pa
     import shutil
 
     from feda2v.cli import main
-    from feda2v.local_run import resolve_local_paths
+    from feda2v.orchestration.local_run import resolve_local_paths
 
     shutil.copytree(demo_data, tmp_path / "data")
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from s3server import s3_env, s3_server  # noqa: F401 - fixtures
 
-from feda2v import model_source, storage
+from feda2v.encoders import model_source
+from feda2v.io import storage
 
 
 def test_server_checks_credentials(s3_server):  # noqa: F811
@@ -182,7 +183,7 @@ def test_hub_ids_pass_and_local_folders_become_absolute(tmp_path, monkeypatch):
 def test_extraction_reads_data_and_model_from_s3_and_writes_there(
         s3_env, make_config, demo_data, tiny_models, tmp_path, monkeypatch):  # noqa: F811
     """The whole extraction stage with every input and output on object storage."""
-    from feda2v import extraction
+    from feda2v.encoders import extraction
 
     fs = fsspec.filesystem("s3")
     fs.put(demo_data, f"{s3_env}/ESC-50", recursive=True)
@@ -199,7 +200,7 @@ def test_extraction_reads_data_and_model_from_s3_and_writes_there(
     assert meta["cache_key"]
     # A rerun sees the same object listing (sizes and stamps): a cache hit.
     calls = []
-    monkeypatch.setattr("feda2v.encoders.AudioEncoder.__init__",
+    monkeypatch.setattr("feda2v.encoders.embed.AudioEncoder.__init__",
                         lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
     extraction.extract_client(cfg, 1, uri)
     assert calls == []

@@ -49,10 +49,10 @@ def test_mix_real_follows_the_documented_ratio():
 def test_the_server_keeps_the_configured_share_of_its_training_step():
     """global = average + mix x (trained - average): mix 1 is the seed (the trained adapter),
     mix 0 the plain average, 0.25 a quarter of the way."""
-    from feda2v import config as config_mod
     from feda2v.federated.client import ClientUpdate
     from feda2v.federated.server import server_step
     from feda2v.federated.task import new_adapter
+    from feda2v.io import config as config_mod
 
     def cfg(mix):
         return config_mod.validate({"batch_size": 8, "feda2v": {

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from feda2v import storage
+from feda2v.io import storage
 
 
 class NotAllowed:

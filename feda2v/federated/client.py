@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from feda2v.federated.task import adapter_from_state, adapter_outputs, device_of, train_adapter
-from feda2v.log import get_logger
+from feda2v.io.log import get_logger
 
 log = get_logger()
 
@@ -38,7 +38,7 @@ class ClientUpdate:
     metrics: dict[str, float]
     synthetic_x: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     synthetic_y: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
-    quality: dict = field(default_factory=dict)  # per class + overall, see feda2v.metrics
+    quality: dict = field(default_factory=dict)  # per class + overall, see feda2v.evaluation.metrics
     condition_ids: torch.Tensor | None = None    # run1: class ids ...
     conditions: torch.Tensor | None = None       # ... and their mean adapter outputs [C, D]
 

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from feda2v.log import get_logger
+from feda2v.io.log import get_logger
 
 log = get_logger()
 
@@ -54,7 +54,7 @@ def train_vae(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_i
     from opacus.optimizers import DPOptimizer
 
     from feda2v.federated.generator import batch_loss
-    from feda2v.models import vae_schedule
+    from feda2v.federated.models import vae_schedule
 
     f = cfg["feda2v"]
     epochs = f["generator_training_epochs"]

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from feda2v import storage
-from feda2v.gan import ConditionedGAN, new_optimizers, train_gan
-from feda2v.log import get_logger
-from feda2v.models import ConditionedVAE, vae_loss, vae_schedule
+from feda2v.federated.gan import ConditionedGAN, new_optimizers, train_gan
+from feda2v.federated.models import ConditionedVAE, vae_loss, vae_schedule
+from feda2v.io import storage
+from feda2v.io.log import get_logger
 
 log = get_logger()
 
@@ -231,7 +231,7 @@ def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor
     twice that when crossed) takes the median temperature of the others (1.0 when none), with
     density NaN. Uses only the client's training rows; the held-out rows stay for the quality
     report."""
-    from feda2v.metrics import density_coverage
+    from feda2v.evaluation.metrics import density_coverage
 
     def bisect(density) -> float:
         lo, hi = bounds
@@ -387,7 +387,7 @@ def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Ten
     generator_save_every rounds and at the end, so a retried task restarts from there; the seed's
     files go to `published_dir` (round snapshots weights only, the latest with the optimizer).
     Returns {round: loss} of every round of this run."""
-    from feda2v import runstate
+    from feda2v.io import runstate
 
     f = cfg["feda2v"]
     own = runstate.generator_state_uri(run, client_id)
@@ -440,7 +440,7 @@ def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Ten
 
 def _publish(folder: str, run_key: str, client_id: int, round_num: int | None,
              data: bytes) -> None:
-    from feda2v import runstate
+    from feda2v.io import runstate
 
     name = os.path.basename(checkpoint_uri(folder, client_id, round_num))
     if runstate.publish(folder, run_key, name, data):
@@ -451,7 +451,7 @@ def _publish(folder: str, run_key: str, client_id: int, round_num: int | None,
 def load_for_sampling(cfg: dict, client_id: int, uri: str, x: torch.Tensor):
     """Read a checkpoint once, for sampling only: (vae, ckpt, sha256) or None when missing and
     generator_missing_checkpoint allows real-data-only rounds."""
-    from feda2v import runstate
+    from feda2v.io import runstate
 
     f = cfg["feda2v"]
     log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
@@ -505,7 +505,7 @@ def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed:
     classes, and the few samples sent to the server would understate coverage). Measured on the
     client, against its held-out rows (memorisation against its training rows): only the
     numbers leave it."""
-    from feda2v.metrics import quality_report
+    from feda2v.evaluation.metrics import quality_report
 
     ids = torch.tensor([class_names.index(c) for c in ckpt["class_names"]])
     counts = torch.bincount(data.train_y.cpu(), minlength=len(class_names))[ids].clamp_min(1)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from feda2v import runstate, storage
 from feda2v.federated.client import ClientData, client_step
 from feda2v.federated.server import server_step
-from feda2v.log import get_logger
+from feda2v.io import runstate, storage
+from feda2v.io.log import get_logger
 
 log = get_logger()
 

@@ -7,10 +7,10 @@ import re
 
 import torch
 
-from feda2v import storage
+from feda2v.federated.models import Adapter
 from feda2v.federated.task import adapter_from_state, device_of, train_adapter, zero_shot_accuracy
-from feda2v.log import get_logger
-from feda2v.models import Adapter
+from feda2v.io import storage
+from feda2v.io.log import get_logger
 
 log = get_logger()
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from feda2v.models import Adapter
+from feda2v.federated.models import Adapter
 
 
 def device_of(cfg: dict) -> torch.device:
     """The training device (models.device); tensors follow the model onto it."""
-    from feda2v.encoders import pick_device
+    from feda2v.encoders.embed import pick_device
 
     return pick_device(cfg["models"]["device"])
 

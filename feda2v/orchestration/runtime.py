@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from feda2v import config as config_mod
+from feda2v.io import config as config_mod
 
 KINDS = ("run1", "run2", "end_to_end")
 # Keys that decide which tasks exist: fixed once compiled, in both execution modes.

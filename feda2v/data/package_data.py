@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from feda2v import storage
-from feda2v.log import get_logger
+from feda2v.io import storage
+from feda2v.io.log import get_logger
 
 log = get_logger()
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

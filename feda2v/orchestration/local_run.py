@@ -23,9 +23,11 @@ import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from feda2v import config as config_mod
-from feda2v import preflight, report, storage, tracking
-from feda2v.log import TAG_ENV
+from feda2v.evaluation import report
+from feda2v.io import config as config_mod
+from feda2v.io import storage, tracking
+from feda2v.io.log import TAG_ENV
+from feda2v.orchestration import preflight
 
 TAG = "\u00a7feda2v\u00a7 "
 PYTHON = sys.executable  # the real interpreter (during a run sys.executable is the prefork shim)
@@ -156,9 +158,9 @@ class Stopped(BaseException):
 def _start_watchdog(cfg: dict, run_id: str):
     """A small process that outlives a SIGKILL of this one: when our end of its pipe closes
     without a word, it marks the MLflow run KILLED. (Task processes notice the lost parent
-    themselves: feda2v.runtime.task_setup.)"""
+    themselves: feda2v.orchestration.runtime.task_setup.)"""
     global _watchdog_pid
-    proc = subprocess.Popen([PYTHON, "-m", "feda2v.watchdog"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([PYTHON, "-m", "feda2v.orchestration.watchdog"], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, text=True)
     # The config travels on the pipe, never on a command line (ps shows those to everyone).
@@ -178,9 +180,9 @@ def _stop_watchdog(proc) -> None:
 
 
 def _start_prefork():
-    """Pre-imported task processes (feda2v.prefork). kfp.local's SubprocessRunner puts
+    """Pre-imported task processes (feda2v.orchestration.prefork). kfp.local's SubprocessRunner puts
     sys.executable in every task command, so for the run sys.executable is the shim."""
-    from feda2v import prefork
+    from feda2v.orchestration import prefork
 
     # A short path: Unix socket names are limited to about 100 bytes.
     folder = tempfile.mkdtemp(prefix="feda2v-prefork-")
@@ -193,7 +195,7 @@ def _start_prefork():
 
 
 def _stop_prefork(started) -> None:
-    from feda2v import prefork
+    from feda2v.orchestration import prefork
 
     if started is None:
         return
@@ -255,7 +257,7 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
                 execution: str | None = None, prefork: bool = True, runner: str = "subprocess",
                 image: str = "") -> int:
 
-    from feda2v import runtime
+    from feda2v.orchestration import runtime
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -370,7 +372,7 @@ def _run(cfg: dict, task_cfg: dict, kind: str, plan: list, local_root: str, pipe
         return 0
     _, history = tracking.run_info(cfg, run_id)
     rows = report.results_rows(plan, history, config_mod.num_clients(cfg))
-    from feda2v.stages import checkpoint_dir
+    from feda2v.orchestration.stages import checkpoint_dir
 
     print(f"\nFedA2V {kind} finished in {minutes:.1f} min\n")
     print(report.results_table(rows))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feda2v.log import get_logger
+from feda2v.io.log import get_logger
 
 log = get_logger()
 

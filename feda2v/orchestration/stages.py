@@ -12,9 +12,11 @@ import tempfile
 
 import torch
 
-from feda2v import config as config_mod
-from feda2v import report, runstate, runtime, storage, tracking
-from feda2v.log import get_logger
+from feda2v.evaluation import report
+from feda2v.io import config as config_mod
+from feda2v.io import runstate, storage, tracking
+from feda2v.io.log import get_logger
+from feda2v.orchestration import runtime
 
 log = get_logger()
 
@@ -22,7 +24,7 @@ log = get_logger()
 # --- paths under the storage root ---------------------------------------------------------------
 
 def embeddings_uri(cfg: dict, client_id: int) -> str:
-    from feda2v.extraction import embeddings_uri as uri
+    from feda2v.encoders.extraction import embeddings_uri as uri
 
     return uri(cfg, client_id)
 
@@ -46,7 +48,7 @@ def client_uri(uris: list[str], client_id: int) -> str:
 def class_targets(config_json: str, out_uri: str) -> dict:
     """Class targets [C, D_clip]: the CLIP text embedding of each class prompt, or the matrix a
     precomputed-embeddings file brings along."""
-    from feda2v import datasets
+    from feda2v.data import datasets
 
     cfg = config_mod.loads(config_json)
     names = datasets.class_names(cfg)
@@ -60,13 +62,13 @@ def class_targets(config_json: str, out_uri: str) -> dict:
     if given is not None:
         targets, source = given.float(), "from the embeddings file"
     elif cfg["data"]["targets"] == "images":
-        from feda2v.encoders import image_targets
+        from feda2v.encoders.embed import image_targets
 
         targets = image_targets(cfg["models"]["image_model"], datasets.read_images(cfg), names,
                                 cfg["models"]["device"])
         source = "mean CLIP image embeddings"
     else:
-        from feda2v.encoders import text_targets
+        from feda2v.encoders.embed import text_targets
 
         targets = text_targets(cfg["models"]["text_model"], prompts, cfg["models"]["device"])
         source = "CLIP text embeddings"
@@ -78,7 +80,7 @@ def class_targets(config_json: str, out_uri: str) -> dict:
 def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
     """Embed one client's train and test clips -> [N, tokens, D] safetensors; returns its URI.
     A rerun with the same clips, model and settings reuses the stored file."""
-    from feda2v.extraction import extract_client
+    from feda2v.encoders.extraction import extract_client
 
     cfg = config_mod.loads(config_json)
     runtime.task_setup(parallel=True)
@@ -114,7 +116,7 @@ def client_data(cfg: dict, client_id: int, uri: str = ""):
 
 
 def _class_names(cfg: dict) -> list[str]:
-    from feda2v import datasets
+    from feda2v.data import datasets
 
     return datasets.class_names(cfg)
 
@@ -124,8 +126,8 @@ def server_real_data(cfg: dict, class_names: list[str]):
     uri = cfg["feda2v"]["server_real_data_uri"]
     if not uri:
         return None
-    from feda2v.datasets import read_embeddings
-    from feda2v.extraction import split_codes
+    from feda2v.data.datasets import read_embeddings
+    from feda2v.encoders.extraction import split_codes
 
     tensors, meta = read_embeddings(uri)
     remap = torch.tensor([class_names.index(c) if c in class_names else -1

@@ -1,4 +1,4 @@
-"""`python -m feda2v.watchdog`: started by `feda2v run`, reads {config, run_id} from stdin and
+"""`python -m feda2v.orchestration.watchdog`: started by `feda2v run`, reads {config, run_id} from stdin and
 waits. "done" means the run ended itself; end of input without it means `feda2v run` was
 killed (SIGKILL leaves no chance to clean up): then the MLflow run is marked KILLED."""
 
@@ -15,7 +15,7 @@ def main() -> None:
     if rest.strip() == "done":
         return
     time.sleep(2)  # task processes notice their lost parent within a second and exit
-    from feda2v import tracking
+    from feda2v.io import tracking
 
     tracking.end_run(job["config"], job["run_id"], "KILLED")
 

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from feda2v.config import REFERENCE_SPLIT
-from feda2v.log import get_logger, progress
+from feda2v.io.config import REFERENCE_SPLIT
+from feda2v.io.log import get_logger, progress
 
 log = get_logger()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from feda2v import config as config_mod
+from feda2v.io import config as config_mod
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -196,7 +196,7 @@ def read_embeddings(uri: str):
     """Bring-your-own embeddings: tensors `embeddings` [N, S, D] and `labels` [N] (class index),
     optional `split` [N] (0 train, 1 test) or `fold` [N], optional `class_targets` [C, D_clip];
     header metadata `class_names` (JSON list). Returns (tensors, meta)."""
-    from feda2v import storage
+    from feda2v.io import storage
 
     tensors, meta = storage.load_tensors(uri)
     missing = {"embeddings", "labels"} - set(tensors)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from feda2v.models import ConditionedVAE
+from feda2v.federated.models import ConditionedVAE
 
 
 class ConditionedGAN(nn.Module):

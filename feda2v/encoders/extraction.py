@@ -16,8 +16,9 @@ import fsspec
 import numpy as np
 import torch
 
-from feda2v import datasets, partition, storage
-from feda2v.log import get_logger
+from feda2v.data import datasets, partition
+from feda2v.io import storage
+from feda2v.io.log import get_logger
 
 log = get_logger()
 FORMAT_VERSION = 1  # bump when the stored layout or the pooling changes
@@ -104,7 +105,7 @@ def extract_client(cfg: dict, client_id: int, out_uri: str) -> str:
                  "extraction skipped)", client_id, out_uri)
         return out_uri
 
-    from feda2v.encoders import AudioEncoder, embed_clips
+    from feda2v.encoders.embed import AudioEncoder, embed_clips
 
     encoder = AudioEncoder(m["audio_model"], m["audio_tokens"], m["device"])
     log.info("[Client %d] Extracting %d train + %d test clips with %s (%s, %d-d tokens, %s)",

@@ -41,7 +41,7 @@ def _named(uri: str, e: BaseException, doing: str) -> StorageError:
     missing paths, an S3 endpoint that does not answer, credentials refused, a missing bucket."""
     import errno
 
-    from feda2v.tracking import redact
+    from feda2v.io.tracking import redact
 
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     hint = ""

@@ -9,9 +9,9 @@ import tempfile
 import urllib.request
 import zipfile
 
-from feda2v import storage
-from feda2v.config import redact
-from feda2v.log import get_logger, progress
+from feda2v.io import storage
+from feda2v.io.config import redact
+from feda2v.io.log import get_logger, progress
 
 log = get_logger()
 

@@ -12,8 +12,8 @@ import json
 import os
 from typing import Any
 
-from feda2v import storage
-from feda2v.config import leaves, redact  # redact: the one rule, also tracking.redact
+from feda2v.io import storage
+from feda2v.io.config import leaves, redact  # redact: the one rule, also tracking.redact
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -276,7 +276,7 @@ def log_artifact(cfg: dict, run_id: str, local_file: str, artifact_path: str | N
 
 
 def log_adapter_model(cfg: dict, run_id: str, adapter_file: str, targets_file: str = "") -> str:
-    """The global adapter as an MLflow model (pyfunc, logged as code from feda2v/mlflow_model.py,
+    """The global adapter as an MLflow model (pyfunc, logged as code from feda2v/io/mlflow_model.py,
     with the feda2v package beside it) with a signature and an input example, registered under
     `mlflow_register_model` when that is set. Returns the model URI."""
     import mlflow
@@ -285,7 +285,7 @@ def log_adapter_model(cfg: dict, run_id: str, adapter_file: str, targets_file: s
     from mlflow.types import Schema, TensorSpec
     from safetensors.torch import load_file
 
-    from feda2v import mlflow_model
+    from feda2v.io import mlflow_model
 
     state = load_file(adapter_file)
     audio_dim = state["mlp.0.weight"].shape[1]
@@ -305,7 +305,7 @@ def log_adapter_model(cfg: dict, run_id: str, adapter_file: str, targets_file: s
             name="global_adapter", python_model=mlflow_model.__file__,
             artifacts=dict(adapter=adapter_file, **({"class_targets": targets_file}
                                                     if targets_file else {})),
-            code_paths=[os.path.dirname(mlflow_model.__file__)], model_config=conf,
+            code_paths=[_package_dir()], model_config=conf,
             signature=signature, input_example=example,
             pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}",
                               f"safetensors=={_version('safetensors')}", "numpy"],
@@ -337,6 +337,13 @@ def _fluent_store(uri: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _package_dir() -> str:
+    """The feda2v package folder (shipped beside the logged model, which imports from it)."""
+    from feda2v.io import mlflow_model
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(mlflow_model.__file__)))
 
 
 def _version(package: str) -> str:

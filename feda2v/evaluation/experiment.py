@@ -21,9 +21,10 @@ import json
 
 import torch
 
-from feda2v import config as config_mod
-from feda2v import runstate, stages, storage, tracking
-from feda2v.log import get_logger
+from feda2v.io import config as config_mod
+from feda2v.io import runstate, storage, tracking
+from feda2v.io.log import get_logger
+from feda2v.orchestration import stages
 
 log = get_logger()
 VARIANTS = ("fedavg", "synthetic", "synthetic_only", "centralized")
@@ -235,7 +236,7 @@ def run_identity(cfg: dict, run_id: str) -> dict[str, str]:
 def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> str:
     """HTML report + PNGs (accuracy per round per variant, real vs synthetic projection, quality
     tables), logged to MLflow; returns the HTML path."""
-    from feda2v import report_html
+    from feda2v.evaluation import report_html
 
     projection = None
     pool = next((r["synthetic_pool"] for r in results if r.get("synthetic_pool")), "")

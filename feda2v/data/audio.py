@@ -55,7 +55,7 @@ SHORT = 0.25  # a clip under this share of clip_seconds is mostly padding: say s
 def load_clip(uri: str, rate: int, seconds: float) -> np.ndarray:
     wav, source_rate = decode(uri)
     if len(wav) < SHORT * seconds * source_rate:
-        from feda2v.log import get_logger
+        from feda2v.io.log import get_logger
 
         get_logger().warning("  %s is %.2f s long: zero-padded to %.2f s (data.clip_seconds)",
                              uri, len(wav) / source_rate, seconds)

@@ -16,8 +16,8 @@ import tempfile
 
 import fsspec
 
-from feda2v import storage
-from feda2v.log import get_logger
+from feda2v.io import storage
+from feda2v.io.log import get_logger
 
 log = get_logger()
 

@@ -13,9 +13,9 @@ import os
 import numpy as np
 import torch
 
-from feda2v.audio_models import _load
-from feda2v.audio_models import _transformers as _quiet_transformers
-from feda2v.log import get_logger, progress
+from feda2v.encoders.backbones import _load
+from feda2v.encoders.backbones import _transformers as _quiet_transformers
+from feda2v.io.log import get_logger, progress
 
 log = get_logger()
 
@@ -34,8 +34,8 @@ class AudioEncoder:
     """An AST or CLAP encoder whose token sequence is pooled to `tokens` by adaptive averaging."""
 
     def __init__(self, source: str, tokens: int = 4, device: str = "auto"):
-        from feda2v.audio_models import AudioBackbone
-        from feda2v.model_source import resolve
+        from feda2v.encoders.backbones import AudioBackbone
+        from feda2v.encoders.model_source import resolve
 
         _quiet_transformers()
         self.source = source
@@ -60,7 +60,7 @@ def embed_clips(encoder: AudioEncoder, uris: list[str], seconds: float, batch_si
                 workers: int = 0, what: str = "Extracting"):
     """Embed clips -> (embeddings [N_ok, tokens, D], indices of the clips that were embedded,
     [(uri, error), ...] of the clips that could not be read)."""
-    from feda2v.audio import clip_batches
+    from feda2v.data.audio import clip_batches
 
     out, kept, bad = [], [], []
     tick = progress(len(uris), what)
@@ -80,7 +80,7 @@ def embed_clips(encoder: AudioEncoder, uris: list[str], seconds: float, batch_si
 @torch.inference_mode()
 def text_targets(source: str, prompts: list[str], device: str = "auto") -> torch.Tensor:
     """Pooled, projected CLIP text embeddings, [len(prompts), D_clip]."""
-    from feda2v.model_source import resolve
+    from feda2v.encoders.model_source import resolve
 
     tf = _quiet_transformers()
     source = resolve(source)
@@ -98,8 +98,8 @@ def image_targets(source: str, images: dict[str, list[str]], class_names: list[s
     import fsspec
     from PIL import Image
 
-    from feda2v.audio_models import image_embeddings
-    from feda2v.model_source import resolve
+    from feda2v.encoders.backbones import image_embeddings
+    from feda2v.encoders.model_source import resolve
 
     missing = [c for c in class_names if not images.get(c)]
     if missing:
@@ -166,7 +166,7 @@ def write_tiny_models(out: str, seed: int = 0, hidden: int = 64, clip_dim: int =
                              max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
                              pad_token_id=513)
     tf.CLIPTextModelWithProjection(clip).save_pretrained(text_dir)
-    from feda2v.audio_models import write_tiny_clap, write_tiny_clip_vision
+    from feda2v.encoders.backbones import write_tiny_clap, write_tiny_clip_vision
 
     clap_dir = write_tiny_clap(os.path.join(out, "clap"), seed=seed)
     vision_dir = write_tiny_clip_vision(os.path.join(out, "vision"), seed=seed,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from feda2v.fbank import ASTFilterbank, ClapFilterbank
+from feda2v.data.fbank import ASTFilterbank, ClapFilterbank
 
 if TYPE_CHECKING:
     from PIL import Image

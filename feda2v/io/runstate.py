@@ -21,8 +21,8 @@ import json
 import os
 import time
 
-from feda2v import storage
-from feda2v.log import get_logger
+from feda2v.io import storage
+from feda2v.io.log import get_logger
 
 log = get_logger()
 LEASE_NAME = "feda2v-lease.json"

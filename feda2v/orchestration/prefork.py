@@ -70,14 +70,14 @@ def write_shim(folder: str) -> str:
 
 
 # Imported before the server takes tasks: what every task needs.
-CORE = ("kfp.dsl.executor", "kfp.dsl.kfp_config", "torch", "feda2v.stages",
+CORE = ("kfp.dsl.executor", "kfp.dsl.kfp_config", "torch", "feda2v.orchestration.stages",
         "feda2v.federated.loop")
 # Imported one at a time while tasks run (extraction needs none of them): what some tasks need.
 # torch._dynamo: torch imports it on the first optimizer (1.6 s here); the SQLAlchemy store:
 # what opening MLflow's SQLite store imports (its tables are checked in the task, not here).
 LATER = ("torch._dynamo", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
-         "feda2v.federated.generator", "feda2v.metrics", "feda2v.experiment",
-         "feda2v.extraction", "transformers")
+         "feda2v.federated.generator", "feda2v.evaluation.metrics", "feda2v.evaluation.experiment",
+         "feda2v.encoders.extraction", "transformers")
 
 
 def _import(name: str) -> None:
@@ -191,7 +191,7 @@ def start(folder: str, env: dict) -> tuple[object, str]:
     import subprocess
 
     path = os.path.join(folder, "prefork.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "feda2v.prefork", path, str(os.getpid())],
+    proc = subprocess.Popen([sys.executable, "-m", "feda2v.orchestration.prefork", path, str(os.getpid())],
                             env=env)
     return proc, path
 

@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from feda2v.metrics import CONSISTENCY_SHARE, MEMORISATION_THRESHOLD, SPREAD_RANGE
+from feda2v.evaluation.metrics import CONSISTENCY_SHARE, MEMORISATION_THRESHOLD, SPREAD_RANGE
 
 _QUALITY_COLUMNS = [
     ("density", "density"), ("coverage", "coverage"), ("spread_ratio", "spread"),

@@ -13,7 +13,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
-from feda2v import storage, tracking
+from feda2v.io import storage, tracking
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -99,7 +99,7 @@ def _local_model(value: str) -> bool:
 
 def _checks(cfg: dict) -> list[tuple[str, str, callable]]:
     """(key, location, check) for every location of the config; a check raises on a problem."""
-    from feda2v import stages
+    from feda2v.orchestration import stages
 
     out = []
     data = cfg["data"]["dataset_uri"]

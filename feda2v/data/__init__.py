@@ -1,0 +1,2 @@
+"""Datasets and their split over clients: layouts, partitions, audio decoding, the
+filterbank, the demo and packaged datasets, downloads."""
