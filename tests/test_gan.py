@@ -6,14 +6,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from feda2v.federated.gan import (
+from feda2v.federated.generators.gan import (
     ConditionedGAN,
     discriminator_loss,
     gan_step,
     new_optimizers,
     train_gan,
 )
-from feda2v.federated.models import ConditionedVAE
+from feda2v.federated.generators.vae import ConditionedVAE
 
 S, D, C = 4, 8, 8
 

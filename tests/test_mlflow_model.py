@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from feda2v.federated.models import Adapter
+from feda2v.federated.adapter import Adapter
 from feda2v.io import config as config_mod
 from feda2v.io import tracking
 

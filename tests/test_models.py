@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feda2v.federated.models import Adapter, ConditionedVAE, vae_loss, vae_schedule
+from feda2v.federated.adapter import Adapter
+from feda2v.federated.generators.vae import ConditionedVAE, vae_loss, vae_schedule
 
 
 def test_adapter_maps_token_sequences_to_clip_space():

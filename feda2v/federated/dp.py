@@ -53,8 +53,7 @@ def train_vae(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_i
     from opacus.accountants import RDPAccountant
     from opacus.optimizers import DPOptimizer
 
-    from feda2v.federated.generator import batch_loss
-    from feda2v.federated.models import vae_schedule
+    from feda2v.federated.generators.vae import batch_loss, vae_schedule
 
     f = cfg["feda2v"]
     epochs = f["generator_training_epochs"]

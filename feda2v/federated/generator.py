@@ -1,18 +1,18 @@
-"""A client's generator (conditioned VAE or GAN): create, train, sample, and the seed's
-checkpoint contract. Both kinds share the data side (standardisation, `sample`)."""
+"""A client's generator over the rounds: create, train, checkpoint (the seed's contract),
+sample (posterior, calibrated or prior), measure. Works with any model of generators/ through
+its interface (generators/base.py), never with a particular kind."""
 
 from __future__ import annotations
 
 import io
 import math
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from feda2v.federated.gan import ConditionedGAN, new_optimizers, train_gan
-from feda2v.federated.models import ConditionedVAE, vae_loss, vae_schedule
+from feda2v.federated import generators
+from feda2v.federated.generators.vae import Posterior
 from feda2v.io import storage
 from feda2v.io.log import get_logger
 
@@ -31,97 +31,23 @@ def checkpoint_uri(checkpoint_dir: str, client_id: int, round_num: int | None = 
     return storage.join(checkpoint_dir, name)
 
 
-class OptimizerPair:
-    """The GAN's two optimizers behind the one-optimizer interface checkpoints use."""
-
-    def __init__(self, opts: dict[str, torch.optim.Optimizer]):
-        self.opts = opts
-
-    def state_dict(self) -> dict:
-        return {name: opt.state_dict() for name, opt in self.opts.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, opt in self.opts.items():
-            opt.load_state_dict(state[name])
-
-
-def _model_class(generator_type: str):
-    return ConditionedGAN if generator_type == "gan" else ConditionedVAE
-
-
 def new_generator(cfg: dict, seq_len: int, audio_dim: int, cond_dim: int):
     f = cfg["feda2v"]
-    return _model_class(f["generator_type"])(seq_len, audio_dim, cond_dim,
-                                             f["generator_hidden_dim"], f["generator_latent_dim"])
+    return generators.new(f["generator_type"], seq_len, audio_dim, cond_dim,
+                          f["generator_hidden_dim"], f["generator_latent_dim"])
 
 
 def new_optimizer(cfg: dict, model):
-    lr = cfg["feda2v"]["generator_learning_rate"]
-    if isinstance(model, ConditionedGAN):
-        return OptimizerPair(new_optimizers(model, lr))
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
+    return model.new_optimizer(cfg["feda2v"]["generator_learning_rate"])
 
 
-def batch_loss(model, vae, x: torch.Tensor, cond: torch.Tensor, clean: torch.Tensor,
-               idx: torch.Tensor, noise: float, gen: torch.Generator, beta: float,
-               w: float) -> torch.Tensor:
-    """The VAE's loss on batch `idx`: Gaussian noise on the input only, the clean target.
-    `model` is the VAE itself, or its per-sample-gradient wrapper under DP-SGD."""
-    noisy = (x[idx] + noise * torch.randn(x[idx].shape, generator=gen).to(x.device)
-             if noise else x[idx])
-    recon, mu, logvar = model(vae.normalise(noisy), cond[idx])
-    return vae_loss(recon, clean[idx], mu, logvar, beta, w)
-
-
-def train_generator(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
-                    seed: int) -> float:
-    """Train on real sequences x [N, S, D] with per-sample conditions cond [N, D_clip].
-
-    Noise augmentation perturbs the input only; the reconstruction target stays clean.
-    Returns the mean loss over all epochs (the seed's "Average loss").
-    """
-    f = cfg["feda2v"]
-    epochs, bs = f["generator_training_epochs"], f["generator_batch_size"]
-    noise = f["generator_augmentation_noise"] if f["generator_augmentation"] else 0.0
-    gen = torch.Generator().manual_seed(seed)
-    clean = vae.normalise(x)
-    log.info("[Client %d] Training generator for %d epochs", client_id, epochs)
-    if isinstance(vae, ConditionedGAN):
-        def report(epoch, total, d_loss, g_loss):
-            log.info("  [Client %d] Epoch %d/%d: Loss=%.4f (discriminator %.4f)", client_id,
-                     epoch, total, g_loss, d_loss)
-
-        losses = train_gan(vae, opt.opts, x, cond, epochs, bs, noise, seed, log=report)
-        average = sum(losses) / len(losses)
-        log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id,
-                 average)
-        return average
-    if getattr(vae, "dp_state", None) is not None:
-        from feda2v.federated import dp
-
-        losses = dp.train_vae(cfg, vae, opt, x, cond, client_id, seed, vae.dp_state)
-        average = sum(losses) / len(losses)
-        log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id,
-                 average)
-        return average
-    vae.train()
-    losses = []
-    for epoch in range(epochs):
-        beta, w = vae_schedule(epoch, epochs, beta_max=f["generator_kl_weight"])
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), bs):
-            idx = order[start:start + bs]
-            loss = batch_loss(vae, vae, x, cond, clean, idx, noise, gen, beta, w)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
-            opt.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(x))
-        if (epoch + 1) % 2 == 0 or epoch + 1 == epochs:
-            log.info("  [Client %d] Epoch %d/%d: Loss=%.4f", client_id, epoch + 1, epochs, losses[-1])
-    vae.eval()
+def train_generator(cfg: dict, model, opt, x: torch.Tensor, cond: torch.Tensor,
+                    client_id: int, seed: int) -> float:
+    """One round's epochs on real sequences x [N, S, D] with per-sample conditions
+    cond [N, D_clip]; returns the mean loss over them (the seed's "Average loss")."""
+    log.info("[Client %d] Training generator for %d epochs", client_id,
+             cfg["feda2v"]["generator_training_epochs"])
+    losses = model.fit(cfg, opt, x, cond, client_id, seed)
     average = sum(losses) / len(losses)
     log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id, average)
     return average
@@ -138,64 +64,7 @@ def sampling_mode(cfg: dict) -> str:
         return f["generator_sampling"]
     if f["generator_dp_epsilon"]:
         return "prior"  # anything fitted to the rows would sit outside the DP guarantee
-    return "calibrated" if f["generator_type"] == "gan" else "posterior"
-
-
-@dataclass
-class Posterior:
-    """Per class, a Gaussian fitted to the VAE's latent codes of the client's training rows (the
-    aggregate posterior), and the decoder's residual sd per dimension. A VAE trained with a
-    small KL weight leaves its codes far from N(0, I): prior draws then decode to the wrong
-    class or to the class centre, while draws from the codes' own Gaussian stay on the class
-    (ex-post density estimation, Ghosh et al. 2020). Decoders return means, which are smoother
-    than data; the residual noise, scaled per class, puts the spread back."""
-
-    mean: torch.Tensor   # [C, L]
-    chol: torch.Tensor   # [C, L, L], Cholesky factors of the covariances
-    noise: torch.Tensor  # [S, D], residual sd in embedding units
-
-    @classmethod
-    @torch.no_grad()
-    def fit(cls, vae, conditions: torch.Tensor, rows: list[torch.Tensor]) -> Posterior:
-        fits = [_latent_gaussian(vae, c, r) for c, r in zip(conditions, rows)]
-        residuals = [(vae.decode(mu, c.expand(len(r), -1)) - r).flatten(1)
-                     for c, r, (_, _, mu) in zip(conditions, rows, fits)]
-        noise = torch.cat(residuals).pow(2).mean(0).sqrt().reshape(rows[0].shape[1:])
-        return cls(torch.stack([m for m, _, _ in fits]), torch.stack([ch for _, ch, _ in fits]),
-                   noise)
-
-    def refit(self, vae, condition: torch.Tensor, rows: torch.Tensor) -> Posterior:
-        """One class's latent Gaussian fitted to `rows` alone, with this residual noise."""
-        mean, chol, _ = _latent_gaussian(vae, condition, rows)
-        return Posterior(mean[None], chol[None], self.noise)
-
-    def select(self, i: int) -> Posterior:
-        return Posterior(self.mean[i:i + 1], self.chol[i:i + 1], self.noise)
-
-    def sample(self, vae, i: int, cond: torch.Tensor, generator: torch.Generator,
-               noise_scale: float) -> torch.Tensor:
-        def randn(*shape):
-            return torch.randn(*shape, generator=generator, device=generator.device).to(cond.device)
-
-        z = self.mean[i] + randn(len(cond), self.mean.shape[1]) @ self.chol[i].T
-        with torch.no_grad():
-            x = vae.decode(z, cond)
-        return x + noise_scale * self.noise * randn(*x.shape)
-
-
-@torch.no_grad()
-def _latent_gaussian(vae, condition: torch.Tensor, rows: torch.Tensor):
-    """(mean [L], Cholesky factor [L, L], codes [N, L]) of the Gaussian over the codes of
-    `rows`: their covariance, shrunk towards its diagonal when the rows are few, plus their
-    mean posterior variance."""
-    dim = vae.latent_dim
-    eye = torch.eye(dim, device=condition.device)
-    mu, logvar = vae.encode(vae.normalise(rows), condition.expand(len(rows), -1))
-    cov = torch.cov(mu.T) if len(rows) > 1 else torch.zeros_like(eye)
-    shrink = min(1.0, dim / (4 * len(rows)))
-    cov = (1 - shrink) * cov + shrink * torch.diag(cov.diagonal())
-    cov = cov + torch.diag(logvar.exp().mean(0)) + 1e-5 * eye
-    return mu.mean(0), torch.linalg.cholesky(cov), mu
+    return generators.GENERATORS[f["generator_type"]].sampling
 
 
 def sample_per_class(vae, conditions: torch.Tensor, per_class: int, seed: int,
@@ -328,7 +197,7 @@ def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | Non
             raise ValueError(f"{uri}: {key} is {dims.get(key)} in the checkpoint but {value} "
                              "in this run")
     storage.require_finite(ckpt["generator_state_dict"], uri)
-    vae = _model_class(want_type)(*(dims[k] for k in DIM_KEYS))
+    vae = generators.GENERATORS[want_type](*(dims[k] for k in DIM_KEYS))
     vae.load_state_dict(ckpt["generator_state_dict"])
     vae.dp_state = ckpt.get("dp")  # the privacy accountant goes on where it stopped
     vae.to(device or torch.device("cpu"))  # before the optimizer, whose state follows the params

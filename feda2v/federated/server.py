@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from feda2v.federated.models import Adapter
+from feda2v.federated.adapter import Adapter
 from feda2v.federated.task import adapter_from_state, device_of, train_adapter, zero_shot_accuracy
 from feda2v.io import storage
 from feda2v.io.log import get_logger

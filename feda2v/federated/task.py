@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from feda2v.federated.models import Adapter
+from feda2v.federated.adapter import Adapter
 
 
 def device_of(cfg: dict) -> torch.device:

@@ -14,7 +14,7 @@ class AdapterModel(PythonModel):
     def load_context(self, context) -> None:
         from safetensors.torch import load_file
 
-        from feda2v.federated.models import Adapter
+        from feda2v.federated.adapter import Adapter
 
         state = load_file(context.artifacts["adapter"])
         conf = context.model_config

@@ -4,8 +4,8 @@ Generator: [z, cond] -> flattened sequence [S*D] in the normalised (Tanh) space.
 Discriminator: [x_norm, cond] -> one logit, spectral norm on every Linear for stability.
 Objective: hinge loss, one discriminator step then one generator step per batch.
 
-The data side (standardisation buffers, normalise/denormalise) is the VAE's own code, so both
-generators read and write embeddings identically and share the checkpointed buffers' meaning.
+The data side (standardisation buffers, normalise/denormalise) is every generator's
+(generators/base.py), so the GAN reads and writes embeddings as the VAE does.
 """
 
 from __future__ import annotations
@@ -17,18 +17,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from feda2v.federated.models import ConditionedVAE
+from feda2v.federated.generators.base import Generator
+from feda2v.io.log import get_logger
+
+log = get_logger()
 
 
-class ConditionedGAN(nn.Module):
+class ConditionedGAN(Generator):
     """MLP GAN over the flattened token sequence, conditioned on a CLIP-space class vector."""
 
-    SCALE = ConditionedVAE.SCALE  # standardised values within +-3 std map into (-1, 1)
+    name = "gan"
+    sampling = "calibrated"
 
     def __init__(self, seq_len: int, audio_dim: int, cond_dim: int, hidden_dim: int = 1024,
                  latent_dim: int = 256):
-        super().__init__()
-        self.seq_len, self.audio_dim, self.latent_dim = seq_len, audio_dim, latent_dim
+        super().__init__(seq_len, audio_dim, cond_dim, hidden_dim, latent_dim)
         flat = seq_len * audio_dim
         self.generator = nn.Sequential(
             nn.Linear(latent_dim + cond_dim, hidden_dim), nn.LeakyReLU(0.2),
@@ -42,13 +45,6 @@ class ConditionedGAN(nn.Module):
             # zero while the logits sit inside the margin, which spectral norm keeps them in.
             spectral_norm(nn.Linear(hidden_dim, 1, bias=False)),
         )
-        self.register_buffer("data_mean", torch.zeros(flat))
-        self.register_buffer("data_std", torch.ones(flat))
-
-    # The data side, shared with the VAE verbatim (same buffers, same SCALE, same clamping).
-    fit_standardisation = ConditionedVAE.fit_standardisation
-    normalise = ConditionedVAE.normalise
-    denormalise = ConditionedVAE.denormalise
 
     def generate(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                  temperature: float = 1.0) -> torch.Tensor:
@@ -73,6 +69,35 @@ class ConditionedGAN(nn.Module):
         """cond: [N, D_clip] -> N synthetic sequences [N, S, D_audio] in embedding units; the
         latent noise is scaled by `temperature`."""
         return self.denormalise(self.generate(cond, generator, temperature))
+
+    def new_optimizer(self, lr: float):
+        return OptimizerPair(new_optimizers(self, lr))
+
+    def fit(self, cfg: dict, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
+            seed: int) -> list[float]:
+        f = cfg["feda2v"]
+        noise = f["generator_augmentation_noise"] if f["generator_augmentation"] else 0.0
+
+        def report(epoch, total, d_loss, g_loss):
+            log.info("  [Client %d] Epoch %d/%d: Loss=%.4f (discriminator %.4f)", client_id,
+                     epoch, total, g_loss, d_loss)
+
+        return train_gan(self, opt.opts, x, cond, f["generator_training_epochs"],
+                         f["generator_batch_size"], noise, seed, log=report)
+
+
+class OptimizerPair:
+    """The GAN's two optimizers behind the one-optimizer interface checkpoints use."""
+
+    def __init__(self, opts: dict[str, torch.optim.Optimizer]):
+        self.opts = opts
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.opts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.opts.items():
+            opt.load_state_dict(state[name])
 
 
 def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
