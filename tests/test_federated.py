@@ -410,7 +410,7 @@ def test_a_new_generator_needs_only_the_interface(tmp_path, monkeypatch):
     cfg = _cfg(generator_learning_rate=0.5)
     cfg["feda2v"]["generator_type"] = "shift"  # past the config's choice list, as a plug-in
     data = _data([0, 1])
-    run, losses = _run1(cfg, tmp_path, data, rounds=2)
+    _, losses = _run1(cfg, tmp_path, data, rounds=2)
     assert losses[2] < losses[1]  # {round: mean loss}
     uri = generator.checkpoint_uri(str(tmp_path / "ckpt"), 0)
     ckpt = torch.load(uri, weights_only=True)

@@ -1,0 +1,103 @@
+"""data (datasets), models (tiny offline models) and config (check, keys)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from feda2v.cli.common import _cfg, _config_arg, _print
+from feda2v.data.download import ESC50_URL
+from feda2v.io import config as config_mod
+
+
+def cmd_data_demo(a) -> None:
+    from feda2v.data.demo_data import write_demo_dataset
+
+    write_demo_dataset(a.out, clips_per_class=a.clips_per_class, folds=a.folds, seconds=a.seconds,
+                       sample_rate=a.sample_rate, seed=a.seed)
+
+
+def cmd_data_esc50(a) -> None:
+    from feda2v.data.download import download_esc50
+
+    download_esc50(a.out, a.url, a.sha256, verify=not a.no_verify)
+
+
+def cmd_data_digits(a) -> None:
+    from feda2v.data.package_data import write_digits
+
+    write_digits(a.out, folds=a.folds, seed=a.seed)
+
+
+def cmd_models_tiny(a) -> None:
+    from feda2v.encoders.embed import write_tiny_models
+
+    _print(write_tiny_models(a.out, seed=a.seed))
+
+
+def cmd_config_check(a) -> None:
+    cfg = _cfg(a.config)
+    print(json.dumps(cfg, indent=2, sort_keys=True))
+    print(f"OK: {a.config} is valid (pipeline: {config_mod.pipeline_kind(cfg)})", file=sys.stderr)
+
+
+def cmd_config_keys(a) -> None:
+    print(config_mod.describe_keys())
+
+
+def register(add) -> None:
+    data = add("data", None, "Datasets.").add_subparsers(dest="what", required=True, metavar="WHAT")
+    p = data.add_parser("demo", help="Write the procedural demo set in the ESC-50 layout.",
+                        description="Write a procedural audio dataset in the ESC-50 layout "
+                                    "(meta/esc50.csv + audio/*.wav), 15 acoustically distinct "
+                                    "classes of the reference split, deterministic for a seed.")
+    p.set_defaults(func=cmd_data_demo)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--clips-per-class", type=int, default=40, help="clips per class (default 40, "
+                                                                   "as ESC-50)")
+    p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
+    p.add_argument("--seconds", type=float, default=1.0, help="clip length (default 1.0)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = data.add_parser("esc50", help="Download and unpack the official ESC-50 archive.",
+                        description="Download the ESC-50 archive and unpack meta/esc50.csv and "
+                                    "audio/ to OUT (a path or fsspec URL such as s3://bucket/esc50). "
+                                    "A folder that already holds meta/esc50.csv is left alone.")
+    p.set_defaults(func=cmd_data_esc50)
+    p.add_argument("--out", required=True, help="destination folder or URL")
+    p.add_argument("--url", default=ESC50_URL, help="archive URL (default: the official one; "
+                                                    "point it at a mirror offline)")
+    p.add_argument("--sha256", default="", help="expected sha256 of the archive (default: it "
+                   "must be the known ESC-50 release, checked by its published MD5)")
+    p.add_argument("--no-verify", action="store_true", help="unpack an archive without any "
+                   "checksum (a warning names its sha256)")
+
+    p = data.add_parser("digits", help="Write scikit-learn's handwritten digits as an "
+                                       "embeddings file (a real dataset, no download).",
+                        description="Write the 1,797 8x8 digit images that ship with "
+                                    "scikit-learn as a precomputed-embeddings file (8 tokens of "
+                                    "8 features, 5 stratified folds, seeded random class "
+                                    "targets), for data.format = embeddings.")
+    p.set_defaults(func=cmd_data_digits)
+    p.add_argument("--out", required=True, help="output .safetensors path or URL")
+    p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and targets (default 0)")
+
+    models = add("models", None, "Models.").add_subparsers(dest="what", required=True, metavar="WHAT")
+    p = models.add_parser("tiny", help="Save tiny random-initialised AST, CLAP and CLIP models.",
+                          description="Save small random-initialised models of the real "
+                                      "architectures for offline runs: AST in OUT/audio, CLAP "
+                                      "audio tower in OUT/clap, CLIP text + offline tokenizer in "
+                                      "OUT/text, CLIP vision in OUT/vision.")
+    p.set_defaults(func=cmd_models_tiny)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    cfgp = add("config", None, "Inspect configs.").add_subparsers(dest="what", required=True,
+                                                                  metavar="WHAT")
+    p = cfgp.add_parser("check", help="Validate a config and print it with defaults filled in.")
+    p.set_defaults(func=cmd_config_check)
+    _config_arg(p)
+    p = cfgp.add_parser("keys", help="List every config key with its default and meaning.")
+    p.set_defaults(func=cmd_config_keys)
