@@ -6,7 +6,7 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def federated_phase(config_json: str, compiled: str, global_rounds: int,
-                    generator_training_rounds: int, client_ids: list, phase: str, run_key: str,
+                    generator_training_rounds: int, client_ids: list, settings: dict, phase: str, run_key: str,
                     mlflow_run_id: str, ready: list, adapter: Output[Model],
                     metrics: Output[Metrics]) -> float:
     """Every round of one federated phase for every client: FedAvg (and, in Run 2, global
@@ -15,7 +15,7 @@ def federated_phase(config_json: str, compiled: str, global_rounds: int,
     from feda2v.orchestration import runtime, stages
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
-                          client_ids)
+                          client_ids, settings)
     result = stages.federated_phase(cfg, phase, run_key, mlflow_run_id, adapter.path)
     metrics.log_metric("accuracy", result["accuracy"])
     return result["accuracy"]

@@ -6,7 +6,7 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finish_run(config_json: str, compiled: str, global_rounds: int,
-               generator_training_rounds: int, client_ids: list, run_key: str,
+               generator_training_rounds: int, client_ids: list, settings: dict, run_key: str,
                mlflow_run_id: str, status: dsl.PipelineTaskFinalStatus,
                report: Output[Markdown]) -> str:
     """Exit handler: results table, final adapter and report to MLflow; the MLflow run ends
@@ -16,7 +16,7 @@ def finish_run(config_json: str, compiled: str, global_rounds: int,
     error = status.error_message
     try:
         cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
-                              client_ids)
+                              client_ids, settings)
     except ValueError as e:  # the run failed on this very check: still close its MLflow run
         cfg, error = config_json, str(e)
     return stages.finish_tracking(cfg, mlflow_run_id, run_key, status.state, report.path, error)

@@ -33,6 +33,58 @@ TYPED_DOC = """
                 data.num_clients for the pathological, dirichlet and iid partitions)."""
 
 
+# The run form's typed settings each phase uses (runtime.SETTINGS names).
+PHASE_SETTINGS = {
+    "fedavg": ("local_epochs", "learning_rate"),
+    "run1": ("local_epochs", "learning_rate", "generator_type", "generator_training_epochs",
+             "generator_learning_rate"),
+    "run2": ("local_epochs", "learning_rate", "generator_type", "synthetic_samples_per_class"),
+}
+
+
+def _typed_form(cfg: dict, plan, default_json: str, rounds: dict, clients: list, body):
+    """The phase-execution pipeline function, its signature built from the plan: the round
+    counts it has, client_ids, and the settings its phases use, each typed and defaulting to
+    the compiled config's value (KFP reads the signature and the docstring's Args for the run
+    form). Returns (function, the Args lines)."""
+    import inspect
+
+    phases = [p for p, _ in plan]
+    names = list(dict.fromkeys(n for p in phases for n in PHASE_SETTINGS[p]))
+    P = inspect.Parameter
+    params = [P("config_json", P.POSITIONAL_OR_KEYWORD, default=default_json, annotation=str),
+              P("mlflow_run_id", P.POSITIONAL_OR_KEYWORD, default="", annotation=str),
+              P("global_rounds", P.POSITIONAL_OR_KEYWORD, default=rounds["global_rounds"],
+                annotation=int)]
+    doc = TYPED_DOC
+    if phases == ["run1", "run2"]:
+        params.append(P("generator_training_rounds", P.POSITIONAL_OR_KEYWORD,
+                        default=rounds["generator_training_rounds"], annotation=int))
+    else:
+        doc = doc.replace(doc.splitlines()[2] + "\n", "")
+    params.append(P("client_ids", P.POSITIONAL_OR_KEYWORD, default=clients, annotation=list))
+    for name in names:
+        key = runtime.SETTINGS[name]
+        value = runtime._value(cfg, key)
+        params.append(P(name, P.POSITIONAL_OR_KEYWORD, default=value, annotation=type(value)))
+        section, _, leaf = key.rpartition(".")
+        spec = (config_mod.SECTIONS[section] if section else config_mod.TOP_LEVEL)[leaf]
+        doc += f"\n            {name}: {spec.doc} ({key})"
+    signature = inspect.Signature(params, return_annotation=dsl.Markdown)
+
+    def pipeline(*args, **kwargs):
+        values = signature.bind(*args, **kwargs)
+        values.apply_defaults()
+        v = values.arguments
+        return body(v["config_json"], v["mlflow_run_id"], v["global_rounds"],
+                    v.get("generator_training_rounds", rounds["generator_training_rounds"]),
+                    v["client_ids"], {name: v[name] for name in names})
+
+    pipeline.__signature__ = signature
+    pipeline.__annotations__ = {p.name: p.annotation for p in params} | {"return": dsl.Markdown}
+    return pipeline, doc
+
+
 def phase_plan(cfg: dict, kind: str) -> "list[tuple[str, int]]":
     """[(phase, rounds), ...] of a pipeline kind. Without generators every round is fedavg."""
     return runtime.plan(cfg, kind)
@@ -190,10 +242,12 @@ def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None"
     rounds = {"global_rounds": cfg["global_rounds"],
               "generator_training_rounds": cfg["feda2v"]["generator_training_rounds"]}
 
-    def body(config_json, mlflow_run_id, global_rounds, generator_training_rounds, client_ids):
+    def body(config_json, mlflow_run_id, global_rounds, generator_training_rounds, client_ids,
+             settings):
         common = {"config_json": config_json, "compiled": compiled,
                   "global_rounds": global_rounds,
-                  "generator_training_rounds": generator_training_rounds, "client_ids": client_ids}
+                  "generator_training_rounds": generator_training_rounds, "client_ids": client_ids,
+                  "settings": settings}
         done = t(c.finish_run(**common, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                               mlflow_run_id=mlflow_run_id))
         with dsl.ExitHandler(done, name="feda2v-run"):
@@ -207,27 +261,14 @@ def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None"
     if execution == "round":
         def pipeline(config_json: str = default_json, mlflow_run_id: str = "") -> dsl.Markdown:
             return body(config_json, mlflow_run_id, rounds["global_rounds"],
-                        rounds["generator_training_rounds"], clients)
+                        rounds["generator_training_rounds"], clients, {})
         fixed = (" Rounds, clients and the generator flags are fixed at compile time "
                  "(execution 'round'); every other key may be changed here.")
         typed = ""
-    elif [p for p, _ in plan] == ["run1", "run2"]:
-        def pipeline(config_json: str = default_json, mlflow_run_id: str = "",
-                     global_rounds: int = rounds["global_rounds"],
-                     generator_training_rounds: int = rounds["generator_training_rounds"],
-                     client_ids: list = clients) -> dsl.Markdown:
-            return body(config_json, mlflow_run_id, global_rounds, generator_training_rounds,
-                        client_ids)
-        fixed = " The generator flags are fixed at compile time; rounds and clients are the parameters below."
-        typed = TYPED_DOC
-    else:  # one phase: global_rounds is its only round count
-        def pipeline(config_json: str = default_json, mlflow_run_id: str = "",
-                     global_rounds: int = rounds["global_rounds"],
-                     client_ids: list = clients) -> dsl.Markdown:
-            return body(config_json, mlflow_run_id, global_rounds,
-                        rounds["generator_training_rounds"], client_ids)
-        fixed = " The generator flags are fixed at compile time; rounds and clients are the parameters below."
-        typed = TYPED_DOC.replace(TYPED_DOC.splitlines()[2] + "\n", "")
+    else:
+        pipeline, typed = _typed_form(cfg, plan, default_json, rounds, clients, body)
+        fixed = (" The generator flags are fixed at compile time; rounds, clients and the keys "
+                 "below are typed run-time parameters (config_json keeps the rest).")
 
     rounds_text = (", ".join(f"{p} x {n} rounds" for p, n in plan) if execution == "round" else
                    " then ".join(p for p, _ in plan) + " (rounds: run-time parameters)")

@@ -103,6 +103,58 @@ def test_run_time_parameters_take_effect_in_phase_execution():
     assert json.loads(runtime.resolve(text, compiled, 5, 30, [0.0, 1.0]))["global_rounds"] == 5
 
 
+def test_the_run_forms_typed_settings_take_effect_as_their_keys_types():
+    """KFP hands a dict parameter's values over as strings: each takes its config key's type;
+    the compiled value leaves config_json's standing; two different edits are refused."""
+    cfg = _cfg(pipeline="end_to_end")
+    compiled = runtime.compiled_values(cfg)
+    settings = {"local_epochs": "3.0", "learning_rate": "0.005", "generator_type": "gan",
+                "synthetic_samples_per_class": "7.0", "generator_training_epochs": "2.0",
+                "generator_learning_rate": "0.01"}
+    got = json.loads(runtime.resolve(json.dumps(cfg), compiled, settings=settings))
+    assert (got["local_epochs"], got["learning_rate"]) == (3, 0.005)
+    f = got["feda2v"]
+    assert (f["generator_type"], f["synthetic_samples_per_class"]) == ("gan", 7)
+    assert (f["generator_training_epochs"], f["generator_learning_rate"]) == (2, 0.01)
+    edited = json.dumps(dict(cfg, local_epochs=4))
+    same = {"local_epochs": str(float(cfg["local_epochs"]))}
+    assert json.loads(runtime.resolve(edited, compiled, settings=same))["local_epochs"] == 4
+    with pytest.raises(config_mod.ConfigError, match="'local_epochs' is 4 in config_json but 9"):
+        runtime.resolve(edited, compiled, settings={"local_epochs": "9"})
+    with pytest.raises(config_mod.ConfigError, match="bad value for 'feda2v.generator_type'"):
+        runtime.resolve(json.dumps(cfg), compiled, settings={"generator_type": "diffusion"})
+    with pytest.raises(config_mod.ConfigError, match="run-time parameter 'local_epochs'"):
+        runtime.resolve(json.dumps(cfg), compiled, settings={"local_epochs": "many"})
+
+
+def test_the_run_form_offers_the_settings_its_phases_use(make_config, tmp_path):
+    import yaml
+
+    from feda2v.cli import main
+
+    def form(pipeline, **f):
+        out = tmp_path / f"{pipeline}.yaml"
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(make_config(global_rounds=4, local_epochs=2, feda2v=f)))
+        main(["compile", "--config", str(path), "--pipeline", pipeline, "--output", str(out),
+              "--no-preflight"])
+        return next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
+
+    both = form("end_to_end")
+    assert set(both) == {"config_json", "mlflow_run_id", "global_rounds",
+                         "generator_training_rounds", "client_ids", *runtime.SETTINGS}
+    assert both["local_epochs"] == {"defaultValue": 2.0, "isOptional": True,
+                                    "parameterType": "NUMBER_INTEGER",
+                                    "description": both["local_epochs"]["description"]}
+    assert both["learning_rate"]["parameterType"] == "NUMBER_DOUBLE"
+    assert both["generator_type"]["defaultValue"] == "vae"
+    assert "(feda2v.synthetic_samples_per_class)" in both["synthetic_samples_per_class"][
+        "description"]
+    fedavg = form("run1", use_generator=False, generator_training_mode=False)
+    assert set(fedavg) - {"config_json", "mlflow_run_id", "global_rounds", "client_ids"} == {
+        "local_epochs", "learning_rate"}
+
+
 def test_clients_are_a_run_time_parameter_in_phase_execution():
     cfg = config_mod.validate({"data": {"partition": "iid", "num_clients": 3}})
     compiled = runtime.compiled_values(cfg)

@@ -107,8 +107,9 @@ def _final_adapter(root, key, phase, rounds):
 @pytest.mark.slow
 def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path):
     """One config and seed, three ways: a phase-execution pipeline compiled for 3 Run 2 rounds
-    but run with the run-time parameter global_rounds=1, a round-execution pipeline compiled
-    for 1, and `feda2v experiment`. Same final adapter, same metrics at every step."""
+    and other client epochs but run with the run-time parameters global_rounds=1 and
+    local_epochs, a round-execution pipeline compiled for 1, and `feda2v experiment`. Same
+    final adapter, same metrics at every step."""
     from kfp import local
 
     import pipelines
@@ -120,12 +121,13 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
     _run(_write(cfg, tmp_path), "end_to_end", tmp_path, "--execution", "round")
     client, (round_run,) = _runs(cfg)
 
-    compiled_for_3 = dict(cfg, global_rounds=3)
+    # Compiled for other rounds and epochs, run with the form's typed fields set back.
+    compiled_for_3 = dict(cfg, global_rounds=3, local_epochs=cfg["local_epochs"] + 2)
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(tmp_path / "kfp"), raise_on_error=True)
     phase_id = tracking.create_run(cfg, "phase")
     pipelines.build(compiled_for_3, "end_to_end", pipelines.ClusterOptions.local(), "phase")(
-        mlflow_run_id=phase_id, global_rounds=1)
+        mlflow_run_id=phase_id, global_rounds=1, local_epochs=cfg["local_epochs"])
     experiment = run_experiment(cfg, ["synthetic"], "same")
 
     keys = [client.get_run(r).data.tags["feda2v.run_key"] for r in (round_run.info.run_id,
@@ -145,6 +147,7 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
     phase = client.get_run(phase_id)
     assert phase.info.status == "FINISHED"
     assert phase.data.params["global_rounds"] == "1"  # MLflow records what took effect
+    assert phase.data.params["local_epochs"] == str(cfg["local_epochs"])
     assert phase.data.params["feda2v.phases"] == "run1:2,run2:1"
 
 

@@ -18,6 +18,13 @@ COUNT_KEYS = ("global_rounds", "feda2v.generator_training_rounds", "clients")
 LOCAL_CORES_ENV = "FEDA2V_LOCAL_CORES"      # set by `feda2v run`: cores of this machine
 LOCAL_PARALLEL_ENV = "FEDA2V_LOCAL_PARALLEL"  # tasks kfp.local runs at once (its ParallelFor cap)
 PARENT_ENV = "FEDA2V_PARENT_PID"            # set by `feda2v run`: tasks exit when it is gone
+# The keys users change most, typed fields of the run form in phase execution (besides the
+# round counts and client_ids): run-time parameter name -> config key.
+SETTINGS = {"local_epochs": "local_epochs", "learning_rate": "learning_rate",
+            "generator_training_epochs": "feda2v.generator_training_epochs",
+            "generator_learning_rate": "feda2v.generator_learning_rate",
+            "synthetic_samples_per_class": "feda2v.synthetic_samples_per_class",
+            "generator_type": "feda2v.generator_type"}
 
 
 def plan(cfg: dict, kind: str | None = None) -> list[tuple[str, int]]:
@@ -49,12 +56,13 @@ def _set(cfg: dict, key: str, value) -> None:
 
 def compiled_values(cfg: dict) -> str:
     """The structural values a pipeline is compiled with (a constant input of its tasks)."""
-    return json.dumps({k: _value(cfg, k) for k in SHAPE_KEYS + COUNT_KEYS}, sort_keys=True)
+    keys = SHAPE_KEYS + COUNT_KEYS + tuple(SETTINGS.values())
+    return json.dumps({k: _value(cfg, k) for k in keys}, sort_keys=True)
 
 
 def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
             generator_training_rounds: int | None = None,
-            client_ids: list | None = None) -> str:
+            client_ids: list | None = None, settings: dict | None = None) -> str:
     """The config a task runs with: config_json plus the typed run-time parameters, checked
     against what the DAG was compiled for. A structural key changed where it cannot take effect
     fails here, naming the key and its compiled value."""
@@ -86,6 +94,18 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
         if isinstance(typed, bool) or not isinstance(typed, int) or typed < 1:
             raise config_mod.ConfigError(f"bad value for run-time parameter '{key}': {typed!r}")
         _set(cfg, key, typed)
+    for name, typed in (settings or {}).items():
+        if name not in SETTINGS:
+            raise config_mod.ConfigError(f"unknown run-time parameter {name!r}")
+        key = SETTINGS[name]
+        typed = _typed(key, typed, name)
+        if key not in built or typed == built[key]:
+            continue  # the form's value is the compiled one: config_json's value stands
+        if _value(cfg, key) not in (built[key], typed):
+            raise config_mod.ConfigError(
+                f"'{key}' is {_value(cfg, key)!r} in config_json but {typed!r} in the run-time "
+                f"parameter {name}; set one of them")
+        _set(cfg, key, typed)
     if client_ids is not None:
         client_ids = [as_int(i, "client_ids") for i in client_ids]
         n = config_mod.num_clients(cfg)
@@ -102,6 +122,22 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
                     f"'{key}' gives {n} clients but the run-time parameter client_ids is "
                     f"{list(client_ids)}; set client_ids to {list(range(n))}")
     return json.dumps(config_mod.validate(cfg), sort_keys=True)
+
+
+def _typed(key: str, value, name: str):
+    """A run-time parameter's value as its config key's type: KFP hands the values of a dict
+    parameter over as strings ("5.0", "0.01", "gan")."""
+    section, _, leaf = key.rpartition(".")
+    default = (config_mod.SECTIONS[section] if section else config_mod.TOP_LEVEL)[leaf].default
+    try:
+        if isinstance(default, int) and not isinstance(default, bool):
+            return as_int(float(value), name)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise config_mod.ConfigError(f"bad value for run-time parameter '{name}': "
+                                     f"{value!r}") from None
+    return str(value)
 
 
 def as_int(value, name: str) -> int:
