@@ -1,6 +1,7 @@
 """The global adapter as an MLflow model: signature, input example, registry, and a load that
 gives what the adapter itself gives."""
 
+import json
 import os
 
 import pytest
@@ -84,3 +85,30 @@ def test_system_metrics_land_in_the_run_only_when_asked(tmp_path, monkeypatch):
                     "system/run2/system_memory_usage_megabytes"} <= system
         else:
             assert not system
+
+
+def test_a_model_that_cannot_be_logged_fails_the_run_which_still_ends(tmp_path, monkeypatch):
+    """The exit handler logs the adapter as a model; if that fails (a registry that refuses,
+    a full artifact store), the MLflow run still ends, FAILED, and the task fails loudly."""
+    from feda2v.io import storage
+    from feda2v.orchestration import runtime, stages
+
+    cfg = config_mod.validate({"storage_root": str(tmp_path / "store"), "global_rounds": 1,
+                               "feda2v": {"adapter_hidden_dims": [32], "adapter_heads": 4,
+                                          "use_generator": False,
+                                          "generator_training_mode": False}})
+    plan = runtime.plan(cfg)
+    adapter, _ = _adapter_file(tmp_path)
+    storage.save_tensors(stages.final_adapter_uri(cfg, "k1", plan), adapter.state_dict(), {})
+
+    def refuse(*args, **kwargs):
+        raise OSError("artifact store full")
+
+    monkeypatch.setattr(tracking, "log_adapter_model", refuse)
+    with pytest.raises(OSError, match="artifact store full"):
+        stages.finish_tracking(json.dumps(cfg), "", "k1", "SUCCEEDED",
+                               str(tmp_path / "report.md"))
+    client = tracking._client(tracking.tracking_uri(cfg))
+    [run] = client.search_runs([client.get_experiment_by_name(cfg["experiment_name"])
+                                .experiment_id])
+    assert run.info.status == "FAILED"

@@ -447,6 +447,30 @@ def _log_generators(cfg: dict, run_id: str, tmp: str) -> None:
             tracking.log_artifact(cfg, run_id, local, "generators")
 
 
+def _log_run_artifacts(cfg: dict, run_id: str, run_key: str, plan, state: str,
+                       text: str) -> None:
+    """The final adapter (file and MLflow model), the generators and the results table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = final_adapter_uri(cfg, run_key, plan)
+        if state == "SUCCEEDED" and storage.exists(adapter):
+            adapter_file = os.path.join(tmp, "global_adapter.safetensors")
+            storage.write_bytes(adapter_file, storage.read_bytes(adapter))
+            tracking.log_artifact(cfg, run_id, adapter_file, "model")
+            targets_file = ""
+            if storage.exists(targets_uri(cfg, run_key)):  # phase execution keeps them there
+                targets_file = os.path.join(tmp, "class_targets.safetensors")
+                storage.write_bytes(targets_file, storage.read_bytes(targets_uri(cfg, run_key)))
+            model_uri = tracking.log_adapter_model(cfg, run_id, adapter_file, targets_file)
+            log.info("[Server] Global adapter logged as MLflow model %s%s", model_uri,
+                     f", registered as {cfg['mlflow_register_model']!r}"
+                     if cfg["mlflow_register_model"] else "")
+        if "run1" in dict(plan):
+            _log_generators(cfg, run_id, tmp)
+        report_file = os.path.join(tmp, "results.md")
+        storage.write_bytes(report_file, text.encode())
+        tracking.log_artifact(cfg, run_id, report_file, "report")
+
+
 def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: str,
                     report_path: str, error: str = "") -> str:
     """The pipeline's exit handler: generator losses, results table (Markdown), final adapter
@@ -467,27 +491,14 @@ def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: s
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     with open(report_path, "w") as f:
         f.write(text)
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter = final_adapter_uri(cfg, run_key, plan)
-        if state == "SUCCEEDED" and storage.exists(adapter):
-            adapter_file = os.path.join(tmp, "global_adapter.safetensors")
-            storage.write_bytes(adapter_file, storage.read_bytes(adapter))
-            tracking.log_artifact(cfg, run_id, adapter_file, "model")
-            targets_file = ""
-            if storage.exists(targets_uri(cfg, run_key)):  # phase execution keeps them there
-                targets_file = os.path.join(tmp, "class_targets.safetensors")
-                storage.write_bytes(targets_file, storage.read_bytes(targets_uri(cfg, run_key)))
-            model_uri = tracking.log_adapter_model(cfg, run_id, adapter_file, targets_file)
-            log.info("[Server] Global adapter logged as MLflow model %s%s", model_uri,
-                     f", registered as {cfg['mlflow_register_model']!r}"
-                     if cfg["mlflow_register_model"] else "")
-        if "run1" in dict(plan):
-            _log_generators(cfg, run_id, tmp)
-        report_file = os.path.join(tmp, "results.md")
-        storage.write_bytes(report_file, text.encode())
-        tracking.log_artifact(cfg, run_id, report_file, "report")
     status = tracking.final_status(state)
-    tracking.end_run(cfg, run_id, status)
+    try:
+        _log_run_artifacts(cfg, run_id, run_key, plan, state, text)
+    except Exception:
+        status = "FAILED"  # a model that could not be logged or registered fails the run ...
+        raise
+    finally:
+        tracking.end_run(cfg, run_id, status)  # ... which still ends, whatever happened
     log.info("[Server] Pipeline %s: results of %d rounds written to %s; MLflow run %s %s",
              state.lower(), len(rows), report_path, run_id, status)
     return text
