@@ -313,3 +313,34 @@ def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tm
     assert "nowhere" in proc.stdout + proc.stderr  # the task's own error, streamed through
     client, runs = _runs(cfg)
     assert client.get_run(runs[0].info.run_id).info.status == "FAILED"
+
+
+def test_a_task_container_is_removed_only_after_its_exit_code_is_read():
+    """`--runner docker`: podman answers an inspect of an auto-removed container with 500, which
+    kfp.local does not expect; our container start reads the exit code, then removes it."""
+    from feda2v.orchestration import local_run
+
+    calls = []
+
+    class Container:
+        def logs(self, stream, follow):
+            calls.append("logs")
+            return iter([b"task output\\n"])
+
+        def wait(self):
+            calls.append("wait")
+            return {"StatusCode": 3}
+
+        def remove(self, force):
+            calls.append("remove")
+
+    class Containers:
+        def run(self, **kwargs):
+            calls.append(("run", kwargs["image"], "auto_remove" in kwargs))
+            return Container()
+
+    client = type("Client", (), {"containers": Containers()})()
+    assert local_run.run_container(client, "localhost/feda2v", ["x"], {}, user="1:1") == 3
+    assert calls == [("run", "localhost/feda2v:latest", False), "logs", "wait", "remove"]
+    assert local_run.run_container(client, "reg:5000/feda2v:cpu-1", ["x"], {}) == 3
+    assert calls[4] == ("run", "reg:5000/feda2v:cpu-1", False)
