@@ -239,16 +239,21 @@ def docker_runner(cfg: dict, pipeline_root: str, run_id: str):
 DOCKER_LABEL = "feda2v.mlflow_run"
 
 
+_CREATING = threading.Lock()
+
+
 def run_container(client, image: str, command: list[str], volumes: dict,
                   **run_args) -> int:
-    """A task's container, started as kfp.local's DockerRunner does but not auto-removed: its
-    exit code is read, then it is removed. With auto-removal, podman's Docker API answers the
-    log stream's inspect of a container that has just exited with 500 "no such container"
-    instead of 404, which kfp.local does not expect: a quick task (data-config) then failed the
-    run, 1 run in 4 here. Installed by `install_container_runner`."""
+    """A task's container, started as kfp.local's DockerRunner does, with two changes for
+    podman's Docker API, which answers some inspects with 500 "no such container" (not the 404
+    kfp.local expects) and so failed 1 `--runner docker` run in 4 here: containers are created
+    one at a time (kfp.local runs a loop's tasks in threads, and an inspect right after a
+    concurrent create lost the container), and a container is removed only after its exit code
+    is read (no auto-removal racing the log stream). Installed by `install_container_runner`."""
     image = image if ":" in image.rsplit("/", 1)[-1] else f"{image}:latest"
-    container = client.containers.run(image=image, command=command, detach=True, stdout=True,
-                                      stderr=True, volumes=volumes, **run_args)
+    with _CREATING:
+        container = client.containers.run(image=image, command=command, detach=True,
+                                          stdout=True, stderr=True, volumes=volumes, **run_args)
     try:
         for line in container.logs(stream=True, follow=True):
             print(line.decode(errors="replace"), end="")
