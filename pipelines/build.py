@@ -67,9 +67,7 @@ def _typed_form(cfg: dict, plan, default_json: str, rounds: dict, clients: list,
         key = runtime.SETTINGS[name]
         value = runtime._value(cfg, key)
         params.append(P(name, P.POSITIONAL_OR_KEYWORD, default=value, annotation=type(value)))
-        section, _, leaf = key.rpartition(".")
-        spec = (config_mod.SECTIONS[section] if section else config_mod.TOP_LEVEL)[leaf]
-        doc += f"\n            {name}: {spec.doc} ({key})"
+        doc += f"\n            {name}: {config_mod.key_spec(key).doc} ({key})"
     signature = inspect.Signature(params, return_annotation=dsl.Markdown)
 
     def pipeline(*args, **kwargs):

@@ -421,3 +421,17 @@ def test_a_new_generator_needs_only_the_interface(tmp_path, monkeypatch):
     generator.generate_client(cfg, 0, data, NAMES, 2, uri, out)
     tensors, meta = generator.load_synthetic(out)
     assert meta["sampling"] == "calibrated" and tensors["x"].shape[:2] == (2, 2 * 6)
+
+
+def test_a_generator_missing_part_of_the_interface_is_refused_when_built():
+    class NoFit(generators.Generator):
+        name = "nofit"
+
+        def sample(self, cond, generator=None, temperature=1.0):
+            return cond
+
+        def new_optimizer(self, lr):
+            return None
+
+    with pytest.raises(TypeError, match="fit"):
+        NoFit(4, 16, 16, 32, 8)

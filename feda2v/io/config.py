@@ -266,6 +266,12 @@ FEDA2V: dict[str, Key] = {
 SECTIONS: dict[str, dict[str, Key]] = {"data": DATA, "models": MODELS, "feda2v": FEDA2V}
 
 
+def key_spec(dotted: str) -> Key:
+    """The Key of a dotted config key ('learning_rate', 'feda2v.generator_type')."""
+    section, _, leaf = dotted.rpartition(".")
+    return (SECTIONS[section] if section else TOP_LEVEL)[leaf]
+
+
 def _unknown(key: str, known: list[str], where: str) -> ConfigError:
     hint = difflib.get_close_matches(key, known, n=1)
     tip = f" (did you mean '{hint[0]}'?)" if hint else ""

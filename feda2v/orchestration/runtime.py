@@ -127,8 +127,7 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
 def _typed(key: str, value, name: str):
     """A run-time parameter's value as its config key's type: KFP hands the values of a dict
     parameter over as strings ("5.0", "0.01", "gan")."""
-    section, _, leaf = key.rpartition(".")
-    default = (config_mod.SECTIONS[section] if section else config_mod.TOP_LEVEL)[leaf].default
+    default = config_mod.key_spec(key).default
     try:
         if isinstance(default, int) and not isinstance(default, bool):
             return as_int(float(value), name)

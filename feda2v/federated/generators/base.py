@@ -13,11 +13,13 @@ and the quality report (federated/generator.py) then work with it unchanged.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import torch
 from torch import nn
 
 
-class Generator(nn.Module):
+class Generator(nn.Module, metaclass=ABCMeta):
     SCALE = 3.0  # standardised values within +-3 std map into (-1, 1)
     name = ""
     sampling = "calibrated"  # "posterior" needs an encoder (see generators/vae.py)
@@ -47,19 +49,19 @@ class Generator(nn.Module):
 
     # --- what each generator implements ---------------------------------------------------------
 
+    @abstractmethod
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> torch.Tensor:
         """cond: [N, D_clip] -> N sequences [N, S, D_audio] in embedding units; the latent
         draws are scaled by `temperature`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def new_optimizer(self, lr: float):
         """The optimizer `fit` steps (anything with state_dict/load_state_dict: checkpoints
         carry it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fit(self, cfg: dict, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
             seed: int) -> list[float]:
         """One round's epochs on real sequences x [N, S, D] with per-sample conditions
         cond [N, D_clip] (standardisation already fitted); returns each epoch's mean loss."""
-        raise NotImplementedError
