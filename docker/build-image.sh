@@ -11,6 +11,8 @@
 #   bundle pip uses ($PIP_CERT) go to docker/build-extras/ (builder stage only); with a local
 #   wheel and PyTorch's index out of reach, torch's own dependencies come from PyPI instead of
 #   retrying that index.
+# - Commit: $FEDA2V_GIT_COMMIT, else this checkout's HEAD (-dirty with uncommitted changes to
+#   what the image copies), baked into the image for MLflow's git-commit tag.
 # Prints the build time and the image size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,8 +68,16 @@ if ls "$extras"/wheels/torch-*.whl >/dev/null 2>&1 && \
   args+=(--build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
 fi
 
+# The commit the image reports (FEDA2V_GIT_COMMIT in it, MLflow's git-commit tag of its runs).
+commit=${FEDA2V_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
+if [ -n "$commit" ] && [ -z "${FEDA2V_GIT_COMMIT:-}" ] && \
+   [ -n "$(git status --porcelain -- docker pyproject.toml README.md feda2v components pipelines 2>/dev/null)" ]; then
+  commit=$commit-dirty
+fi
+args+=(--build-arg "FEDA2V_GIT_COMMIT=$commit")
+
 start=$(date +%s)
 "$ENGINE" build --network=host -f "$DOCKERFILE" "${args[@]}" -t "$IMAGE" .
 seconds=$(( $(date +%s) - start ))
 size=$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")
-echo "image: $IMAGE built in ${seconds} s, ${size} bytes"
+echo "image: $IMAGE built in ${seconds} s, ${size} bytes, commit ${commit:-unknown}"

@@ -49,6 +49,11 @@ chown 10001 "$work"
 run() { podman run --rm -v "$work:/work" "$IMAGE" "$@"; }
 run --help | grep -q "usage: feda2v"
 [ "$(run sh -c 'echo pass-through')" = pass-through ]
+# The commit baked in at build time is what the image reports (and its runs tag in MLflow).
+baked=$(podman image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' "$IMAGE")
+[[ "$baked" =~ ^[0-9a-f]{40}(-dirty)?$ ]] || { echo "test-images: no commit baked into $IMAGE: '$baked'" >&2; exit 1; }
+[ "$(run sh -c 'echo $FEDA2V_GIT_COMMIT')" = "$baked" ]
+[ "$(run sh -c "python3 -c 'from feda2v.io.tracking import source_tags; print(source_tags()[\"mlflow.source.git.commit\"])'")" = "$baked" ]
 run data demo --out /work/ESC-50 --clips-per-class 10 >/dev/null
 run models tiny --out /work/models >/dev/null
 cat > "$work/stage.json" <<EOF
@@ -57,7 +62,7 @@ cat > "$work/stage.json" <<EOF
 EOF
 run extract --config /work/stage.json --client 0 >/dev/null
 ls "$work"/store/embeddings/*/client_0.safetensors >/dev/null
-echo "test-images: --help, sh -c, data demo, models tiny and extract ran in $IMAGE"
+echo "test-images: commit $baked, --help, sh -c, data demo, models tiny and extract ran in $IMAGE"
 
 # 3. The demo pipeline, every task in the image.
 sock=$work/podman.sock

@@ -281,6 +281,26 @@ def test_final_stage_environment(image):
     assert owner, f"the final stage should chown {home} to {USER_UID}"
 
 
+def test_the_build_commit_reaches_the_runs_made_in_the_image(image):
+    """build-image.sh passes the commit; the final stage turns it into the environment variable
+    tracking.source_tags reads (MLflow's git-commit tag) and the OCI revision label, as its last
+    layers so that a new commit rebuilds nothing else. make test-images checks a built image."""
+    _, stages = image
+    _, final = builder_and_final(stages)
+    args = [i.args.split("=")[0].strip() for i in final.of("ARG")]
+    assert "FEDA2V_GIT_COMMIT" in args, "the final stage should declare ARG FEDA2V_GIT_COMMIT"
+    final.args["FEDA2V_GIT_COMMIT"] = "0" * 40
+    assert final.env().get("FEDA2V_GIT_COMMIT") == "0" * 40
+    labels = " ".join(i.args for i in final.of("LABEL"))
+    assert "org.opencontainers.image.revision=${FEDA2V_GIT_COMMIT}" in labels
+    heavy = [i.line for i in final.instructions if i.keyword in ("RUN", "COPY")]
+    first = min(i.line for i in final.of("ARG") if i.args.startswith("FEDA2V_GIT_COMMIT"))
+    assert first > max(heavy), "the commit ARG should follow every RUN and COPY (layer cache)"
+    script = (DOCKER / "build-image.sh").read_text()
+    assert '--build-arg "FEDA2V_GIT_COMMIT=$commit"' in script
+    assert "git rev-parse HEAD" in script
+
+
 PIP_OPTIONS_WITH_VALUE = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links",
                           "-c", "--constraint", "-r", "--requirement", "-t", "--target",
                           "--prefix", "--root", "--python-version", "--platform"}
