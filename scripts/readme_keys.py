@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from feda2v.config import describe_keys
+from feda2v.io.config import describe_keys
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- config-keys:start -->", "<!-- config-keys:end -->"

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from feda2v.io import config as config_mod
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def test_readme_lists_every_config_key_with_its_current_default():
@@ -16,3 +17,34 @@ def test_readme_lists_every_config_key_with_its_current_default():
 def test_readme_quick_start_has_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_make_docs_leaves_an_up_to_date_readme_as_it_is(tmp_path):
+    """`make docs` runs scripts/readme_keys.py; run on a copy, it must import and change
+    nothing in a README that is current."""
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "readme_keys.py", tmp_path / "scripts")
+    shutil.copy(ROOT / "README.md", tmp_path)
+    subprocess.run([sys.executable, str(tmp_path / "scripts" / "readme_keys.py")], check=True,
+                   cwd=tmp_path, timeout=120)
+    assert (tmp_path / "README.md").read_text() == (ROOT / "README.md").read_text()
+
+
+def test_scripts_and_benchmarks_import_what_exists():
+    """Their `from feda2v... import name` lines name modules and names the library has (a
+    moved module broke `make docs` once, with no test noticing)."""
+    import ast
+    import importlib
+    import importlib.util
+
+    for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("feda2v"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(
+                        f"{node.module}.{alias.name}"), f"{path.name}: {node.module}.{alias.name}"
