@@ -1,4 +1,5 @@
 from kfp import dsl
+from kfp.dsl import Dataset, Output
 
 from components.image import IMAGE
 
@@ -13,8 +14,9 @@ def data_config(config_json: str, compiled: str, client_ids: list) -> str:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def extract(data_config: str, client_id: int) -> str:
-    """Embed one client's clips under the storage root; returns the embeddings URI."""
+def extract(data_config: str, client_id: int, embeddings: Output[Dataset]) -> str:
+    """Embed one client's clips: the `embeddings` artifact, and the storage root's cached copy,
+    whose URI it returns."""
     from feda2v.orchestration import stages
 
-    return stages.extract(data_config, client_id)
+    return stages.extract_task(data_config, client_id, embeddings)

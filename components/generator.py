@@ -1,4 +1,7 @@
+from typing import Optional
+
 from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
 
 from components.image import IMAGE
 
@@ -6,23 +9,25 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_generator(config_json: str, compiled: str, global_rounds: int,
                     generator_training_rounds: int, client_ids: list, settings: dict, client_id: int,
-                    run_key: str) -> str:
-    """One client's generator over every Run 1 round; checkpoints under the seed's names.
-    Returns its result as JSON."""
+                    run_key: str, checkpoint: Output[Model]) -> str:
+    """One client's generator over every Run 1 round; checkpoints under the seed's names, the
+    latest also as the `checkpoint` artifact. Returns its result as JSON."""
     import json
 
     from feda2v.orchestration import runtime, stages
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
-    return json.dumps(stages.train_generator(cfg, client_id, run_key))
+    return json.dumps(stages.train_generator_task(cfg, client_id, run_key, checkpoint))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def generate(config_json: str, compiled: str, global_rounds: int,
              generator_training_rounds: int, client_ids: list, settings: dict, client_id: int,
-             run_key: str) -> str:
-    """One client's synthetic samples for every Run 2 round, from one read of its generator.
+             run_key: str, samples: Output[Dataset],
+             checkpoint: Optional[Input[Model]] = None) -> str:  # noqa: UP045 - KFP reads it
+    """One client's synthetic samples for every Run 2 round, from one read of its generator
+    (the `checkpoint` artifact of Run 1 in this pipeline, else the published checkpoint).
     Returns the checkpoint it used (round, sha256) as JSON."""
     import json
 
@@ -30,4 +35,4 @@ def generate(config_json: str, compiled: str, global_rounds: int,
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
-    return json.dumps(stages.generate(cfg, client_id, run_key))
+    return json.dumps(stages.generate_task(cfg, client_id, run_key, checkpoint, samples))

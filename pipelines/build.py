@@ -116,19 +116,24 @@ def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
         extracted = t(c.extract(data_config=data, client_id=i), cache=True)
         if "run2" in phases and "run1" not in phases:  # Run 2 alone: sample right away
             sampled = t(c.generate(**keyed, client_id=i)).after(extracted)
+    def embeddings():
+        return dsl.Collected(extracted.outputs["embeddings"])
+
     if "fedavg" in phases:
         last = t(c.federated_phase(**keyed, phase="fedavg", mlflow_run_id=mlflow_run_id,
-                                   ready=dsl.Collected(extracted.output)))
+                                   embeddings=embeddings()))
     if "run1" in phases:
         last = t(c.federated_phase(**keyed, phase="run1", mlflow_run_id=mlflow_run_id,
-                                   ready=dsl.Collected(extracted.output)))
+                                   embeddings=embeddings()))
         with dsl.ParallelFor(ids, name="generators") as i:
             trained = t(c.train_generator(**keyed, client_id=i)).after(last)
             if "run2" in phases:
-                sampled = t(c.generate(**keyed, client_id=i)).after(trained)
+                sampled = t(c.generate(**keyed, client_id=i,
+                                       checkpoint=trained.outputs["checkpoint"]))
     if "run2" in phases:
         t(c.federated_phase(**keyed, phase="run2", mlflow_run_id=mlflow_run_id,
-                            ready=dsl.Collected(sampled.output)))
+                            embeddings=embeddings(),
+                            synthetic=dsl.Collected(sampled.outputs["samples"])))
 
 
 def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]",
@@ -143,7 +148,7 @@ def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]
     with dsl.ParallelFor(clients, name="clients") as i:
         data = t(c.data_config(**base, client_ids=clients)).output  # see _phase_dag
         extracted = t(c.extract(data_config=data, client_id=i), cache=True)
-    init = t(c.init_adapter(**base, client_data_uris=dsl.Collected(extracted.output),
+    init = t(c.init_adapter(**base, client_data_uris=dsl.Collected(extracted.outputs["Output"]),
                             targets=targets))
     last, phases = init, [p for p, _ in plan]
     adapter = init.outputs["adapter"]
@@ -168,7 +173,7 @@ def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]
                                       updates=dsl.Collected(update.outputs["update"]),
                                       previous=adapter, targets=targets,
                                       mlflow_run_id=mlflow_run_id,
-                                      **({"ready": dsl.Collected(trained.output)} if trained
+                                      **({"ready": dsl.Collected(trained.outputs["Output"])} if trained
                                          else {})))
             server.set_display_name(f"server-{phase}-round-{r}")
             server.after(last)  # one MLflow writer at a time
@@ -201,7 +206,7 @@ def build_ablations(cfg: dict, options: ClusterOptions):
                 data = t(c.data_config(**shape)).output  # in the loop: see _phase_dag
                 extracted = t(c.extract(data_config=data, client_id=i), cache=True)
             ready = t(c.init_adapter(config_json=config_json, compiled=compiled,
-                                     client_data_uris=dsl.Collected(extracted.output),
+                                     client_data_uris=dsl.Collected(extracted.outputs["Output"]),
                                      targets=targets.outputs["targets"]))
             with dsl.ParallelFor(list(VARIANTS), name="variants") as variant:
                 result = t(c.ablation_variant(config_json=config_json, variant=variant,

@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from s3server import s3_env, s3_server  # noqa: F401 - fixtures
 
-from feda2v.io import storage, tracking
+from feda2v.io import runstate, storage, tracking
+from feda2v.orchestration import stages
 
 
 def _write(cfg, tmp_path, name="config.json"):
@@ -59,6 +61,12 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path, monkeypatch):
     assert ckpts == ["client_0_generator.pt", "client_0_generator_round_2.pt",
                      "client_1_generator.pt", "client_1_generator_round_2.pt"]
 
+    embedded = _artifact(tmp_path / "store" / "kfp-local", 1, "extract", "embeddings")
+    assert embedded.read_bytes() == storage.read_bytes(stages.embeddings_uri(cfg, 1))
+    checkpoint = _artifact(tmp_path / "store" / "kfp-local", 1, "train-generator", "checkpoint")
+    assert checkpoint.read_bytes() == (tmp_path / "store" / "checkpoints" / "generators" /
+                                       "client_1_generator.pt").read_bytes()
+
     out2 = _run(path, "run2", tmp_path)
     assert "[Client 1] Loaded VAE generator from round 2" in out2
     assert "Generator checkpoint loaded successfully" in out2 and "sha256" in out2
@@ -97,6 +105,15 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # for models:/ URIs
     info = mlflow.models.get_model_info(f"models:/{logged[run2.info.run_id].model_id}")
     assert info.signature is not None and info.saved_input_example_info is not None
+
+
+def _artifact(root, client_id, task, name):
+    """The `name` output artifact of client `client_id`'s `task` in a kfp.local run under root."""
+    import glob
+
+    found = glob.glob(f"{root}/*/for-loop-*-iteration-{client_id}/{task}/{name}")
+    assert len(found) == 1, (task, name, found)
+    return Path(found[0])
 
 
 def _final_adapter(root, key, phase, rounds):
@@ -144,6 +161,17 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
         assert seen[0] and seen[0] == seen[1], key
         assert [s for s, _ in seen[2]] == [s for s, _ in seen[0]], key
         assert [v for _, v in seen[2]] == pytest.approx([v for _, v in seen[0]], abs=1e-4), key
+    # Lineage: embeddings, generator checkpoints and synthetic samples are typed artifacts, and
+    # each consumer read the artifact it was handed (its bytes equal the storage-root copy).
+    root = tmp_path / "kfp"
+    for i in range(2):
+        embedded = _artifact(root, i, "extract", "embeddings")
+        assert embedded.read_bytes() == storage.read_bytes(stages.embeddings_uri(cfg, i))
+        checkpoint = _artifact(root, i, "train-generator", "checkpoint")
+        own = runstate.generator_state_uri(runstate.run_dir(cfg, keys[1]), i)
+        assert checkpoint.read_bytes() == storage.read_bytes(own)
+        samples = _artifact(root, i, "generate", "samples")
+        assert storage.read_meta(str(samples))["source"] == str(checkpoint)
     phase = client.get_run(phase_id)
     assert phase.info.status == "FINISHED"
     assert phase.data.params["global_rounds"] == "1"  # MLflow records what took effect

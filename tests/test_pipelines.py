@@ -291,3 +291,56 @@ def test_the_data_stages_are_fed_only_the_keys_that_decide_their_output(make_con
                 if "extract" in comp.get("dag", {}).get("tasks", {}))
     inputs = loop["dag"]["tasks"]["extract"]["inputs"]["parameters"]
     assert set(inputs) == {"data_config", "client_id"}
+
+
+def _artifact_inputs(spec, task_name):
+    """{input name: (producer task, output key)} of the artifact inputs of `task_name`s."""
+    out = {}
+    for comp in [spec["root"], *spec["components"].values()]:
+        for name, task in comp.get("dag", {}).get("tasks", {}).items():
+            if name.rstrip("-0123456789") == task_name:
+                for key, a in task.get("inputs", {}).get("artifacts", {}).items():
+                    src = a.get("taskOutputArtifact", {})
+                    out.setdefault(name, {})[key] = (src.get("producerTask"),
+                                                     src.get("outputArtifactKey"))
+    return out
+
+
+def test_embeddings_checkpoints_and_samples_are_typed_artifacts(make_config, tmp_path):
+    """Lineage in the UI: extraction hands on a Dataset, generator training a Model that
+    generation reads, generation a Dataset that Run 2 reads; every phase reads the Datasets of
+    every client (collected from the client loop)."""
+    spec, _ = _compile(make_config(global_rounds=2), "end_to_end", tmp_path)
+    comps = spec["components"]
+
+    def outputs(comp):
+        return {k: v["artifactType"]["schemaTitle"]
+                for k, v in comps[comp]["outputDefinitions"].get("artifacts", {}).items()}
+
+    assert outputs("comp-extract") == {"embeddings": "system.Dataset"}
+    assert outputs("comp-train-generator") == {"checkpoint": "system.Model"}
+    assert outputs("comp-generate") == {"samples": "system.Dataset"}
+    inputs = comps["comp-federated-phase"]["inputDefinitions"]["artifacts"]
+    assert inputs["embeddings"]["isArtifactList"] and inputs["synthetic"]["isOptional"]
+    generate = _artifact_inputs(spec, "generate")
+    assert list(generate.values()) == [{"checkpoint": ("train-generator", "checkpoint")}]
+    phases = _artifact_inputs(spec, "federated-phase")
+    assert len(phases) == 2
+    for name, edges in phases.items():
+        assert edges["embeddings"][0].startswith("for-loop-"), name  # the collected loop output
+    assert sorted("synthetic" in e for e in phases.values()) == [False, True]
+
+
+def test_phase_tasks_map_collected_artifacts_by_client():
+    from types import SimpleNamespace
+
+    from feda2v.orchestration import stages
+
+    def art(i, path):
+        return SimpleNamespace(metadata={"client_id": float(i)}, path=path)
+
+    assert stages.by_client([art(1, "b"), art(0, "a")], "embeddings", 2) == {0: "a", 1: "b"}
+    with pytest.raises(ValueError, match=r"missing \[1\]"):
+        stages.by_client([art(0, "a")], "embeddings", 2)
+    with pytest.raises(ValueError, match="two embeddings artifacts for client 0"):
+        stages.by_client([art(0, "a"), art(0, "b")], "embeddings", 2)

@@ -43,6 +43,38 @@ def client_uri(uris: list[str], client_id: int) -> str:
     return found[0]
 
 
+# --- KFP artifacts ------------------------------------------------------------------------------
+# Tasks hand embeddings, generator checkpoints and synthetic samples on as typed KFP artifacts, so
+# that the UI's lineage follows every edge. The storage-root copy stays: it is the cache that
+# outlives a run, what a retried task resumes from, and what in-process runs read.
+
+def publish_artifact(uri: str, path: str, metadata: dict, client_id: int, **fields) -> None:
+    """Copy the file at `uri` into a KFP output artifact's local `path`, with its client id,
+    sha256 and source in the artifact's metadata."""
+    data = storage.read_bytes(uri)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    metadata.update(fields, client_id=client_id, sha256=runstate.sha256(data),
+                    source=config_mod.redact(uri))
+
+
+def by_client(artifacts, what: str, num_clients: int) -> dict[int, str]:
+    """{client id: local path} of collected artifacts (their client_id metadata), one per
+    client of the config."""
+    found: dict[int, str] = {}
+    for a in artifacts:
+        i = int(a.metadata["client_id"])  # KFP stores metadata numbers as floats
+        if i in found:
+            raise ValueError(f"two {what} artifacts for client {i}")
+        found[i] = a.path
+    missing = sorted(set(range(num_clients)) - set(found))
+    if missing or len(found) != num_clients:
+        raise ValueError(f"{what} artifacts for clients {sorted(found)}, but the config has "
+                         f"{num_clients} clients (missing {missing})")
+    return found
+
+
 # --- extraction --------------------------------------------------------------------------------
 
 def class_targets(config_json: str, out_uri: str) -> dict:
@@ -89,6 +121,14 @@ def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
         raise ValueError(f"client {client_id} does not exist: the config has "
                          f"{config_mod.num_clients(cfg)} clients")
     return extract_client(cfg, client_id, out_uri or embeddings_uri(cfg, client_id))
+
+
+def extract_task(data_config: str, client_id: int, embeddings) -> str:
+    """The body of the extraction task: embeddings into the storage-root cache and into the
+    `embeddings` Dataset artifact; returns the cache URI."""
+    uri = extract(data_config, client_id)
+    publish_artifact(uri, embeddings.path, embeddings.metadata, runtime.as_int(client_id, "client_id"))
+    return uri
 
 
 # --- what every federated task reads ------------------------------------------------------
@@ -141,13 +181,15 @@ def server_real_data(cfg: dict, class_names: list[str]):
     return tensors["embeddings"][keep].float(), y[keep]
 
 
-def federation(cfg: dict, targets_uri: str):
-    """Every client's embeddings, the class targets and the server's real data, read once."""
+def federation(cfg: dict, targets_uri: str, client_uris: dict[int, str] | None = None):
+    """Every client's embeddings (from `client_uris` where given, else the storage root), the
+    class targets and the server's real data, read once."""
     from feda2v.federated.loop import Federation
     from feda2v.federated.task import device_of
 
     targets, names = _load_targets(targets_uri)
-    clients = [client_data(cfg, i) for i in range(config_mod.num_clients(cfg))]
+    uris = client_uris or {}
+    clients = [client_data(cfg, i, uris.get(i, "")) for i in range(config_mod.num_clients(cfg))]
     return Federation(cfg, clients, targets.to(device_of(cfg)), names,
                       server_real_data(cfg, names))
 
@@ -210,16 +252,18 @@ def init_adapter(config_json: str, client_data_uris: list[str], targets_uri: str
     return {"audio_dim": x.shape[2], "clip_dim": targets.shape[1], "parameters": n}
 
 
-def _synthetic_source(run: str, num_clients: int):
-    """Round r's synthetic samples of client i, from the generation tasks' files (each read
-    once per phase)."""
+def _synthetic_source(run: str, num_clients: int, uris: dict[int, str] | None = None):
+    """Round r's synthetic samples of client i, from the generation tasks' files (their
+    artifacts where given; each read once per phase)."""
     from feda2v.federated.generator import load_synthetic, synthetic_round
 
     loaded: dict = {}
+    uris = uris or {}
 
     def get(client_id: int, r: int):
         if client_id not in loaded:
-            loaded[client_id] = load_synthetic(runstate.synthetic_uri(run, client_id))
+            loaded[client_id] = load_synthetic(uris.get(client_id)
+                                               or runstate.synthetic_uri(run, client_id))
         return synthetic_round(loaded[client_id], r)
 
     return get
@@ -238,10 +282,12 @@ def phase_plan_steps(plan: list[tuple[str, int]], phase: str) -> int:
 
 
 def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: str,
-                    adapter_out: str = "") -> dict:
+                    adapter_out: str = "", client_uris: dict[int, str] | None = None,
+                    synthetic_uris: dict[int, str] | None = None) -> dict:
     """Every round of one federated phase (fedavg, run1, run2, sample) for every client, in this
     process; resumes after the last round a previous try finished. The config's plan gives the
-    rounds and the MLflow steps."""
+    rounds and the MLflow steps. Embeddings and synthetic samples come from the given files
+    (the tasks' input artifacts), else from the storage root."""
     from feda2v.federated.loop import run_phase
 
     cfg = config_mod.loads(config_json)
@@ -250,10 +296,10 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
     rounds = dict(plan)[phase]
     run = runstate.run_dir(cfg, run_key)
     run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
-    fed = federation(cfg, ensure_targets(cfg, run_key))
+    fed = federation(cfg, ensure_targets(cfg, run_key), client_uris)
     log.info("[Server] %s: %d rounds x %d clients in one task (run folder %s)", phase, rounds,
              len(fed.clients), run)
-    synthetic = (_synthetic_source(run, len(fed.clients))
+    synthetic = (_synthetic_source(run, len(fed.clients), synthetic_uris)
                  if phase in ("run2", "sample") else None)
     with tracking.system_metrics(cfg, run_id, phase):
         state, history = run_phase(fed, phase, rounds, phase_plan_steps(plan, phase),
@@ -263,6 +309,18 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
         storage.save_tensors(adapter_out, state, {"round": rounds, "phase": phase})
     return {"phase": phase, "rounds": rounds, "accuracy": history[-1]["accuracy"],
             "mlflow_run_id": run_id}
+
+
+def federated_phase_task(config_json: str, phase: str, run_key: str, mlflow_run_id: str,
+                         adapter, metrics, embeddings, synthetic=None) -> float:
+    """The body of the phase task (KFP artifacts in and out): its final accuracy."""
+    n = config_mod.num_clients(config_mod.loads(config_json))
+    result = federated_phase(
+        config_json, phase, run_key, mlflow_run_id, adapter.path,
+        by_client(embeddings, "embeddings", n),
+        by_client(synthetic, "synthetic samples", n) if synthetic is not None else None)
+    metrics.log_metric("accuracy", result["accuracy"])
+    return result["accuracy"]
 
 
 def train_generator(config_json: str, client_id: int, run_key: str) -> dict:
@@ -282,9 +340,34 @@ def train_generator(config_json: str, client_id: int, run_key: str) -> dict:
             "generator_loss": losses[max(losses)] if losses else None}
 
 
-def generate(config_json: str, client_id: int, run_key: str) -> dict:
+def train_generator_task(config_json: str, client_id: int, run_key: str, checkpoint) -> dict:
+    """The body of the generator-training task: the trained generator (the seed's latest
+    checkpoint, with its optimizer) also as the `checkpoint` Model artifact."""
+    cfg = config_mod.loads(config_json)
+    result = train_generator(config_json, client_id, run_key)
+    own = runstate.generator_state_uri(runstate.run_dir(cfg, run_key), result["client_id"])
+    publish_artifact(own, checkpoint.path, checkpoint.metadata, result["client_id"],
+                     generator_type=cfg["feda2v"]["generator_type"],
+                     name=f"client_{result['client_id']}_generator.pt")
+    return result
+
+
+def generate_task(config_json: str, client_id: int, run_key: str, checkpoint, samples) -> dict:
+    """The body of the generation task: from the `checkpoint` artifact where given (Run 1 in
+    this pipeline), else as generate() finds it; the samples also as a Dataset artifact."""
+    cfg = config_mod.loads(config_json)
+    result = generate(config_json, client_id, run_key,
+                      checkpoint.path if checkpoint is not None else "")
+    run = runstate.run_dir(cfg, run_key)
+    publish_artifact(runstate.synthetic_uri(run, result["client_id"]), samples.path,
+                     samples.metadata, result["client_id"], samples=result["samples"])
+    return result
+
+
+def generate(config_json: str, client_id: int, run_key: str, source: str = "") -> dict:
     """Stage: Run 2's synthetic samples of one client for every round, from one read of its
-    generator: this run's own (after Run 1 in the same run) or the published checkpoint."""
+    generator: `source`, else this run's own (after Run 1 in the same run) or the published
+    checkpoint."""
     from feda2v.federated.generator import checkpoint_uri, generate_client
 
     cfg = config_mod.loads(config_json)
@@ -294,7 +377,7 @@ def generate(config_json: str, client_id: int, run_key: str) -> dict:
     phase = "run2" if "run2" in plan else "sample"
     run = runstate.run_dir(cfg, run_key)
     own = runstate.generator_state_uri(run, client_id)
-    source = own if "run1" in plan else checkpoint_uri(checkpoint_dir(cfg), client_id)
+    source = source or (own if "run1" in plan else checkpoint_uri(checkpoint_dir(cfg), client_id))
     if "run1" not in plan:
         holder = runstate.lease_holder(checkpoint_dir(cfg))
         if holder and holder["run"] != run_key:
