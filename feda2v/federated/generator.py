@@ -67,24 +67,6 @@ def sampling_mode(cfg: dict) -> str:
     return generators.GENERATORS[f["generator_type"]].sampling
 
 
-def calibration_holdout(cfg: dict) -> float:
-    """The share of rows Run 1 keeps out of generator training: none under prior sampling,
-    which calibrates nothing."""
-    return 0.0 if sampling_mode(cfg) == "prior" else cfg["feda2v"]["generator_calibration_holdout"]
-
-
-def holdout_mask(y: torch.Tensor, share: float, seed: int) -> torch.Tensor:
-    """Rows kept out of generator training: floor(share x n) random rows of each class, the
-    same for the same (y, share, seed) in Run 1 and Run 2."""
-    mask = torch.zeros(len(y), dtype=torch.bool)
-    y = y.cpu()
-    for c in torch.unique(y).tolist():
-        rows = (y == c).nonzero().flatten()
-        gen = torch.Generator().manual_seed(seed * 1_009 + c)
-        mask[rows[torch.randperm(len(rows), generator=gen)[: int(share * len(rows))]]] = True
-    return mask
-
-
 def sample_per_class(vae, conditions: torch.Tensor, per_class: int, seed: int,
                      temperature: float | list[float] = 1.0,
                      posterior: Posterior | None = None) -> torch.Tensor:
@@ -162,41 +144,6 @@ def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor
     done = sorted(t for t, _ in filter(None, out))
     fallback = done[len(done) // 2] if done else 1.0
     return [o or (fallback, float("nan")) for o in out]
-
-
-MIN_UNSEEN_ROWS = 20  # pooled held-out-of-training rows needed to correct the temperatures
-UNSEEN_DRAWS = 4  # samples per unseen row when measuring density on them
-
-
-def correct_on_unseen(vae, conditions: torch.Tensor, held: list[torch.Tensor],
-                      temperatures: list[float], seed: int, posterior: Posterior | None = None,
-                      bounds: tuple[float, float] = (0.25, 4.0),
-                      steps: int = 10) -> tuple[float, float, float]:
-    """One factor for every class's temperature, at which the samples' density on rows the
-    generator never trained on (`held`, per class, pooled with the client's class mix) is 1.
-    The per-class temperatures come from the rows the decoder saw, so they leave the samples
-    closer to those rows than to new ones; this removes that in-sample part.
-    Returns (factor, density before, density after); factor 1 with NaNs when too few rows."""
-    from feda2v.evaluation.metrics import density_coverage
-
-    ref = torch.cat(held).cpu()
-    if len(ref) < MIN_UNSEEN_ROWS:
-        return 1.0, float("nan"), float("nan")
-
-    def density(factor: float) -> float:
-        xs = [sample_per_class(vae, conditions[i:i + 1], UNSEEN_DRAWS * len(h), seed + i,
-                               temperatures[i] * factor,
-                               posterior.select(i) if posterior is not None else None)[0].cpu()
-              for i, h in enumerate(held) if len(h)]
-        return density_coverage(ref, torch.cat(xs), k=5)[0]
-
-    before = density(1.0)
-    lo, hi = bounds
-    for _ in range(steps):
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if density(mid) > 1.0 else (lo, mid)
-    factor = (lo * hi) ** 0.5
-    return factor, before, density(factor)
 
 
 def checkpoint_dict(cfg: dict, vae, opt, client_id: int, round_num: int,
@@ -309,17 +256,9 @@ def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Ten
     generator_save_every rounds and at the end, so a retried task restarts from there; the seed's
     files go to `published_dir` (round snapshots weights only, the latest with the optimizer).
     Returns {round: loss} of every round of this run."""
-    from feda2v.federated.client import round_seed
     from feda2v.io import runstate
 
     f = cfg["feda2v"]
-    share, split_seed = calibration_holdout(cfg), round_seed(cfg["seed"], client_id, 0)
-    held = holdout_mask(y, share, split_seed).to(y.device)
-    if held.any():
-        log.info("[Client %d] Keeping %d of %d training rows out of generator training, to "
-                 "calibrate its sampling on (generator_calibration_holdout %.2f)", client_id,
-                 int(held.sum()), len(y), share)
-        x, y = x[~held], y[~held]
     own = runstate.generator_state_uri(run, client_id)
     losses_uri = runstate.generator_losses_uri(run, client_id)
     losses: dict[int, float] = {}
@@ -351,8 +290,7 @@ def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Ten
         names = [class_names[c] for c in t["ids"]]
         vae, opt = state
         seed_round = offset + r
-        extra = {"run": run_key, "run_round": r, "generator_loss": losses[r],
-                 "calibration_holdout": share, "calibration_seed": split_seed}
+        extra = {"run": run_key, "run_round": r, "generator_loss": losses[r]}
         if seed_round % f["generator_save_every"] == 0:
             snapshot = checkpoint_dict(cfg, vae, None, client_id, seed_round, names, t["means"],
                                        extra)
@@ -483,31 +421,17 @@ def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rou
     mode = sampling_mode(cfg)
     if mode != "prior":
         conditions = ckpt["class_conditions"].to(dev)
-        # The rows Run 1 kept out of generator training (none for older checkpoints).
-        share = float(ckpt.get("calibration_holdout", 0.0))
-        held = (holdout_mask(data.train_y, share, int(ckpt["calibration_seed"])) if share
-                else torch.zeros(len(data.train_y), dtype=torch.bool)).to(data.train_y.device)
-        ids = [class_names.index(n) for n in ckpt["class_names"]]
-        rows = [data.train_x[(data.train_y == c) & ~held] for c in ids]
+        rows = [data.train_x[data.train_y == class_names.index(n)] for n in ckpt["class_names"]]
         if mode == "posterior":
             posterior = Posterior.fit(vae, conditions, rows)
-        seed0 = round_seed(cfg["seed"], client_id, 0)
-        found = calibrate_temperature(vae, conditions, rows, seed0, posterior=posterior)
+        found = calibrate_temperature(vae, conditions, rows, round_seed(cfg["seed"], client_id, 0),
+                                      posterior=posterior)
         temperature = [t for t, _ in found]
         log.info("[Client %d] Sampling %s; temperatures %s (density on its training rows %s)",
                  client_id, "from the latent posterior of its training rows, noise scaled by "
                  "temperature" if posterior else "the prior scaled by temperature",
                  ", ".join(f"{n} {t:.2f}" for n, (t, _) in zip(ckpt["class_names"], found)),
                  ", ".join(f"{d:.2f}" for _, d in found))
-        if held.any():
-            factor, before, after = correct_on_unseen(
-                vae, conditions, [data.train_x[(data.train_y == c) & held] for c in ids],
-                temperature, seed0 + 5, posterior)
-            temperature = [t * factor for t in temperature]
-            meta["unseen_correction"] = factor
-            log.info("[Client %d] Temperatures x %.2f: density on the %d rows kept out of "
-                     "generator training %.2f -> %.2f", client_id, factor, int(held.sum()),
-                     before, after)
     meta["sampling"] = mode
     meta["sampling_temperature"] = temperature
     privacy = {}

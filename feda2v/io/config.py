@@ -222,11 +222,6 @@ FEDA2V: dict[str, Key] = {
                               "prior (the seed). auto: posterior for the VAE, calibrated for the "
                               "GAN, prior under DP-SGD (the others read the training rows "
                               "outside the guarantee)."),
-    "generator_calibration_holdout": Key(
-        0.2, _float(0.0, 0.5),
-        "Share of each class's training rows that Run 1's generator does not train on (the "
-        "adapter still does), kept so that Run 2 scales the sampling noise on rows the decoder "
-        "never saw; 0 = the generator trains on every row. Unused under DP-SGD (prior sampling)."),
     "generator_learning_rate": Key(1e-3, _float(0, strict_lo=True), "Generator AdamW lr."),
     "generator_training_rounds": Key(30, _int(1),
                                      "Run 1 rounds inside the end_to_end pipeline (Run 2 then "
