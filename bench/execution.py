@@ -41,8 +41,8 @@ from feda2v.io import config as config_mod, tracking
 from feda2v.orchestration import runtime, stages
 from feda2v.orchestration.local_run import resolve_local_paths
 cfg = resolve_local_paths(config_mod.load(sys.argv[1]))
-cfg["pipeline"] = config_mod.pipeline_kind(cfg)
-text = json.dumps(cfg, sort_keys=True)
+cfg = cfg.replace(pipeline=config_mod.pipeline_kind(cfg))
+text = cfg.to_json()
 key = "bench-" + uuid.uuid4().hex[:8]
 run_id = tracking.create_run(cfg, key)
 plan = dict(runtime.plan(cfg))

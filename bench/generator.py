@@ -17,15 +17,15 @@ from feda2v.federated import generator
 from feda2v.io import config as config_mod
 
 
-def throughput(cfg: dict, x: torch.Tensor, cond: torch.Tensor, batch: int) -> float:
-    cfg = dict(cfg, feda2v=dict(cfg["feda2v"], generator_batch_size=batch))
+def throughput(cfg: config_mod.Config, x: torch.Tensor, cond: torch.Tensor, batch: int) -> float:
+    cfg = cfg.replace(feda2v={"generator_batch_size": batch})
     torch.manual_seed(0)
     vae = generator.new_generator(cfg, x.shape[1], x.shape[2], cond.shape[1])
     vae.fit_standardisation(x)
     opt = generator.new_optimizer(cfg, vae)
     start = time.perf_counter()
     generator.train_generator(cfg, vae, opt, x, cond, client_id=0, seed=0)
-    return len(x) * cfg["feda2v"]["generator_training_epochs"] / (time.perf_counter() - start)
+    return len(x) * cfg.feda2v.generator_training_epochs / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -9,12 +9,12 @@ Both call the same library round loop (feda2v.federated) and give the same numbe
 ends in an exit handler that closes its MLflow run (FINISHED / FAILED / KILLED).
 """
 
-import json
 
 from kfp import dsl
 
 import components as c
 from feda2v.io import config as config_mod
+from feda2v.io.config import Config
 from feda2v.orchestration import runtime
 from pipelines.cluster import ClusterOptions, configure
 
@@ -42,7 +42,7 @@ PHASE_SETTINGS = {
 }
 
 
-def _typed_form(cfg: dict, plan, default_json: str, rounds: dict, clients: list, body):
+def _typed_form(cfg: Config, plan, default_json: str, rounds: dict, clients: list, body):
     """The phase-execution pipeline function, its signature built from the plan: the round
     counts it has, client_ids, and the settings its phases use, each typed and defaulting to
     the compiled config's value (KFP reads the signature and the docstring's Args for the run
@@ -83,7 +83,7 @@ def _typed_form(cfg: dict, plan, default_json: str, rounds: dict, clients: list,
     return pipeline, doc
 
 
-def phase_plan(cfg: dict, kind: str) -> "list[tuple[str, int]]":
+def phase_plan(cfg: Config, kind: str) -> "list[tuple[str, int]]":
     """[(phase, rounds), ...] of a pipeline kind. Without generators every round is fedavg."""
     return runtime.plan(cfg, kind)
 
@@ -181,13 +181,13 @@ def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, clients: "list[int]
     assert phases  # every plan has a phase
 
 
-def build_ablations(cfg: dict, options: ClusterOptions):
+def build_ablations(cfg: Config, options: ClusterOptions):
     """Fan the ablation variants out (one task each) on shared targets and embeddings."""
     from feda2v.evaluation.experiment import VARIANTS
 
     t = _Tasks(options)
     clients = list(range(config_mod.num_clients(cfg)))
-    default_json = json.dumps(cfg, sort_keys=True)
+    default_json = cfg.to_json()
     compiled = runtime.compiled_values(cfg)
 
     # No pipeline output: KFP allows none from inside an ExitHandler; the report task's HTML
@@ -223,7 +223,7 @@ def build_ablations(cfg: dict, options: ClusterOptions):
                         description="FedA2V ablations: " + ", ".join(VARIANTS))(pipeline)
 
 
-def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None" = None,
+def build(cfg: Config, kind: "str | None" = None, options: "ClusterOptions | None" = None,
           execution: "str | None" = None):
     """Return the KFP pipeline function for `cfg` (kind: run1, run2, end_to_end, ablations;
     default from the config's `pipeline` key and mode flags; execution: phase or round, default
@@ -232,18 +232,18 @@ def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None"
     options = options or ClusterOptions()
     if kind == "ablations":
         return build_ablations(cfg, options)
-    execution = execution or cfg["execution"]
+    execution = execution or cfg.execution
     if execution not in EXECUTIONS:
         raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
     # Tasks read the kind and the mode from the config they are given.
-    cfg = dict(cfg, pipeline=kind, execution=execution)
+    cfg = cfg.replace(pipeline=kind, execution=execution)
     t = _Tasks(options)
     plan = runtime.plan(cfg)
     clients = list(range(config_mod.num_clients(cfg)))
-    default_json = json.dumps(cfg, sort_keys=True)
+    default_json = cfg.to_json()
     compiled = runtime.compiled_values(cfg)
-    rounds = {"global_rounds": cfg["global_rounds"],
-              "generator_training_rounds": cfg["feda2v"]["generator_training_rounds"]}
+    rounds = {"global_rounds": cfg.global_rounds,
+              "generator_training_rounds": cfg.feda2v.generator_training_rounds}
 
     def body(config_json, mlflow_run_id, global_rounds, generator_training_rounds, client_ids,
              settings):
@@ -258,7 +258,7 @@ def build(cfg: dict, kind: "str | None" = None, options: "ClusterOptions | None"
                 _phase_dag(t, plan, common, mlflow_run_id)
             else:
                 _round_dag(t, plan, common, mlflow_run_id, clients,
-                           cfg["feda2v"]["run2_start"] != "initial")
+                           cfg.feda2v.run2_start != "initial")
         return done.outputs["report"]
 
     if execution == "round":

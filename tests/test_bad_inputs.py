@@ -86,7 +86,7 @@ def test_nan_in_class_targets_is_refused(tmp_path):
 
 def test_a_diverging_client_round_sends_nothing_and_names_client_and_round():
     cfg = _cfg()
-    cfg["learning_rate"] = 1e30  # diverges at once
+    cfg = cfg.replace(learning_rate=1e30)  # diverges at once
     with pytest.raises(ValueError, match=r"client 1, round 4 \(fedavg\): the adapter's training "
                                          r"loss is (nan|inf)"):
         client_step(cfg, 1, 4, "fedavg", _state(cfg), _data(), TARGETS, NAMES)
@@ -221,14 +221,14 @@ def test_run_checks_its_inputs_before_any_task_starts(make_config, tmp_path, bad
         expected = (f"data.dataset_uri s3://data/ESC-50: the object store (AWS_ENDPOINT_URL): "
                     f"{endpoint} does not answer")
     path = tmp_path / "c.json"
-    path.write_text(json.dumps(cfg))
+    path.write_text(cfg.to_json())
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", str(path)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert time.monotonic() - start < 30
     assert proc.returncode == 2
     assert expected in proc.stderr
-    assert not os.path.exists(cfg["storage_root"])  # no MLflow store, no kfp-local folder
+    assert not os.path.exists(cfg.storage_root)  # no MLflow store, no kfp-local folder
 
 
 def test_credentials_in_any_config_value_travel_by_environment_not_config():
@@ -239,9 +239,9 @@ def test_credentials_in_any_config_value_travel_by_environment_not_config():
            "data": {"dataset_uri": "https://u:pw3@data.example/ESC-50"}}
     cfg = config_mod.validate(raw)
     task_cfg, withheld = config_mod.withhold_credentials(cfg)
-    text = json.dumps(task_cfg)
+    text = task_cfg.to_json()
     assert not any(pw in text for pw in ("pw1", "pw2", "pw3"))
-    assert task_cfg["models"]["audio_model"] == "https://***@models.example/ast/"
+    assert task_cfg.models.audio_model == "https://***@models.example/ast/"
     assert set(withheld) == {"mlflow_tracking_uri", "models.audio_model", "data.dataset_uri"}
     os.environ[config_mod.CREDENTIALS_ENV] = json.dumps(withheld)
     try:
@@ -289,7 +289,7 @@ def test_planted_secrets_reach_no_file_object_mlflow_entry_or_command_line(
                       models={"image_model": "https://feda2v:m0del-secret@models.example/clip/"},
                       feda2v={"generator_training_rounds": 1, "generator_training_mode": True})
     path = tmp_path / "c.json"
-    path.write_text(json.dumps(cfg))
+    path.write_text(cfg.to_json())
     seen: set = set()
     stop = threading.Event()
     sampler = threading.Thread(target=_command_lines, args=(seen, stop), daemon=True)
@@ -422,10 +422,10 @@ def test_a_read_only_folder_is_named_before_and_during_a_run(make_config):
         cfg = make_config(storage_root=os.path.join(top, "store"))
         error = _as_nobody(lambda: preflight.check(cfg, "local"))
         if os.geteuid() == 0:  # the test's dataset lies under root's 0700 pytest folder
-            assert error.startswith(f"PermissionError: data.dataset_uri {cfg['data']['dataset_uri']}: ")
+            assert error.startswith(f"PermissionError: data.dataset_uri {cfg.data.dataset_uri}: ")
             assert error.endswith(" is not readable by this user")
-        cfg["data"]["dataset_uri"] = top
-        cfg["models"] = dict(cfg["models"], audio_model="org/audio", text_model="org/text")
+        cfg = cfg.replace(data={"dataset_uri": top},
+                          models={"audio_model": "org/audio", "text_model": "org/text"})
         error = _as_nobody(lambda: preflight.check(cfg, "local"))
         assert f"PermissionError: storage_root {top}/store: {top} is not writable" == error
         error = _as_nobody(lambda: storage.write_json(os.path.join(top, "x.json"), {}))
@@ -445,7 +445,7 @@ def _compile(cfg: dict, tmp_path, env: dict | None = None):
     import time
 
     path = tmp_path / "c.json"
-    path.write_text(json.dumps(cfg))
+    path.write_text(cfg.to_json())
     out = tmp_path / "p.yaml"
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "compile", "--config", str(path),
@@ -489,7 +489,7 @@ def test_compile_notes_what_it_cannot_see_from_here(make_config, tmp_path):
            "minio-service.kubeflow.invalid does not resolve from here; not checked" in proc.stderr
     assert "note: mlflow_tracking_uri: host mlflow.feda2v.svc.cluster.local does not " \
            "resolve from here; not checked" in proc.stderr
-    assert f"note: models.audio_model {cfg['models']['audio_model']} is a path on this " \
+    assert f"note: models.audio_model {cfg.models.audio_model} is a path on this " \
            "machine" in proc.stderr
 
 
@@ -611,7 +611,7 @@ def test_a_client_that_does_not_exist_is_named():
     from feda2v.orchestration import stages
 
     with pytest.raises(ValueError, match=r"client 5 does not exist: the config has 2 clients"):
-        stages.extract(json.dumps(_cfg()), 5)
+        stages.extract(_cfg().to_json(), 5)
 
 
 def test_a_precomputed_embeddings_file_without_labels_is_named(tmp_path):

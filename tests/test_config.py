@@ -11,10 +11,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def test_defaults_fill_every_key():
     cfg = config_mod.validate({})
-    assert cfg["global_rounds"] == 30
-    assert cfg["feda2v"]["generator_type"] == "vae"
-    assert cfg["feda2v"]["generator_save_every"] == 5
-    assert cfg["data"]["clients"] == config_mod.REFERENCE_SPLIT
+    assert cfg.global_rounds == 30
+    assert cfg.feda2v.generator_type == "vae"
+    assert cfg.feda2v.generator_save_every == 5
+    assert cfg.data.clients == config_mod.REFERENCE_SPLIT
     assert len(config_mod.configured_classes(cfg)) == 15
 
 
@@ -77,7 +77,7 @@ def test_every_bad_key_is_named_at_once(tmp_path):
 
 
 def test_both_generator_types_are_accepted():
-    assert config_mod.validate({"feda2v": {"generator_type": "gan"}})["feda2v"]["generator_type"] == "gan"
+    assert config_mod.validate({"feda2v": {"generator_type": "gan"}}).feda2v.generator_type == "gan"
 
 
 def test_overlapping_folds_are_refused():
@@ -99,12 +99,12 @@ def test_load_names_the_file_and_reports_bad_json(tmp_path):
 def test_seed_configs_keep_the_seed_values_and_modes():
     run1 = config_mod.load(CONFIGS / "a2v_generator_training_mode.json")
     run2 = config_mod.load(CONFIGS / "a2v_use_pretrained_generators.json")
-    assert run1["global_rounds"] == 30 and config_mod.pipeline_kind(run1) == "run1"
-    assert run1["feda2v"]["generator_training_epochs"] == 10
-    assert run1["feda2v"]["global_model_train"] is False
-    assert run2["global_rounds"] == 50 and config_mod.pipeline_kind(run2) == "run2"
-    assert run2["feda2v"]["synthetic_samples_per_class"] == 10
-    assert run2["feda2v"]["global_model_train_epochs"] == 5
+    assert run1.global_rounds == 30 and config_mod.pipeline_kind(run1) == "run1"
+    assert run1.feda2v.generator_training_epochs == 10
+    assert run1.feda2v.global_model_train is False
+    assert run2.global_rounds == 50 and config_mod.pipeline_kind(run2) == "run2"
+    assert run2.feda2v.synthetic_samples_per_class == 10
+    assert run2.feda2v.global_model_train_epochs == 5
     assert config_mod.pipeline_kind(config_mod.load(CONFIGS / "demo.json")) == "end_to_end"
 
 
@@ -127,3 +127,34 @@ def test_image_targets_need_a_layout_with_images():
     with pytest.raises(ConfigError, match="bad value for 'data.targets'"):
         config_mod.validate({"data": {"targets": "images"}})  # esc50 has no images
     config_mod.validate({"data": {"targets": "images", "format": "manifest"}})
+
+
+def test_the_config_is_one_typed_object_parsed_once():
+    """validate gives a frozen, typed Config (attribute access, one dataclass per section);
+    replace() validates its changes; to_json() round-trips; each field's declared type is its
+    default's, and its Key (check and doc) is the one key_spec, the README and the run form
+    read."""
+    import dataclasses
+    import typing
+
+    cfg = config_mod.validate({"seed": 3, "feda2v": {"generator_type": "gan"}})
+    assert isinstance(cfg, config_mod.Config) and isinstance(cfg.feda2v, config_mod.FedA2V)
+    assert (cfg.seed, cfg.feda2v.generator_type, cfg.data.partition) == (3, "gan", "classes")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.feda2v.generator_type = "vae"
+    changed = cfg.replace(seed=4, feda2v={"synthetic_samples_per_class": 5})
+    assert (changed.seed, changed.feda2v.synthetic_samples_per_class, cfg.seed) == (4, 5, 3)
+    assert changed.feda2v.generator_type == "gan"  # the rest of the section stays
+    with pytest.raises(ConfigError, match="'feda2v.generator_type'"):
+        cfg.replace(feda2v={"generator_type": "diffusion"})
+    assert config_mod.loads(cfg.to_json()) == cfg
+    for cls, where in ((config_mod.RunKeys, ""), (config_mod.Data, "data."),
+                       (config_mod.Models, "models."), (config_mod.FedA2V, "feda2v.")):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            spec = config_mod.key_spec(where + f.name)
+            assert f.metadata["key"] is spec
+            origin = typing.get_origin(hints[f.name]) or hints[f.name]
+            assert type(spec.default) is origin, f"{where}{f.name}: {hints[f.name]}"

@@ -89,12 +89,12 @@ def test_two_runs_keep_their_state_apart(tmp_path):
 def test_run_time_parameters_take_effect_in_phase_execution():
     cfg = _cfg(global_rounds=5, pipeline="end_to_end")
     compiled = runtime.compiled_values(cfg)
-    text = json.dumps(cfg)
+    text = cfg.to_json()
     got = json.loads(runtime.resolve(text, compiled, 2, 7, [0, 1]))
     assert got["global_rounds"] == 2 and got["feda2v"]["generator_training_rounds"] == 7
-    assert runtime.plan(got) == [("run1", 7), ("run2", 2)]
+    assert runtime.plan(config_mod.validate(got)) == [("run1", 7), ("run2", 2)]
     # An edit of config_json alone takes effect too (the form's value is the compiled one) ...
-    edited = json.dumps(dict(cfg, global_rounds=4))
+    edited = cfg.replace(global_rounds=4).to_json()
     assert json.loads(runtime.resolve(edited, compiled, 5, 30, [0, 1]))["global_rounds"] == 4
     # ... but both edited to different values is ambiguous.
     with pytest.raises(config_mod.ConfigError, match="'global_rounds' is 4 in config_json but 3"):
@@ -111,20 +111,20 @@ def test_the_run_forms_typed_settings_take_effect_as_their_keys_types():
     settings = {"local_epochs": "3.0", "learning_rate": "0.005", "generator_type": "gan",
                 "synthetic_samples_per_class": "7.0", "generator_training_epochs": "2.0",
                 "generator_learning_rate": "0.01"}
-    got = json.loads(runtime.resolve(json.dumps(cfg), compiled, settings=settings))
+    got = json.loads(runtime.resolve(cfg.to_json(), compiled, settings=settings))
     assert (got["local_epochs"], got["learning_rate"]) == (3, 0.005)
     f = got["feda2v"]
     assert (f["generator_type"], f["synthetic_samples_per_class"]) == ("gan", 7)
     assert (f["generator_training_epochs"], f["generator_learning_rate"]) == (2, 0.01)
-    edited = json.dumps(dict(cfg, local_epochs=4))
-    same = {"local_epochs": str(float(cfg["local_epochs"]))}
+    edited = cfg.replace(local_epochs=4).to_json()
+    same = {"local_epochs": str(float(cfg.local_epochs))}
     assert json.loads(runtime.resolve(edited, compiled, settings=same))["local_epochs"] == 4
     with pytest.raises(config_mod.ConfigError, match="'local_epochs' is 4 in config_json but 9"):
         runtime.resolve(edited, compiled, settings={"local_epochs": "9"})
     with pytest.raises(config_mod.ConfigError, match="bad value for 'feda2v.generator_type'"):
-        runtime.resolve(json.dumps(cfg), compiled, settings={"generator_type": "diffusion"})
+        runtime.resolve(cfg.to_json(), compiled, settings={"generator_type": "diffusion"})
     with pytest.raises(config_mod.ConfigError, match="run-time parameter 'local_epochs'"):
-        runtime.resolve(json.dumps(cfg), compiled, settings={"local_epochs": "many"})
+        runtime.resolve(cfg.to_json(), compiled, settings={"local_epochs": "many"})
 
 
 def test_the_run_form_offers_the_settings_its_phases_use(make_config, tmp_path):
@@ -135,7 +135,7 @@ def test_the_run_form_offers_the_settings_its_phases_use(make_config, tmp_path):
     def form(pipeline, **f):
         out = tmp_path / f"{pipeline}.yaml"
         path = tmp_path / "c.json"
-        path.write_text(json.dumps(make_config(global_rounds=4, local_epochs=2, feda2v=f)))
+        path.write_text(make_config(global_rounds=4, local_epochs=2, feda2v=f).to_json())
         main(["compile", "--config", str(path), "--pipeline", pipeline, "--output", str(out),
               "--no-preflight"])
         return next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
@@ -158,16 +158,16 @@ def test_the_run_form_offers_the_settings_its_phases_use(make_config, tmp_path):
 def test_clients_are_a_run_time_parameter_in_phase_execution():
     cfg = config_mod.validate({"data": {"partition": "iid", "num_clients": 3}})
     compiled = runtime.compiled_values(cfg)
-    got = json.loads(runtime.resolve(json.dumps(cfg), compiled, client_ids=[0, 1, 2, 3, 4]))
-    assert config_mod.num_clients(got) == 5
+    got = json.loads(runtime.resolve(cfg.to_json(), compiled, client_ids=[0, 1, 2, 3, 4]))
+    assert config_mod.num_clients(config_mod.validate(got)) == 5
     split = _cfg()
-    more = dict(split, data=dict(split["data"], clients=[["dog"], ["rooster"], ["rain", "siren"]]))
+    more = split.replace(data={"clients": [["dog"], ["rooster"], ["rain", "siren"]]})
     with pytest.raises(config_mod.ConfigError,
                        match=r"'data.clients' gives 3 clients but .* client_ids is \[0, 1\]; "
                              r"set client_ids to \[0, 1, 2\]"):
-        runtime.resolve(json.dumps(more), runtime.compiled_values(split), client_ids=[0, 1])
+        runtime.resolve(more.to_json(), runtime.compiled_values(split), client_ids=[0, 1])
     with pytest.raises(config_mod.ConfigError, match="client_ids"):
-        runtime.resolve(json.dumps(split), runtime.compiled_values(split), client_ids=[1, 2])
+        runtime.resolve(split.to_json(), runtime.compiled_values(split), client_ids=[1, 2])
 
 
 @pytest.mark.parametrize("key,change", [
@@ -177,7 +177,7 @@ def test_clients_are_a_run_time_parameter_in_phase_execution():
 ])
 def test_structural_keys_changed_at_run_time_fail_naming_the_compiled_value(key, change):
     cfg = _cfg(pipeline="end_to_end")
-    raw = json.loads(json.dumps(cfg))
+    raw = cfg.to_dict()
     for k, v in change.items():
         raw[k] = dict(raw[k], **v) if isinstance(v, dict) else v
     with pytest.raises(config_mod.ConfigError, match=f"'{key}' is .* compiled with"):
@@ -186,7 +186,7 @@ def test_structural_keys_changed_at_run_time_fail_naming_the_compiled_value(key,
 
 def test_round_execution_names_the_unrolled_keys():
     cfg = _cfg(execution="round", global_rounds=3)
-    edited = json.dumps(dict(cfg, global_rounds=9))
+    edited = cfg.replace(global_rounds=9).to_json()
     with pytest.raises(config_mod.ConfigError,
                        match="'global_rounds' is 9 in config_json but this round-execution "
                              "pipeline was compiled with 3"):
@@ -257,10 +257,10 @@ def test_run2_goes_on_from_run1s_adapter_when_the_run_has_a_run1(tmp_path):
     initial = stages.initial_state(cfg, fed)
     alone = stages.phase_start(cfg, fed, [("run2", 3)], "run2", run)
     assert all(torch.equal(alone[k], v) for k, v in initial.items())
-    seed_like = dict(cfg, feda2v=dict(cfg["feda2v"], run2_start="initial"))
+    seed_like = cfg.replace(feda2v={"run2_start": "initial"})
     got = stages.phase_start(seed_like, fed, both, "run2", run)
     assert all(torch.equal(got[k], v) for k, v in initial.items())
-    explicit = dict(cfg, feda2v=dict(cfg["feda2v"], run2_start="run1"))
+    explicit = cfg.replace(feda2v={"run2_start": "run1"})
     with pytest.raises(ValueError, match="run2_start is 'run1' but this run has no Run 1"):
         stages.phase_start(explicit, fed, [("run2", 3)], "run2", run)
     with pytest.raises(config_mod.ConfigError, match="'run1' needs Run 1 in the same run"):

@@ -52,7 +52,7 @@ def test_report_and_results_are_written_and_tracked(experiment_result):
         html = f.read()
     assert all(v in html for v in VARIANTS) and "data:image/png;base64" in html
     identity = re.search(r'<p class="identity">(.*?)</p>', html).group(1)
-    assert f"seed {cfg['seed']}" in identity and "config sha256 " in identity
+    assert f"seed {cfg.seed}" in identity and "config sha256 " in identity
     assert f"MLflow run {result['parent_run_id']}" in identity and "commit " in identity
     assert os.path.exists(os.path.join(os.path.dirname(result["html"]), "projection.png"))
     with open(os.path.join(result["dir"], "results.json")) as f:
@@ -101,10 +101,10 @@ def test_every_partition_spreads_the_same_classes_over_as_many_clients(make_conf
 
     cfg = make_config()
     d = partitioned(cfg, "dirichlet:0.1", 7)
-    assert d["seed"] == 7 and d["data"]["partition"] == "dirichlet"
-    assert d["data"]["dirichlet_alpha"] == 0.1 and d["data"]["num_clients"] == 2
-    assert d["data"]["classes"] == ["dog", "rooster", "rain", "siren"]
-    assert partitioned(cfg, "classes", 1)["data"]["clients"] == cfg["data"]["clients"]
+    assert d.seed == 7 and d.data.partition == "dirichlet"
+    assert d.data.dirichlet_alpha == 0.1 and d.data.num_clients == 2
+    assert d.data.classes == ["dog", "rooster", "rain", "siren"]
+    assert partitioned(cfg, "classes", 1).data.clients == cfg.data.clients
 
 
 def test_final_accuracy_is_the_mean_of_the_last_rounds_and_lines_pair_the_seeds():
@@ -141,7 +141,7 @@ def test_experiment_over_seeds_and_partitions_prints_the_table_and_lines(make_co
     cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 1,
                                                "generator_training_mode": True})
     path = tmp_path / "c.json"
-    path.write_text(json.dumps(cfg))
+    path.write_text(cfg.to_json())
     main(["experiment", "--config", str(path), "--variants", "fedavg,synthetic",
           "--seeds", "0,1", "--partitions", "classes,dirichlet:0.5"])
     out = capsys.readouterr().out
@@ -150,7 +150,7 @@ def test_experiment_over_seeds_and_partitions_prints_the_table_and_lines(make_co
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri(cfg))
-    runs = client.search_runs([client.get_experiment_by_name(cfg["experiment_name"])
+    runs = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)
                                .experiment_id])
     grid = [r for r in runs if r.info.run_name == "experiment"]
     assert len(grid) == 1 and grid[0].data.params["feda2v.seeds"] == "0,1"

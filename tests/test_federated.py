@@ -1,5 +1,6 @@
 """Client and server logic on synthetic embeddings (no encoders): fast and exact."""
 
+import dataclasses
 import logging
 import os
 
@@ -393,7 +394,7 @@ class _Shift(generators.Generator):
 
     def fit(self, cfg, opt, x, cond, client_id, seed):
         losses = []
-        for _ in range(cfg["feda2v"]["generator_training_epochs"]):
+        for _ in range(cfg.feda2v.generator_training_epochs):
             loss = torch.nn.functional.mse_loss(torch.tanh(self.out(cond)), self.normalise(x))
             opt.zero_grad()
             loss.backward()
@@ -408,7 +409,8 @@ def test_a_new_generator_needs_only_the_interface(tmp_path, monkeypatch):
     nothing else in the system knows the kinds apart."""
     monkeypatch.setitem(generators.GENERATORS, "shift", _Shift)
     cfg = _cfg(generator_learning_rate=0.5)
-    cfg["feda2v"]["generator_type"] = "shift"  # past the config's choice list, as a plug-in
+    # Past the config's choice list, as a plug-in would be.
+    cfg = dataclasses.replace(cfg, feda2v=dataclasses.replace(cfg.feda2v, generator_type="shift"))
     data = _data([0, 1])
     _, losses = _run1(cfg, tmp_path, data, rounds=2)
     assert losses[2] < losses[1]  # {round: mean loss}

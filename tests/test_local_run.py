@@ -21,7 +21,7 @@ from feda2v.orchestration import stages
 def _write(cfg, tmp_path, name="config.json"):
     path = str(tmp_path / name)
     with open(path, "w") as f:
-        json.dump(cfg, f)
+        json.dump(cfg.to_dict(), f)
     return path
 
 
@@ -37,7 +37,7 @@ def _runs(cfg):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri(cfg))
-    exp = client.get_experiment_by_name(cfg["experiment_name"])
+    exp = client.get_experiment_by_name(cfg.experiment_name)
     return client, client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
 
 
@@ -134,17 +134,17 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
 
     cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 2,
                                                "generator_training_mode": True})
-    store = cfg["storage_root"]
+    store = cfg.storage_root
     _run(_write(cfg, tmp_path), "end_to_end", tmp_path, "--execution", "round")
     client, (round_run,) = _runs(cfg)
 
     # Compiled for other rounds and epochs, run with the form's typed fields set back.
-    compiled_for_3 = dict(cfg, global_rounds=3, local_epochs=cfg["local_epochs"] + 2)
+    compiled_for_3 = cfg.replace(global_rounds=3, local_epochs=cfg.local_epochs + 2)
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(tmp_path / "kfp"), raise_on_error=True)
     phase_id = tracking.create_run(cfg, "phase")
     pipelines.build(compiled_for_3, "end_to_end", pipelines.ClusterOptions.local(), "phase")(
-        mlflow_run_id=phase_id, global_rounds=1, local_epochs=cfg["local_epochs"])
+        mlflow_run_id=phase_id, global_rounds=1, local_epochs=cfg.local_epochs)
     experiment = run_experiment(cfg, ["synthetic"], "same")
 
     keys = [client.get_run(r).data.tags["feda2v.run_key"] for r in (round_run.info.run_id,
@@ -175,7 +175,7 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
     phase = client.get_run(phase_id)
     assert phase.info.status == "FINISHED"
     assert phase.data.params["global_rounds"] == "1"  # MLflow records what took effect
-    assert phase.data.params["local_epochs"] == str(cfg["local_epochs"])
+    assert phase.data.params["local_epochs"] == str(cfg.local_epochs)
     assert phase.data.params["feda2v.phases"] == "run1:2,run2:1"
 
 
@@ -192,7 +192,7 @@ def test_a_structural_key_changed_at_run_time_fails_the_first_tasks(make_config,
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(tmp_path / "kfp"), raise_on_error=False)
     run_id = tracking.create_run(cfg, "edited")
-    edited = json.loads(json.dumps(cfg))
+    edited = cfg.to_dict()
     edited["feda2v"].update(use_generator=False, generator_training_mode=False)
     start = time.monotonic()
     task = pipelines.build(cfg, "run1", pipelines.ClusterOptions.local())(
@@ -202,7 +202,7 @@ def test_a_structural_key_changed_at_run_time_fails_the_first_tasks(make_config,
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert task is not None
-    assert not os.path.exists(os.path.join(cfg["storage_root"], "checkpoints"))
+    assert not os.path.exists(os.path.join(cfg.storage_root, "checkpoints"))
     with open(client.download_artifacts(run_id, "report/results.md", str(tmp_path))) as f:
         report = f.read()
     assert "failed" in report, report
@@ -267,14 +267,14 @@ def test_two_concurrent_runs_on_one_storage_root_stay_apart(make_config, tmp_pat
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     keys = [r.data.tags["feda2v.run_key"] for r in runs]
     for key in keys:  # each run trained its own generators for exactly its 2 rounds
-        own = storage.load_checkpoint(os.path.join(cfg["storage_root"], "runs", key,
+        own = storage.load_checkpoint(os.path.join(cfg.storage_root, "runs", key,
                                                    "generators", "client_0.pt"))
         assert own["round"] == 2 and own["run"] == key
-    published = storage.load_checkpoint(os.path.join(cfg["storage_root"], "checkpoints",
+    published = storage.load_checkpoint(os.path.join(cfg.storage_root, "checkpoints",
                                                      "generators", "client_0_generator.pt"))
     assert published["run"] in keys and published["round"] == 2
     # Round snapshots and latest in the shared folder all come from one and the same run.
-    folder = os.path.join(cfg["storage_root"], "checkpoints", "generators")
+    folder = os.path.join(cfg.storage_root, "checkpoints", "generators")
     owners = {storage.load_checkpoint(os.path.join(folder, f))["run"]
               for f in os.listdir(folder) if f.endswith(".pt")}
     assert len(owners) == 1

@@ -37,7 +37,7 @@ def test_with_the_credentials_a_run_logs_params_metrics_and_the_model(
     tracking.log_adapter_model(cfg, run_id, path)
     tracking.end_run(cfg, run_id, "FINISHED")
     params, history = tracking.run_info(cfg, run_id)
-    assert params["global_rounds"] == str(cfg["global_rounds"])
+    assert params["global_rounds"] == str(cfg.global_rounds)
     assert history["eval/global_accuracy"] == [(1, 0.5)]
 
 

@@ -1,7 +1,6 @@
 """The global adapter as an MLflow model: signature, input example, registry, and a load that
 gives what the adapter itself gives."""
 
-import json
 import os
 
 import pytest
@@ -106,9 +105,9 @@ def test_a_model_that_cannot_be_logged_fails_the_run_which_still_ends(tmp_path, 
 
     monkeypatch.setattr(tracking, "log_adapter_model", refuse)
     with pytest.raises(OSError, match="artifact store full"):
-        stages.finish_tracking(json.dumps(cfg), "", "k1", "SUCCEEDED",
+        stages.finish_tracking(cfg.to_json(), "", "k1", "SUCCEEDED",
                                str(tmp_path / "report.md"))
     client = tracking._client(tracking.tracking_uri(cfg))
-    [run] = client.search_runs([client.get_experiment_by_name(cfg["experiment_name"])
+    [run] = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)
                                 .experiment_id])
     assert run.info.status == "FAILED"

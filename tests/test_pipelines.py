@@ -61,7 +61,7 @@ def test_phase_execution_is_one_task_per_phase_plus_per_client_stages(make_confi
 
 
 def cfg_of(cfg):
-    return json.loads(json.dumps(cfg))
+    return cfg.to_dict()
 
 
 def test_phase_execution_of_each_pipeline_kind(make_config, tmp_path):
@@ -123,7 +123,7 @@ def test_cli_compile_writes_yaml(tmp_path):
     assert spec["pipelineInfo"]["name"] == "feda2v-run1"
     assert config_mod.loads(
         spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
-    )["global_rounds"] == 30
+    ).global_rounds == 30
 
 
 @pytest.mark.parametrize("execution", ["phase", "round"])
@@ -275,7 +275,7 @@ def test_the_data_stages_are_fed_only_the_keys_that_decide_their_output(make_con
     compiled = runtime.compiled_values(cfg)
 
     def data_config(**change):
-        changed = json.loads(json.dumps(cfg))
+        changed = cfg.to_dict()
         for dotted, value in change.items():
             section, _, key = dotted.replace("__", ".").rpartition(".")
             (changed[section] if section else changed)[key] = value
@@ -285,7 +285,7 @@ def test_the_data_stages_are_fed_only_the_keys_that_decide_their_output(make_con
     assert data_config(learning_rate=0.5, feda2v__generator_learning_rate=0.1) == same
     assert data_config(feda2v__generator_hidden_dim=64, local_epochs=9) == same
     assert data_config(data__test_fraction=0.3) != same
-    assert data_config(seed=cfg["seed"] + 1) != same
+    assert data_config(seed=cfg.seed + 1) != same
     spec, _ = _compile(cfg, "end_to_end", tmp_path)
     loop = next(comp for name, comp in spec["components"].items()
                 if "extract" in comp.get("dag", {}).get("tasks", {}))

@@ -89,7 +89,7 @@ def test_a_stage_run_by_hand_writes_where_the_pipeline_reads(make_config, tmp_pa
     monkeypatch.chdir(tmp_path)
     cfg = make_config(storage_root="store", data={"dataset_uri": "data"})
     with open("c.json", "w") as f:
-        json.dump(cfg, f)
+        json.dump(cfg.to_dict(), f)
     main(["extract", "--config", "c.json", "--client", "1"])
     expected = extraction.embeddings_uri(resolve_local_paths(config_mod.load("c.json")), 1)
     assert os.path.isabs(expected) and os.path.exists(expected)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 from feda2v.io import config as config_mod
+from feda2v.io.config import Config
 
 
-def _cfg(path: str) -> dict:
+def _cfg(path: str) -> Config:
     return config_mod.load(path)
 
 
-def _stage_cfg(path: str) -> dict:
+def _stage_cfg(path: str) -> Config:
     """Stage commands resolve relative local paths as `feda2v run` does, so that a stage run by
     hand reads and writes exactly where the pipeline's task would."""
     from feda2v.orchestration.local_run import resolve_local_paths
@@ -20,17 +21,17 @@ def _stage_cfg(path: str) -> dict:
     return resolve_local_paths(config_mod.load(path))
 
 
-def _json(cfg: dict) -> str:
-    return json.dumps(cfg, sort_keys=True)
+def _json(cfg: Config) -> str:
+    return cfg.to_json()
 
 
-def _targets_uri(cfg: dict) -> str:
+def _targets_uri(cfg: Config) -> str:
     from feda2v.io import storage
 
-    return storage.join(cfg["storage_root"], "class_targets.safetensors")
+    return storage.join(cfg.storage_root, "class_targets.safetensors")
 
 
-def _data_uris(cfg: dict, given: list[str] | None) -> list[str]:
+def _data_uris(cfg: Config, given: list[str] | None) -> list[str]:
     from feda2v.orchestration.stages import embeddings_uri
 
     return given or [embeddings_uri(cfg, i) for i in range(config_mod.num_clients(cfg))]
@@ -40,7 +41,7 @@ def _print(result) -> None:
     print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
 
 
-def _run_cfg(a) -> dict:
+def _run_cfg(a) -> Config:
     """The config file with the command line's --param and --register-model applied."""
     cfg = _cfg(a.config)
     assignments = list(a.param or [])

@@ -17,7 +17,7 @@ def cmd_experiment(a) -> None:
         raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
     if a.seeds or a.partitions:
         try:
-            seeds = [int(s) for s in (a.seeds or str(cfg["seed"])).split(",")]
+            seeds = [int(s) for s in (a.seeds or str(cfg.seed)).split(",")]
         except ValueError:
             raise ValueError(f"--seeds expects comma-separated integers, got {a.seeds!r}") from None
         partitions = parse_partitions(a.partitions or "classes")
@@ -28,7 +28,7 @@ def cmd_experiment(a) -> None:
         print("\n".join(grid["lines"]))
         print(f"\n  results:            {grid['dir']}/grid.json")
         print(f"  MLflow parent run:  {grid['parent_run_id']} ({tracking_uri_text(cfg)}, "
-              f"experiment '{cfg['experiment_name']}')")
+              f"experiment '{cfg.experiment_name}')")
         return
     epsilons = None
     if a.epsilons:
@@ -40,13 +40,13 @@ def cmd_experiment(a) -> None:
         if any(e <= 0 for e in epsilons):
             raise ValueError(f"--epsilons must be > 0 (inf = no DP), got {a.epsilons!r}")
     result = run_experiment(cfg, variants, a.name, epsilons=epsilons)
-    print(f"\nAblations on the same data and seed ({cfg['seed']}):\n")
+    print(f"\nAblations on the same data and seed ({cfg.seed}):\n")
     print(result["table"])
     print(f"\n  results:            {result['dir']}/results.json")
     if result["html"]:
         print(f"  HTML report:        {result['html']}")
     print(f"  MLflow parent run:  {result['parent_run_id']} "
-          f"({tracking_uri_text(cfg)}, experiment '{cfg['experiment_name']}')")
+          f"({tracking_uri_text(cfg)}, experiment '{cfg.experiment_name}')")
 
 
 def register(add) -> None:

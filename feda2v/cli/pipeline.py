@@ -7,6 +7,7 @@ import sys
 
 from feda2v.cli.common import _config_arg, _execution_arg, _override_args, _run_cfg, _version
 from feda2v.io import config as config_mod
+from feda2v.io.config import Config
 
 
 def _cluster_options(a):
@@ -35,7 +36,7 @@ def _cluster_options(a):
         tolerations=tolerations)
 
 
-def _check_no_credentials(cfg: dict) -> None:
+def _check_no_credentials(cfg: Config) -> None:
     """The config travels inside the compiled YAML: no URI in it may carry credentials."""
     from feda2v.io import tracking
 
@@ -47,7 +48,7 @@ def _check_no_credentials(cfg: dict) -> None:
                              "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
 
 
-def compile_pipeline(cfg: dict, kind: str, output: str, options, execution=None) -> float:
+def compile_pipeline(cfg: Config, kind: str, output: str, options, execution=None) -> float:
     """Compile to `output`; returns the seconds it took."""
     import time
 
@@ -61,7 +62,7 @@ def compile_pipeline(cfg: dict, kind: str, output: str, options, execution=None)
     return time.perf_counter() - start
 
 
-def _preflight_cluster(a, cfg: dict) -> None:
+def _preflight_cluster(a, cfg: Config) -> None:
     """What can be seen from here is checked (with this machine's AWS_* settings); the rest is
     printed as notes, since the pods may see paths and hosts this machine cannot."""
     _check_no_credentials(cfg)  # first: nothing else matters if the YAML would leak them
@@ -79,7 +80,7 @@ def cmd_compile(a) -> None:
     cfg = _run_cfg(a)
     _preflight_cluster(a, cfg)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
-    execution = a.execution or cfg["execution"]
+    execution = a.execution or cfg.execution
     seconds = compile_pipeline(cfg, kind, a.output, _cluster_options(a), execution)
     size = os.path.getsize(a.output)
     plan = ("variants" if kind == "ablations" else
@@ -121,7 +122,7 @@ def cmd_submit(a) -> None:
             sys.exit(1)
 
 
-def tracking_uri_text(cfg: dict) -> str:
+def tracking_uri_text(cfg: Config) -> str:
     from feda2v.io import tracking
 
     return tracking.redact(tracking.tracking_uri(cfg))

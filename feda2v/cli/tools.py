@@ -37,7 +37,7 @@ def cmd_models_tiny(a) -> None:
 
 def cmd_config_check(a) -> None:
     cfg = _cfg(a.config)
-    print(json.dumps(cfg, indent=2, sort_keys=True))
+    print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     print(f"OK: {a.config} is valid (pipeline: {config_mod.pipeline_kind(cfg)})", file=sys.stderr)
 
 

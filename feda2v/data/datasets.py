@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import fsspec
 
 from feda2v.io import config as config_mod
+from feda2v.io.config import Config
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -130,17 +131,17 @@ def read_manifest(uri: str, train_folds: list[int], test_folds: list[int],
     return _fraction_split([(full(r["path"]), r["label"]) for r in rows], test_fraction, seed)
 
 
-def read_items(cfg: dict) -> list[Item]:
+def read_items(cfg: Config) -> list[Item]:
     """All usable clips of the configured dataset, restricted to the configured classes."""
-    data = cfg["data"]
-    fmt, uri = data["format"], data["dataset_uri"]
+    data = cfg.data
+    fmt, uri = data.format, data.dataset_uri
     if fmt == "esc50":
-        items = read_esc50(uri, data["train_folds"], data["test_folds"])
+        items = read_esc50(uri, data.train_folds, data.test_folds)
     elif fmt == "folders":
-        items = read_folders(uri, data["test_fraction"], cfg["seed"])
+        items = read_folders(uri, data.test_fraction, cfg.seed)
     elif fmt == "manifest":
-        items = read_manifest(uri, data["train_folds"], data["test_folds"], data["test_fraction"],
-                              cfg["seed"])
+        items = read_manifest(uri, data.train_folds, data.test_folds, data.test_fraction,
+                              cfg.seed)
     else:
         raise ValueError(f"data.format {fmt!r} has no clips to list (embeddings are read whole)")
     wanted = config_mod.configured_classes(cfg)
@@ -154,22 +155,22 @@ def read_items(cfg: dict) -> list[Item]:
     return [i for i in items if i.label in keep]
 
 
-def class_names(cfg: dict, items: list[Item] | None = None) -> list[str]:
+def class_names(cfg: Config, items: list[Item] | None = None) -> list[str]:
     """Class order = rows of the target matrix: configured, else sorted dataset labels."""
     names = config_mod.configured_classes(cfg)
     if names is not None:
         return names
-    if cfg["data"]["format"] == "embeddings":
-        return read_embeddings(cfg["data"]["dataset_uri"])[1]["class_names"]
+    if cfg.data.format == "embeddings":
+        return read_embeddings(cfg.data.dataset_uri)[1]["class_names"]
     return sorted({i.label for i in (items if items is not None else read_items(cfg))})
 
 
-def read_images(cfg: dict) -> dict[str, list[str]]:
+def read_images(cfg: Config) -> dict[str, list[str]]:
     """Class label -> image URIs: a manifest's `image` column, or image files in class folders."""
-    data = cfg["data"]
-    uri = data["dataset_uri"]
+    data = cfg.data
+    uri = data.dataset_uri
     found: dict[str, list[str]] = {}
-    if data["format"] == "manifest":
+    if data.format == "manifest":
         rows = _read_csv(uri)
         if not rows or "image" not in rows[0]:
             raise ValueError(f"{uri}: data.targets is 'images' but the manifest has no image column")
@@ -179,7 +180,7 @@ def read_images(cfg: dict) -> dict[str, list[str]]:
                 path = r["image"]
                 full = path if ("://" in path or path.startswith("/")) else f"{base}/{path}"
                 found.setdefault(r["label"], []).append(full)
-    elif data["format"] == "folders":
+    elif data.format == "folders":
         fs, root = fsspec.core.url_to_fs(uri)
         protocol = uri.split("://", 1)[0] + "://" if "://" in uri else ""
         for class_dir in sorted(fs.ls(root, detail=False)):
@@ -188,7 +189,7 @@ def read_images(cfg: dict) -> dict[str, list[str]]:
                 found[label] = [protocol + f for f in sorted(fs.ls(class_dir, detail=False))
                                 if f.lower().endswith(IMAGE_SUFFIXES)]
     else:
-        raise ValueError(f"data.format {data['format']!r} has no images")
+        raise ValueError(f"data.format {data.format!r} has no images")
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -50,15 +51,15 @@ def iid_shares(num_classes: int, num_clients: int) -> np.ndarray:
     return np.full((num_classes, num_clients), 1.0 / num_clients)
 
 
-def shares_for(cfg: dict, class_names: list[str]) -> np.ndarray:
-    data, seed = cfg["data"], cfg["seed"]
-    kind, k = data["partition"], data["num_clients"]
+def shares_for(cfg: Config, class_names: list[str]) -> np.ndarray:
+    data, seed = cfg.data, cfg.seed
+    kind, k = data.partition, data.num_clients
     if kind == "classes":
-        shares = reference_shares(class_names, data["clients"])
+        shares = reference_shares(class_names, data.clients)
     elif kind == "pathological":
-        shares = pathological_shares(len(class_names), k, data["classes_per_client"], seed)
+        shares = pathological_shares(len(class_names), k, data.classes_per_client, seed)
     elif kind == "dirichlet":
-        shares = dirichlet_shares(len(class_names), k, data["dirichlet_alpha"], seed)
+        shares = dirichlet_shares(len(class_names), k, data.dirichlet_alpha, seed)
     else:
         shares = iid_shares(len(class_names), k)
     rows = shares.sum(axis=1, keepdims=True)

@@ -7,6 +7,7 @@ with the same key reads the stored file and never loads the model.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import torch
 
 from feda2v.data import datasets, partition
 from feda2v.io import storage
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -28,16 +30,17 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def embeddings_dir(cfg: dict) -> str:
+def embeddings_dir(cfg: Config) -> str:
     """Folder of this data/model configuration's client files (config-only, so every task
     computes the same place)."""
-    settings = {"data": cfg["data"], "models": {k: cfg["models"][k] for k in
-                                                ("audio_model", "audio_tokens", "embeddings_dtype")},
-                "seed": cfg["seed"], "version": FORMAT_VERSION}
-    return storage.join(cfg["storage_root"], "embeddings", _digest(settings)[:12])
+    settings = {"data": dataclasses.asdict(cfg.data),
+                "models": {k: getattr(cfg.models, k)
+                           for k in ("audio_model", "audio_tokens", "embeddings_dtype")},
+                "seed": cfg.seed, "version": FORMAT_VERSION}
+    return storage.join(cfg.storage_root, "embeddings", _digest(settings)[:12])
 
 
-def embeddings_uri(cfg: dict, client_id: int) -> str:
+def embeddings_uri(cfg: Config, client_id: int) -> str:
     return storage.join(embeddings_dir(cfg), f"client_{client_id}.safetensors")
 
 
@@ -73,7 +76,7 @@ def model_fingerprint(source: str) -> str:
                     for name, e in sorted(listing.items())})
 
 
-def client_clips(cfg: dict, client_id: int):
+def client_clips(cfg: Config, client_id: int):
     """(train items, test items, class names) of one client under the configured partition."""
     items = datasets.read_items(cfg)
     names = datasets.class_names(cfg, items)
@@ -81,24 +84,24 @@ def client_clips(cfg: dict, client_id: int):
     labels = np.array([index[i.label] for i in items])
     splits = np.array([0 if i.split == "train" else 1 for i in items])
     shares = partition.shares_for(cfg, names)
-    parts = partition.client_indices(labels, splits, shares, cfg["seed"], names)
+    parts = partition.client_indices(labels, splits, shares, cfg.seed, names)
     mine = parts[client_id]
     return [items[j] for j in mine["train"]], [items[j] for j in mine["test"]], names
 
 
-def extract_client(cfg: dict, client_id: int, out_uri: str) -> str:
-    if cfg["data"]["format"] == "embeddings":
+def extract_client(cfg: Config, client_id: int, out_uri: str) -> str:
+    if cfg.data.format == "embeddings":
         return _split_precomputed(cfg, client_id, out_uri)
     train, test, names = client_clips(cfg, client_id)
     if not test:
         raise ValueError(f"client {client_id} received no test clips; check data.test_folds / "
                          "data.test_fraction")
-    m, d = cfg["models"], cfg["data"]
+    m, d = cfg.models, cfg.data
     uris = [i.uri for i in train + test]
     key = _digest({"files": _file_stamps(uris), "uris": uris,
                    "labels": [(i.label, i.split) for i in train + test],
-                   "model": model_fingerprint(m["audio_model"]), "tokens": m["audio_tokens"],
-                   "seconds": d["clip_seconds"], "dtype": m["embeddings_dtype"],
+                   "model": model_fingerprint(m.audio_model), "tokens": m.audio_tokens,
+                   "seconds": d.clip_seconds, "dtype": m.embeddings_dtype,
                    "version": FORMAT_VERSION})
     if storage.exists(out_uri) and storage.read_meta(out_uri).get("cache_key") == key:
         log.info("[Client %d] Embeddings cache hit: %s (same clips, model and settings; "
@@ -107,21 +110,21 @@ def extract_client(cfg: dict, client_id: int, out_uri: str) -> str:
 
     from feda2v.encoders.embed import AudioEncoder, embed_clips
 
-    encoder = AudioEncoder(m["audio_model"], m["audio_tokens"], m["device"])
+    encoder = AudioEncoder(m.audio_model, m.audio_tokens, m.device)
     log.info("[Client %d] Extracting %d train + %d test clips with %s (%s, %d-d tokens, %s)",
-             client_id, len(train), len(test), m["audio_model"], encoder.backbone.family,
+             client_id, len(train), len(test), m.audio_model, encoder.backbone.family,
              encoder.dim, encoder.device)
-    x, kept, bad = embed_clips(encoder, uris, d["clip_seconds"], m["extract_batch_size"],
-                               m["extract_workers"], f"[Client {client_id}] clips")
-    _check_bad(bad, len(uris), d["max_bad_fraction"], client_id)
+    x, kept, bad = embed_clips(encoder, uris, d.clip_seconds, m.extract_batch_size,
+                               m.extract_workers, f"[Client {client_id}] clips")
+    _check_bad(bad, len(uris), d.max_bad_fraction, client_id)
     index = {c: i for i, c in enumerate(names)}
     labels = torch.tensor([index[(train + test)[i].label] for i in kept])
     is_test = torch.tensor([i >= len(train) for i in kept])
-    dtype = torch.float16 if m["embeddings_dtype"] == "float16" else torch.float32
+    dtype = torch.float16 if m.embeddings_dtype == "float16" else torch.float32
     tensors = {"train_x": x[~is_test].to(dtype), "train_y": labels[~is_test],
                "test_x": x[is_test].to(dtype), "test_y": labels[is_test]}
     storage.save_tensors(out_uri, tensors, {"client_id": client_id, "class_names": names,
-                                            "audio_model": m["audio_model"], "cache_key": key,
+                                            "audio_model": m.audio_model, "cache_key": key,
                                             "skipped": [u for u, _ in bad]})
     log.info("[Client %d] Saved embeddings train %s, test %s to %s", client_id,
              tuple(tensors["train_x"].shape), tuple(tensors["test_x"].shape), out_uri)
@@ -140,7 +143,7 @@ def _check_bad(bad: list[tuple[str, str]], total: int, limit: float, client_id: 
                 listing, more)
 
 
-def split_codes(cfg: dict, tensors: dict, n: int) -> torch.Tensor:
+def split_codes(cfg: Config, tensors: dict, n: int) -> torch.Tensor:
     """Per row of a precomputed-embeddings file: 0 train, 1 test, -1 unused (a fold in neither
     data.train_folds nor data.test_folds), as for manifests."""
     if "split" in tensors:
@@ -148,16 +151,16 @@ def split_codes(cfg: dict, tensors: dict, n: int) -> torch.Tensor:
     if "fold" in tensors:
         fold = tensors["fold"].long()
         codes = torch.full((n,), -1, dtype=torch.long)
-        codes[torch.isin(fold, torch.tensor(cfg["data"]["train_folds"]))] = 0
-        codes[torch.isin(fold, torch.tensor(cfg["data"]["test_folds"]))] = 1
+        codes[torch.isin(fold, torch.tensor(cfg.data.train_folds))] = 0
+        codes[torch.isin(fold, torch.tensor(cfg.data.test_folds))] = 1
         return codes
-    g = torch.Generator().manual_seed(cfg["seed"])
-    return (torch.rand(n, generator=g) < cfg["data"]["test_fraction"]).long()
+    g = torch.Generator().manual_seed(cfg.seed)
+    return (torch.rand(n, generator=g) < cfg.data.test_fraction).long()
 
 
-def _split_precomputed(cfg: dict, client_id: int, out_uri: str) -> str:
+def _split_precomputed(cfg: Config, client_id: int, out_uri: str) -> str:
     """Bring-your-own embeddings: partition the rows of the file, no model involved."""
-    uri = cfg["data"]["dataset_uri"]
+    uri = cfg.data.dataset_uri
     tensors, meta = datasets.read_embeddings(uri)
     file_names = meta["class_names"]
     names = datasets.class_names(cfg)
@@ -170,7 +173,7 @@ def _split_precomputed(cfg: dict, client_id: int, out_uri: str) -> str:
     keep = (labels >= 0) & (splits >= 0)
     shares = partition.shares_for(cfg, names)
     parts = partition.client_indices(labels[keep].numpy(), splits[keep].numpy(), shares,
-                                     cfg["seed"], names)[client_id]
+                                     cfg.seed, names)[client_id]
     x, y = tensors["embeddings"][keep], labels[keep]
     out = {"train_x": x[parts["train"]], "train_y": y[parts["train"]],
            "test_x": x[parts["test"]], "test_y": y[parts["test"]]}

@@ -23,6 +23,7 @@ import torch
 
 from feda2v.io import config as config_mod
 from feda2v.io import runstate, storage, tracking
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 from feda2v.orchestration import stages
 
@@ -30,20 +31,18 @@ log = get_logger()
 VARIANTS = ("fedavg", "synthetic", "synthetic_only", "centralized")
 
 
-def _variant_config(cfg: dict, variant: str, folder: str) -> dict:
-    cfg = json.loads(json.dumps(cfg))
-    f = cfg["feda2v"]
+def _variant_config(cfg: Config, variant: str, folder: str) -> Config:
     # Each variant keeps its own checkpoints; embeddings stay shared (same data, same cache).
-    f["generator_checkpoint_dir"] = storage.join(folder, "checkpoints")
+    f = {"generator_checkpoint_dir": storage.join(folder, "checkpoints")}
     if variant == "fedavg":
         f.update(use_generator=False, generator_training_mode=False,
                  use_pretrained_generators=False, global_model_train=False)
     elif variant == "synthetic":
         f.update(use_generator=True, global_model_train=True)
-    return cfg
+    return cfg.replace(feda2v=f)
 
 
-def _pooled_real(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _pooled_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for i in range(config_mod.num_clients(cfg)):
         t, _ = storage.load_tensors(stages.embeddings_uri(cfg, i))
@@ -52,11 +51,11 @@ def _pooled_real(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def _log(cfg: dict, run_id: str):
+def _log(cfg: Config, run_id: str):
     return lambda metrics, step: tracking.log_metrics(cfg, run_id, metrics, step)
 
 
-def _generators(cfg: dict, run: str, key: str, fed, rounds_r1: int, rounds_r2: int) -> None:
+def _generators(cfg: Config, run: str, key: str, fed, rounds_r1: int, rounds_r2: int) -> None:
     """Each client's generator over Run 1's rounds, then its synthetic samples for Run 2's: the
     same stage code as the per-client pipeline tasks."""
     from feda2v.federated.generator import generate_client, train_client
@@ -68,7 +67,7 @@ def _generators(cfg: dict, run: str, key: str, fed, rounds_r1: int, rounds_r2: i
                         runstate.generator_state_uri(run, i), runstate.synthetic_uri(run, i))
 
 
-def _centralized(cfg: dict, fed, rounds: int, start: dict, run: str, run_id: str) -> list[dict]:
+def _centralized(cfg: Config, fed, rounds: int, start: dict, run: str, run_id: str) -> list[dict]:
     from feda2v.federated.client import round_seed
     from feda2v.federated.server import weighted_accuracy
     from feda2v.federated.task import adapter_from_state, device_of, train_adapter
@@ -78,8 +77,8 @@ def _centralized(cfg: dict, fed, rounds: int, start: dict, run: str, run_id: str
     y = torch.cat([d.train_y for d in fed.clients])
     history = []
     for r in range(1, rounds + 1):
-        loss = train_adapter(model, x, y, fed.targets, cfg["local_epochs"], cfg["batch_size"],
-                             cfg["learning_rate"], round_seed(cfg["seed"], -2, r))
+        loss = train_adapter(model, x, y, fed.targets, cfg.local_epochs, cfg.batch_size,
+                             cfg.learning_rate, round_seed(cfg.seed, -2, r))
         accuracy, per_client = weighted_accuracy(model, fed.targets, fed.test_sets)
         metrics = {"train/central/adapter_loss": loss, "eval/global_accuracy": accuracy,
                    **{f"eval/node_{i}/accuracy": a for i, a in per_client.items()}}
@@ -89,7 +88,7 @@ def _centralized(cfg: dict, fed, rounds: int, start: dict, run: str, run_id: str
     return history
 
 
-def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: str,
+def run_variant(cfg: Config, variant: str, root: str, targets_uri: str, run_id: str,
                 reuse: dict | None = None, label: str = "") -> dict:
     """Run one ablation through the library's round loop; returns {variant, history,
     final_accuracy, quality}. synthetic_only given `reuse` (the synthetic variant's result)
@@ -101,7 +100,7 @@ def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: st
     label = label or variant
     run = storage.join(root, label)
     vcfg = _variant_config(cfg, variant, run)
-    r1, r2 = cfg["feda2v"]["generator_training_rounds"], cfg["global_rounds"]
+    r1, r2 = cfg.feda2v.generator_training_rounds, cfg.global_rounds
     log.info("=== Ablation %s ===", variant)
     fed = stages.federation(vcfg, targets_uri)
     init = stages.initial_state(vcfg, fed)
@@ -134,7 +133,7 @@ def run_variant(cfg: dict, variant: str, root: str, targets_uri: str, run_id: st
     return {"variant": label, "history": history,
             "final_accuracy": final_accuracy(history), "run_dir": run,
             "synthetic_pool": run if label == "synthetic" else "", "quality": quality,
-            "dp_epsilon": vcfg["feda2v"]["generator_dp_epsilon"] if variant == "synthetic" else 0}
+            "dp_epsilon": vcfg.feda2v.generator_dp_epsilon if variant == "synthetic" else 0}
 
 
 def _pooled_synthetic(run: str, num_clients: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,14 +214,14 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
                       *(fmt.format(*row).rstrip() for row in rows)])
 
 
-def run_identity(cfg: dict, run_id: str) -> dict[str, str]:
+def run_identity(cfg: Config, run_id: str) -> dict[str, str]:
     """What a report says about its run: seed, config hash, date, code version, MLflow run."""
     import hashlib
     from datetime import datetime, timezone
 
     source = tracking.source_tags()
-    text = json.dumps(config_mod.withhold_credentials(cfg)[0], sort_keys=True)
-    out = {"seed": str(cfg["seed"]),
+    text = config_mod.withhold_credentials(cfg)[0].to_json()
+    out = {"seed": str(cfg.seed),
            "config sha256": hashlib.sha256(text.encode()).hexdigest()[:12],
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "feda2v": source.get("feda2v.version", "?")}
@@ -233,7 +232,7 @@ def run_identity(cfg: dict, run_id: str) -> dict[str, str]:
     return out
 
 
-def write_report(cfg: dict, results: list[dict], out_dir: str, run_id: str) -> str:
+def write_report(cfg: Config, results: list[dict], out_dir: str, run_id: str) -> str:
     """HTML report + PNGs (accuracy per round per variant, real vs synthetic projection, quality
     tables), logged to MLflow; returns the HTML path."""
     from feda2v.evaluation import report_html
@@ -281,7 +280,7 @@ def run_variant_task(config_json: str, variant: str, targets_path: str, mlflow_r
     parent_run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
     run_id = tracking.create_run(cfg, f"ablation/{variant}", parent_run_id=parent_run_id)
     tracking.log_params(cfg, run_id, {"feda2v.variant": variant})
-    root = storage.join(cfg["storage_root"], "experiments", "pipeline", run_id)
+    root = storage.join(cfg.storage_root, "experiments", "pipeline", run_id)
     try:
         result = run_variant(cfg, variant, root, targets_path, run_id)
     except BaseException:
@@ -305,11 +304,11 @@ def report_task(config_json: str, results_json: list[str], mlflow_run_id: str, r
         html = write_report(cfg, results, tmp, parent_run_id)
         shutil.copyfile(html, html_path)
     tracking.log_text(cfg, parent_run_id, table + "\n", "report/results.txt")
-    log.info("Ablations (same data, seed %d):\n%s", cfg["seed"], table)
+    log.info("Ablations (same data, seed %d):\n%s", cfg.seed, table)
     return table
 
 
-def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "experiment",
+def run_experiment(cfg: Config, variants: list[str] | None = None, name: str = "experiment",
                    parent_run_id: str = "", report: bool = True,
                    epsilons: list[float] | None = None) -> dict:
     """All variants on the same data and seed; returns {results, table, parent_run_id, dir}.
@@ -320,11 +319,11 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
     if private and "synthetic" not in variants:
         raise ValueError("--epsilons compares DP-SGD generators with the plain synthetic "
                          "variant: include 'synthetic' in --variants")
-    cfg_json = json.dumps(cfg, sort_keys=True)
+    cfg_json = cfg.to_json()
     parent = tracking.create_run(cfg, name, parent_run_id=parent_run_id)
     # One folder per invocation (its MLflow run id): artifact paths, which also key generator
     # rounds against task retries, never repeat across runs.
-    root = storage.join(cfg["storage_root"], "experiments", name, parent)
+    root = storage.join(cfg.storage_root, "experiments", name, parent)
     targets_uri = storage.join(root, "class_targets.safetensors")
     stages.class_targets(cfg_json, targets_uri)
     for i in range(config_mod.num_clients(cfg)):
@@ -333,8 +332,7 @@ def run_experiment(cfg: dict, variants: list[str] | None = None, name: str = "ex
     results = []
     runs = [(variant, variant, cfg) for variant in variants]
     for eps in private:  # the synthetic variant again, its generators trained with DP-SGD
-        dcfg = json.loads(json.dumps(cfg))
-        dcfg["feda2v"]["generator_dp_epsilon"] = eps
+        dcfg = cfg.replace(feda2v={"generator_dp_epsilon": eps})
         runs.append((f"synthetic-dp-eps{eps:g}", "synthetic", dcfg))
     for label, variant, vcfg in runs:
         child = tracking.create_run(cfg, f"{name}/{label}", parent_run_id=parent)
@@ -380,22 +378,19 @@ def parse_partitions(text: str) -> list[str]:
     return labels
 
 
-def partitioned(cfg: dict, label: str, seed: int) -> dict:
+def partitioned(cfg: Config, label: str, seed: int) -> Config:
     """`cfg` with this seed and partition. Every partition spreads the classes of the config's
     `data.clients` over as many clients, so only the spread differs between them."""
-    cfg = json.loads(json.dumps(cfg))
-    data = cfg["data"]
     kind, _, arg = label.partition(":")
+    data: dict = {"partition": kind}
     if kind != "classes":
-        data["classes"] = data["classes"] or config_mod.configured_classes(cfg) or []
-        data["num_clients"] = config_mod.num_clients(cfg)
-    data["partition"] = kind
+        data.update(classes=cfg.data.classes or config_mod.configured_classes(cfg) or [],
+                    num_clients=config_mod.num_clients(cfg))
     if kind == "dirichlet":
         data["dirichlet_alpha"] = float(arg)
     elif kind == "pathological":
         data["classes_per_client"] = int(arg)
-    cfg["seed"] = seed
-    return config_mod.validate(cfg)
+    return cfg.replace(seed=seed, data=data)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -446,7 +441,7 @@ def _generator_line(label: str, by_seed: dict[int, list[dict]]) -> list[str]:
             f"healthy {healthy}/{len(entries)}")]
 
 
-def run_grid(cfg: dict, variants: list[str], seeds: list[int], partitions: list[str],
+def run_grid(cfg: Config, variants: list[str], seeds: list[int], partitions: list[str],
              name: str = "experiment") -> dict:
     """Every variant for every partition and seed, each (partition, seed) an experiment nested
     under one MLflow parent run; returns {table, lines, cells, parent_run_id, dir}."""
@@ -454,7 +449,7 @@ def run_grid(cfg: dict, variants: list[str], seeds: list[int], partitions: list[
     tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants),
                                       "feda2v.seeds": ",".join(map(str, seeds)),
                                       "feda2v.partitions": ",".join(partitions)})
-    root = storage.join(cfg["storage_root"], "experiments", name, parent)
+    root = storage.join(cfg.storage_root, "experiments", name, parent)
     cells: dict[str, dict[int, list[dict]]] = {}
     try:
         for label in partitions:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from feda2v.federated.task import adapter_from_state, adapter_outputs, device_of, train_adapter
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -60,14 +61,14 @@ def class_means(outputs: torch.Tensor, y: torch.Tensor, class_names: list[str],
     return ids, torch.stack(means)
 
 
-def client_step(cfg: dict, client_id: int, round_num: int, phase: str,
+def client_step(cfg: Config, client_id: int, round_num: int, phase: str,
                 global_state: dict[str, torch.Tensor], data: ClientData, targets: torch.Tensor,
                 class_names: list[str], synthetic=None) -> ClientUpdate:
     """`round_num` counts the phase's rounds from 1. `synthetic` = (x, y, quality) of this round
     (run2/sample) or None. Seeds itself, so a round gives the same update in any process."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    seed = round_seed(cfg["seed"], client_id, round_num)
+    seed = round_seed(cfg.seed, client_id, round_num)
     torch.manual_seed(seed)
     dev = device_of(cfg)
     adapter = adapter_from_state(cfg, global_state).to(dev)
@@ -76,8 +77,8 @@ def client_step(cfg: dict, client_id: int, round_num: int, phase: str,
     if phase != "sample":
         if synthetic is not None:
             log.info("Node %d - Training adapters on real data...", client_id)
-        metrics["adapter_loss"] = train_adapter(adapter, x, y, targets.to(dev), cfg["local_epochs"],
-                                                cfg["batch_size"], cfg["learning_rate"], seed)
+        metrics["adapter_loss"] = train_adapter(adapter, x, y, targets.to(dev), cfg.local_epochs,
+                                                cfg.batch_size, cfg.learning_rate, seed)
         if not math.isfinite(metrics["adapter_loss"]):
             raise ValueError(f"client {client_id}, round {round_num} ({phase}): the adapter's "
                              f"training loss is {metrics['adapter_loss']}; nothing is sent "

@@ -17,23 +17,24 @@ import math
 
 import torch
 
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
 
 
-def plan(cfg: dict, rows: int, rounds: int) -> dict:
+def plan(cfg: Config, rows: int, rounds: int) -> dict:
     """The DP state before the first step: noise multiplier for the whole of Run 1."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    f = cfg["feda2v"]
-    rate = min(1.0, f["generator_batch_size"] / rows)
-    steps = rounds * f["generator_training_epochs"] * math.ceil(1 / rate)
-    sigma = get_noise_multiplier(target_epsilon=f["generator_dp_epsilon"],
-                                 target_delta=f["generator_dp_delta"], sample_rate=rate,
+    f = cfg.feda2v
+    rate = min(1.0, f.generator_batch_size / rows)
+    steps = rounds * f.generator_training_epochs * math.ceil(1 / rate)
+    sigma = get_noise_multiplier(target_epsilon=f.generator_dp_epsilon,
+                                 target_delta=f.generator_dp_delta, sample_rate=rate,
                                  steps=steps, accountant="rdp")
     return {"noise_multiplier": float(sigma), "sample_rate": rate, "history": [],
-            "delta": f["generator_dp_delta"], "target_epsilon": f["generator_dp_epsilon"]}
+            "delta": f.generator_dp_delta, "target_epsilon": f.generator_dp_epsilon}
 
 
 def epsilon(state: dict) -> float:
@@ -45,7 +46,7 @@ def epsilon(state: dict) -> float:
     return float(accountant.get_epsilon(state["delta"])) if state["history"] else 0.0
 
 
-def train_vae(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
+def train_vae(cfg: Config, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
               seed: int, state: dict) -> list[float]:
     """One round's epochs of DP-SGD on the VAE; `state` (see `plan`) is updated in place.
     Returns the mean loss of each epoch."""
@@ -55,13 +56,13 @@ def train_vae(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_i
 
     from feda2v.federated.generators.vae import batch_loss, vae_schedule
 
-    f = cfg["feda2v"]
-    epochs = f["generator_training_epochs"]
-    noise = f["generator_augmentation_noise"] if f["generator_augmentation"] else 0.0
+    f = cfg.feda2v
+    epochs = f.generator_training_epochs
+    noise = f.generator_augmentation_noise if f.generator_augmentation else 0.0
     rate, sigma = state["sample_rate"], state["noise_multiplier"]
     gen = torch.Generator().manual_seed(seed)
     model = GradSampleModule(vae)
-    dp_opt = DPOptimizer(opt, noise_multiplier=sigma, max_grad_norm=f["generator_dp_max_grad_norm"],
+    dp_opt = DPOptimizer(opt, noise_multiplier=sigma, max_grad_norm=f.generator_dp_max_grad_norm,
                          expected_batch_size=max(1, round(rate * len(x))),
                          generator=torch.Generator(device=x.device).manual_seed(seed + 1))
     accountant = RDPAccountant()
@@ -71,7 +72,7 @@ def train_vae(cfg: dict, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_i
     model.train()
     try:
         for epoch in range(epochs):
-            beta, w = vae_schedule(epoch, epochs, beta_max=f["generator_kl_weight"])
+            beta, w = vae_schedule(epoch, epochs, beta_max=f.generator_kl_weight)
             total, seen = 0.0, 0
             for _ in range(math.ceil(1 / rate)):
                 idx = (torch.rand(len(x), generator=gen) < rate).nonzero().flatten().to(x.device)

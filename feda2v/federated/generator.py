@@ -4,6 +4,7 @@ its interface (generators/base.py), never with a particular kind."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -14,6 +15,7 @@ import torch
 from feda2v.federated import generators
 from feda2v.federated.generators.vae import Posterior
 from feda2v.io import storage
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -31,22 +33,22 @@ def checkpoint_uri(checkpoint_dir: str, client_id: int, round_num: int | None = 
     return storage.join(checkpoint_dir, name)
 
 
-def new_generator(cfg: dict, seq_len: int, audio_dim: int, cond_dim: int):
-    f = cfg["feda2v"]
-    return generators.new(f["generator_type"], seq_len, audio_dim, cond_dim,
-                          f["generator_hidden_dim"], f["generator_latent_dim"])
+def new_generator(cfg: Config, seq_len: int, audio_dim: int, cond_dim: int):
+    f = cfg.feda2v
+    return generators.new(f.generator_type, seq_len, audio_dim, cond_dim,
+                          f.generator_hidden_dim, f.generator_latent_dim)
 
 
-def new_optimizer(cfg: dict, model):
-    return model.new_optimizer(cfg["feda2v"]["generator_learning_rate"])
+def new_optimizer(cfg: Config, model):
+    return model.new_optimizer(cfg.feda2v.generator_learning_rate)
 
 
-def train_generator(cfg: dict, model, opt, x: torch.Tensor, cond: torch.Tensor,
+def train_generator(cfg: Config, model, opt, x: torch.Tensor, cond: torch.Tensor,
                     client_id: int, seed: int) -> float:
     """One round's epochs on real sequences x [N, S, D] with per-sample conditions
     cond [N, D_clip]; returns the mean loss over them (the seed's "Average loss")."""
     log.info("[Client %d] Training generator for %d epochs", client_id,
-             cfg["feda2v"]["generator_training_epochs"])
+             cfg.feda2v.generator_training_epochs)
     losses = model.fit(cfg, opt, x, cond, client_id, seed)
     average = sum(losses) / len(losses)
     log.info("[Client %d] Generator training completed. Average loss: %.4f", client_id, average)
@@ -57,14 +59,14 @@ MIN_CALIBRATION_ROWS = 10  # below this, density on a class's rows is too noisy 
 CROSS_SPLITS = 3  # random halvings of a class's rows when the posterior's fit is crossed
 
 
-def sampling_mode(cfg: dict) -> str:
+def sampling_mode(cfg: Config) -> str:
     """generator_sampling with auto resolved (see its help in config.py)."""
-    f = cfg["feda2v"]
-    if f["generator_sampling"] != "auto":
-        return f["generator_sampling"]
-    if f["generator_dp_epsilon"]:
+    f = cfg.feda2v
+    if f.generator_sampling != "auto":
+        return f.generator_sampling
+    if f.generator_dp_epsilon:
         return "prior"  # anything fitted to the rows would sit outside the DP guarantee
-    return generators.GENERATORS[f["generator_type"]].sampling
+    return generators.GENERATORS[f.generator_type].sampling
 
 
 def sample_per_class(vae, conditions: torch.Tensor, per_class: int, seed: int,
@@ -146,7 +148,7 @@ def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor
     return [o or (fallback, float("nan")) for o in out]
 
 
-def checkpoint_dict(cfg: dict, vae, opt, client_id: int, round_num: int,
+def checkpoint_dict(cfg: Config, vae, opt, client_id: int, round_num: int,
                     class_names: list[str], conditions: torch.Tensor,
                     extra: dict | None = None) -> dict:
     """The seed's checkpoint dict. `opt` None keeps weights only (a round snapshot: resume reads
@@ -154,17 +156,17 @@ def checkpoint_dict(cfg: dict, vae, opt, client_id: int, round_num: int,
     return {
         "client_id": client_id,
         "round": round_num,
-        "generator_type": cfg["feda2v"]["generator_type"],
+        "generator_type": cfg.feda2v.generator_type,
         "diffusion_type": DIFFUSION_TYPE,
         "generator_state_dict": vae.state_dict(),
         "optimizer_state_dict": opt.state_dict() if opt is not None else {},
         "dims": {"seq_len": vae.seq_len, "audio_dim": vae.audio_dim,
-                 "cond_dim": conditions.shape[1], "hidden_dim": cfg["feda2v"]["generator_hidden_dim"],
+                 "cond_dim": conditions.shape[1], "hidden_dim": cfg.feda2v.generator_hidden_dim,
                  "latent_dim": vae.latent_dim},
         # The exact conditions used in training, so that sampling uses the same vectors.
         "class_names": list(class_names),
         "class_conditions": conditions.detach().cpu(),
-        "config": dict(cfg["feda2v"]),
+        "config": dataclasses.asdict(cfg.feda2v),
         **({"dp": vae.dp_state} if getattr(vae, "dp_state", None) is not None else {}),
         **(extra or {}),
     }
@@ -176,18 +178,18 @@ def checkpoint_bytes(ckpt: dict) -> bytes:
     return buf.getvalue()
 
 
-def save(uri: str, cfg: dict, vae, opt, client_id: int, round_num: int, class_names: list[str],
+def save(uri: str, cfg: Config, vae, opt, client_id: int, round_num: int, class_names: list[str],
          conditions: torch.Tensor, extra: dict | None = None) -> None:
     storage.write_bytes(uri, checkpoint_bytes(checkpoint_dict(cfg, vae, opt, client_id, round_num,
                                                               class_names, conditions, extra)))
 
 
-def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | None = None,
+def load(uri: str, cfg: Config, expect: dict[str, int], device: torch.device | None = None,
          ckpt: dict | None = None, with_optimizer: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """Load a checkpoint (or use `ckpt`, already read from `uri`) and refuse it when its type
     or dims disagree with this run. Sampling passes with_optimizer=False (opt is then None)."""
     ckpt = ckpt if ckpt is not None else storage.load_checkpoint(uri)
-    want_type = cfg["feda2v"]["generator_type"]
+    want_type = cfg.feda2v.generator_type
     if ckpt.get("generator_type") != want_type:
         raise ValueError(f"{uri}: generator_type is {ckpt.get('generator_type')!r} in the "
                          f"checkpoint but {want_type!r} in the config")
@@ -213,29 +215,29 @@ def load(uri: str, cfg: dict, expect: dict[str, int], device: torch.device | Non
 
 # --- a client's generator over the rounds of Run 1 -------------------------------------------
 
-def expected_dims(cfg: dict, x: torch.Tensor, cond_dim: int) -> dict[str, int]:
-    f = cfg["feda2v"]
+def expected_dims(cfg: Config, x: torch.Tensor, cond_dim: int) -> dict[str, int]:
+    f = cfg.feda2v
     return {"seq_len": x.shape[1], "audio_dim": x.shape[2], "cond_dim": cond_dim,
-            "hidden_dim": f["generator_hidden_dim"], "latent_dim": f["generator_latent_dim"]}
+            "hidden_dim": f.generator_hidden_dim, "latent_dim": f.generator_latent_dim}
 
 
-def generator_round(cfg: dict, client_id: int, round_num: int, state, x: torch.Tensor,
+def generator_round(cfg: Config, client_id: int, round_num: int, state, x: torch.Tensor,
                     y: torch.Tensor, ids: torch.Tensor, means: torch.Tensor):
     """One round of the seed's Run 1 generator training: each sample conditioned on its class's
     mean adapter output of this round. `state` = (vae, opt) or None for a fresh generator.
     Seeds itself from (seed, client, round): the same numbers in any process."""
     from feda2v.federated.client import round_seed
 
-    seed = round_seed(cfg["seed"], client_id, round_num)
+    seed = round_seed(cfg.seed, client_id, round_num)
     torch.manual_seed(seed)
     if state is None:
         dims = expected_dims(cfg, x, means.shape[1])
         vae = new_generator(cfg, dims["seq_len"], dims["audio_dim"], dims["cond_dim"]).to(x.device)
         vae.fit_standardisation(x)
-        if cfg["feda2v"]["generator_dp_epsilon"]:
+        if cfg.feda2v.generator_dp_epsilon:
             from feda2v.federated import dp
 
-            vae.dp_state = dp.plan(cfg, len(x), cfg["feda2v"]["generator_training_rounds"])
+            vae.dp_state = dp.plan(cfg, len(x), cfg.feda2v.generator_training_rounds)
         state = (vae, new_optimizer(cfg, vae))
         log.info("[Client %d] Generator initialized successfully", client_id)
     vae, opt = state
@@ -249,7 +251,7 @@ def generator_round(cfg: dict, client_id: int, round_num: int, state, x: torch.T
     return state, loss
 
 
-def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Tensor,
+def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.Tensor,
                  y: torch.Tensor, class_names: list[str], rounds: int, published_dir: str) -> dict:
     """All Run 1 rounds of one client's generator, from the conditions its adapter rounds wrote
     under the run folder. Resume state (with optimizer) goes to the run folder every
@@ -258,7 +260,7 @@ def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Ten
     Returns {round: loss} of every round of this run."""
     from feda2v.io import runstate
 
-    f = cfg["feda2v"]
+    f = cfg.feda2v
     own = runstate.generator_state_uri(run, client_id)
     losses_uri = runstate.generator_losses_uri(run, client_id)
     losses: dict[int, float] = {}
@@ -272,16 +274,16 @@ def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Ten
         losses = runstate.read_losses(losses_uri)
         log.info("[Client %d] Resuming this run's generator after round %d (a retried task)",
                  client_id, done)
-    elif f["use_pretrained_generators"]:  # both mode flags: continue the published generator
+    elif f.use_pretrained_generators:  # both mode flags: continue the published generator
         latest = checkpoint_uri(published_dir, client_id)
         if storage.exists(latest):
             first = storage.load_tensors(runstate.conditions_uri(run, client_id, 1))[0]["means"]
             vae, opt, ckpt = load(latest, cfg, expected_dims(cfg, x, first.shape[1]), dev)
             state, offset = (vae, opt), int(ckpt["round"])
             log.info("[Client %d] Resuming %s generator from round %d", client_id,
-                     f["generator_type"].upper(), offset)
+                     f.generator_type.upper(), offset)
     if state is None and done == 0:
-        log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
+        log.info("[Client %d] Initializing %s generator", client_id, f.generator_type)
     for r in range(done + 1, rounds + 1):
         log.info("=== Generator round %d/%d — Client %d ===", r, rounds, client_id)
         t, _ = storage.load_tensors(runstate.conditions_uri(run, client_id, r))
@@ -291,11 +293,11 @@ def train_client(cfg: dict, client_id: int, run: str, run_key: str, x: torch.Ten
         vae, opt = state
         seed_round = offset + r
         extra = {"run": run_key, "run_round": r, "generator_loss": losses[r]}
-        if seed_round % f["generator_save_every"] == 0:
+        if seed_round % f.generator_save_every == 0:
             snapshot = checkpoint_dict(cfg, vae, None, client_id, seed_round, names, t["means"],
                                        extra)
             _publish(published_dir, run_key, client_id, seed_round, checkpoint_bytes(snapshot))
-        if seed_round % f["generator_save_every"] == 0 or r == rounds:
+        if seed_round % f.generator_save_every == 0 or r == rounds:
             save(own, cfg, vae, opt, client_id, seed_round, names, t["means"], extra)
             runstate.write_losses(losses_uri, losses)
     _publish(published_dir, run_key, client_id, None, storage.read_bytes(own))
@@ -317,16 +319,16 @@ def _publish(folder: str, run_key: str, client_id: int, round_num: int | None,
                  storage.join(folder, name))
 
 
-def load_for_sampling(cfg: dict, client_id: int, uri: str, x: torch.Tensor):
+def load_for_sampling(cfg: Config, client_id: int, uri: str, x: torch.Tensor):
     """Read a checkpoint once, for sampling only: (vae, ckpt, sha256) or None when missing and
     generator_missing_checkpoint allows real-data-only rounds."""
     from feda2v.io import runstate
 
-    f = cfg["feda2v"]
-    log.info("[Client %d] Initializing %s generator", client_id, f["generator_type"])
+    f = cfg.feda2v
+    log.info("[Client %d] Initializing %s generator", client_id, f.generator_type)
     if not storage.exists(uri):
         log.warning("[Client %d] Warning: Generator checkpoint not found at %s", client_id, uri)
-        if f["generator_missing_checkpoint"] == "real_only":
+        if f.generator_missing_checkpoint == "real_only":
             log.info("[Client %d] Training on real data only (no synthetic samples)", client_id)
             return None
         raise FileNotFoundError(f"[Client {client_id}] Generator checkpoint not found at {uri}; "
@@ -340,18 +342,18 @@ def load_for_sampling(cfg: dict, client_id: int, uri: str, x: torch.Tensor):
     vae, _, ckpt = load(uri, cfg, expect, x.device, ckpt, with_optimizer=False)
     digest = runstate.sha256(data)
     log.info("[Client %d] Loaded %s generator from round %d", client_id,
-             f["generator_type"].upper(), ckpt["round"])
+             f.generator_type.upper(), ckpt["round"])
     log.info("[Client %d] Generator checkpoint loaded successfully: %s (run %s, round %d, "
              "sha256 %s)", client_id, uri, ckpt.get("run", "-"), ckpt["round"], digest[:16])
     return vae, ckpt, digest
 
 
-def synthesise(cfg: dict, client_id: int, vae, ckpt: dict, class_names: list[str],
+def synthesise(cfg: Config, client_id: int, vae, ckpt: dict, class_names: list[str],
                seed: int, temperature: float | list[float] = 1.0,
                posterior: Posterior | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """synthetic_samples_per_class samples of each class of the checkpoint, each from the
     condition it was trained with: (x [C*K, S, D], y [C*K])."""
-    k = cfg["feda2v"]["synthetic_samples_per_class"]
+    k = cfg.feda2v.synthetic_samples_per_class
     names = ckpt["class_names"]
     unknown = [n for n in names if n not in class_names]
     if unknown:
@@ -402,7 +404,7 @@ def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed:
     return report
 
 
-def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rounds: int,
+def generate_client(cfg: Config, client_id: int, data, class_names: list[str], rounds: int,
                     source_uri: str, out_uri: str) -> dict:
     """Run 2's synthetic samples of one client for every round, from one read of its generator:
     round r's samples use the seed of (client, r), so they equal what a per-round task draws."""
@@ -424,7 +426,7 @@ def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rou
         rows = [data.train_x[data.train_y == class_names.index(n)] for n in ckpt["class_names"]]
         if mode == "posterior":
             posterior = Posterior.fit(vae, conditions, rows)
-        found = calibrate_temperature(vae, conditions, rows, round_seed(cfg["seed"], client_id, 0),
+        found = calibrate_temperature(vae, conditions, rows, round_seed(cfg.seed, client_id, 0),
                                       posterior=posterior)
         temperature = [t for t, _ in found]
         log.info("[Client %d] Sampling %s; temperatures %s (density on its training rows %s)",
@@ -445,16 +447,16 @@ def generate_client(cfg: dict, client_id: int, data, class_names: list[str], rou
     xs = []
     for r in range(1, rounds + 1):
         x, y = synthesise(cfg, client_id, vae, ckpt, class_names,
-                          round_seed(cfg["seed"], client_id, r), temperature, posterior)
+                          round_seed(cfg.seed, client_id, r), temperature, posterior)
         xs.append(x)
     report = {}
-    if cfg["feda2v"]["quality_metrics"]:
+    if cfg.feda2v.quality_metrics:
         report = quality(vae, ckpt, data, class_names, client_id,
-                         round_seed(cfg["seed"], client_id, rounds), temperature, posterior)
+                         round_seed(cfg.seed, client_id, rounds), temperature, posterior)
     if privacy:  # travels with the quality numbers: MLflow quality/node_{i}/dp_epsilon, report
         report.setdefault("overall", {}).update(privacy)
     del vae
-    if cfg["feda2v"]["optimize_memory_usage"] and dev.type == "cuda":
+    if cfg.feda2v.optimize_memory_usage and dev.type == "cuda":
         torch.cuda.empty_cache()
     storage.save_tensors(out_uri, {"x": torch.stack(xs), "y": y},
                          dict(meta, quality=report, sha256=digest, run=ckpt.get("run", ""),

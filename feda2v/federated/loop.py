@@ -18,6 +18,7 @@ import torch
 from feda2v.federated.client import ClientData, client_step
 from feda2v.federated.server import server_step
 from feda2v.io import runstate, storage
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -26,7 +27,7 @@ log = get_logger()
 @dataclass
 class Federation:
     """What every round of a phase reads: loaded once per phase task."""
-    cfg: dict
+    cfg: Config
     clients: list[ClientData]
     targets: torch.Tensor
     class_names: list[str]

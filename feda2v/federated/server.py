@@ -10,6 +10,7 @@ import torch
 from feda2v.federated.adapter import Adapter
 from feda2v.federated.task import adapter_from_state, device_of, train_adapter, zero_shot_accuracy
 from feda2v.io import storage
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -108,14 +109,14 @@ def update_metrics(updates: list, counts: dict[str, int], n_synthetic: int) -> d
     return metrics
 
 
-def server_step(cfg: dict, round_num: int, step: int, phase: str, updates: list,
+def server_step(cfg: Config, round_num: int, step: int, phase: str, updates: list,
                 previous: dict[str, torch.Tensor], targets: torch.Tensor, class_names: list[str],
                 test_sets: list[tuple], server_real=None):
     """Aggregate the round's client updates (sorted by client), train the global adapter on the
     synthetic pool when the round calls for it, evaluate. Returns (state, metrics, accuracy)."""
     from feda2v.federated.client import round_seed
 
-    f = cfg["feda2v"]
+    f = cfg.feda2v
     updates = sorted(updates, key=lambda u: u.client_id)
     for u in updates:  # one poisoned update would poison the average
         storage.require_finite({**u.adapter_state, "synthetic_x": u.synthetic_x},
@@ -129,19 +130,19 @@ def server_step(cfg: dict, round_num: int, step: int, phase: str, updates: list,
     metrics = update_metrics(updates, counts, len(y))
     dev = device_of(cfg)
     # sample (the data-free ablation) trains the server's own adapter, never the client average.
-    train = phase == "sample" or (phase == "run2" and f["global_model_train"])
-    from_nodes = phase != "sample" and f["global_model_train_from_nodes_adapters"]
+    train = phase == "sample" or (phase == "run2" and f.global_model_train)
+    from_nodes = phase != "sample" and f.global_model_train_from_nodes_adapters
     if train:
         if len(y) == 0:
             raise ValueError(f"round {round_num}: global_model_train is on but no client sent "
                              "synthetic samples")
         start = state if from_nodes else previous
         adapter = adapter_from_state(cfg, start).to(dev)
-        seed = round_seed(cfg["seed"], -1, step)
-        tx, ty = mix_real(x.float(), y, server_real, f["global_model_train_real_ratio"], seed)
+        seed = round_seed(cfg.seed, -1, step)
+        tx, ty = mix_real(x.float(), y, server_real, f.global_model_train_real_ratio, seed)
         before = weighted_accuracy(adapter, targets, test_sets)[0]
-        loss = train_global(adapter, tx, ty, targets.to(dev), f["global_model_train_epochs"],
-                            cfg["batch_size"], cfg["learning_rate"], seed)
+        loss = train_global(adapter, tx, ty, targets.to(dev), f.global_model_train_epochs,
+                            cfg.batch_size, cfg.learning_rate, seed)
         after = weighted_accuracy(adapter, targets, test_sets)[0]
         log.info("[Server] Round %d: accuracy %.3f before global training, %.3f after",
                  round_num, before, after)
@@ -149,7 +150,7 @@ def server_step(cfg: dict, round_num: int, step: int, phase: str, updates: list,
                         "eval/accuracy_before_global_train": before,
                         "eval/accuracy_after_global_train": after})
         trained = {k: v.detach().cpu() for k, v in adapter.state_dict().items()}
-        mix = f["global_model_train_mix"] if phase == "run2" else 1.0
+        mix = f.global_model_train_mix if phase == "run2" else 1.0
         state = {k: (start[k].float() + mix * (v.float() - start[k].float())).to(v.dtype)
                  for k, v in trained.items()}
         if mix != 1.0:

@@ -6,21 +6,22 @@ import torch
 import torch.nn.functional as F
 
 from feda2v.federated.adapter import Adapter
+from feda2v.io.config import Config
 
 
-def device_of(cfg: dict) -> torch.device:
+def device_of(cfg: Config) -> torch.device:
     """The training device (models.device); tensors follow the model onto it."""
     from feda2v.encoders.embed import pick_device
 
-    return pick_device(cfg["models"]["device"])
+    return pick_device(cfg.models.device)
 
 
-def new_adapter(cfg: dict, audio_dim: int, clip_dim: int) -> Adapter:
-    f = cfg["feda2v"]
-    return Adapter(audio_dim, clip_dim, tuple(f["adapter_hidden_dims"]), f["adapter_heads"])
+def new_adapter(cfg: Config, audio_dim: int, clip_dim: int) -> Adapter:
+    f = cfg.feda2v
+    return Adapter(audio_dim, clip_dim, tuple(f.adapter_hidden_dims), f.adapter_heads)
 
 
-def adapter_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> Adapter:
+def adapter_from_state(cfg: Config, state: dict[str, torch.Tensor]) -> Adapter:
     """Rebuild an adapter from its state dict; dims come from the weights themselves."""
     audio_dim = state["mlp.0.weight"].shape[1]
     clip_dim = state["query"].shape[-1]

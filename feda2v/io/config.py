@@ -7,12 +7,13 @@ and bad values raise ConfigError naming the key, before any work starts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -106,163 +107,310 @@ def _template(v: Any) -> str | None:
     return _str(v) or (None if "{label}" in v else "must contain '{label}'")
 
 
-TOP_LEVEL: dict[str, Key] = {
-    "global_rounds": Key(30, _int(1), "Federated rounds of this run (Run 1: 30, Run 2: 50 in the seed)."),
-    "batch_size": Key(16, _int(1), "Mini-batch size for adapter training on clients and server."),
-    "seed": Key(0, _int(0), "Random seed for initialisation, shuffling and sampling."),
-    "local_epochs": Key(1, _int(1), "Adapter epochs per round on each client's real data."),
-    "learning_rate": Key(1e-3, _float(0, strict_lo=True), "Adapter learning rate (AdamW)."),
-    "pipeline": Key("auto", _choice("auto", "run1", "run2", "end_to_end"),
-                    "Which pipeline `feda2v run/compile` builds; auto follows the feda2v mode flags."),
-    "execution": Key("phase", _choice("phase", "round"),
-                     "Task granularity: phase = one task per federated phase running all its "
-                     "rounds in-process (rounds and clients are run-time parameters); round = "
-                     "one task per client per round (silo mode, rounds unrolled)."),
-    "storage_root": Key("feda2v-store", _nonempty_str,
-                        "fsspec URL or path under which embeddings, checkpoints and runs live."),
-    "experiment_name": Key("feda2v", _nonempty_str, "MLflow experiment name."),
-    "mlflow_tracking_uri": Key("", _str,
-                               "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else SQLite "
-                               "file mlflow.db under a local storage_root."),
-    "mlflow_system_metrics": Key(False, _bool,
-                                 "Log CPU, memory, disk, network (and GPU) use of the federated "
-                                 "tasks into their MLflow run as system/{phase}/… every 10 s."),
-    "mlflow_register_model": Key("", _str,
-                                 "Register the final global adapter in the MLflow model "
-                                 "registry under this name (a new version per run); empty = "
-                                 "log the model without registering it."),
-}
+def key(default: Any, check: Callable[[Any], str | None], doc: str) -> Any:
+    """A config key as a dataclass field: its default, its check and its one-line doc."""
+    spec = Key(default, check, doc)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"key": spec})
+    return field(default=default, metadata={"key": spec})
 
-DATA: dict[str, Key] = {
-    "format": Key("esc50", _choice("esc50", "folders", "manifest", "embeddings"),
-                  "Dataset layout: esc50 (meta/esc50.csv + audio/), folders (ROOT/<class>/*.wav), "
-                  "manifest (CSV path,label[,fold|split]) or embeddings (safetensors, skips "
-                  "extraction)."),
-    "dataset_uri": Key("data/ESC-50", _nonempty_str,
-                       "Dataset root, manifest CSV or embeddings file: path or fsspec URL."),
-    "train_folds": Key([1, 2, 3, 4], _int_list, "Folds used for training (esc50, manifest)."),
-    "test_folds": Key([5], _int_list, "Folds held out for evaluation (esc50, manifest)."),
-    "test_fraction": Key(0.2, _float(0.0, 0.9),
-                         "Held-out share per class where the data has no folds or splits."),
-    "classes": Key([], _str_list, "Classes to use; empty = the union of data.clients for the "
-                                  "classes partition, else every class in the dataset."),
-    "partition": Key("classes", _choice("classes", "pathological", "dirichlet", "iid"),
-                     "How clips are spread over clients: explicit class lists (data.clients), "
-                     "k classes per client, Dirichlet(alpha) over labels, or IID."),
-    "clients": Key(copy.deepcopy(REFERENCE_SPLIT), _client_split,
-                   "Class names owned by each client (partition 'classes'; default: the seed's "
-                   "3 x 5 split). A class listed for several clients is split between them."),
-    "num_clients": Key(3, _int(1), "Clients of the pathological, dirichlet and iid partitions."),
-    "classes_per_client": Key(5, _int(1), "Classes per client (pathological partition)."),
-    "dirichlet_alpha": Key(0.5, _float(0, strict_lo=True),
-                           "Concentration of the dirichlet partition (small = more skewed)."),
-    "clip_seconds": Key(5.0, _float(0, strict_lo=True),
-                        "Clips are resampled to the encoder's rate and padded/cropped to this."),
-    "max_bad_fraction": Key(0.05, _float(0.0, 1.0),
-                            "Unreadable clips are skipped with a warning; more than this share "
-                            "fails the extraction."),
-    "prompt_template": Key("a photo of {label}", _template,
-                           "Text prompt whose CLIP embedding is a class's target."),
-    "targets": Key("text", _choice("text", "images"),
-                   "Class targets: CLIP text embeddings of the prompts, or the mean CLIP image "
-                   "embedding of each class's images (manifest column `image`, or image files "
-                   "in the class folders)."),
-}
 
-MODELS: dict[str, Key] = {
-    "audio_model": Key("MIT/ast-finetuned-audioset-10-10-0.4593", _nonempty_str,
-                       "Audio encoder (AST or CLAP): hub id, local folder or fsspec URL of a "
-                       "folder (copied once to the local model cache)."),
-    "text_model": Key("openai/clip-vit-large-patch14", _nonempty_str,
-                      "CLIP model for text targets: hub id, local folder or fsspec URL."),
-    "image_model": Key("openai/clip-vit-large-patch14", _nonempty_str,
-                       "CLIP model for image targets (data.targets = images)."),
-    "audio_tokens": Key(4, _int(1), "Encoder tokens are adaptive-average-pooled to this many."),
-    "extract_batch_size": Key(16, _int(1), "Clips per forward pass during extraction."),
-    "extract_workers": Key(2, _int(0), "DataLoader processes decoding audio (0 = in-process)."),
-    "embeddings_dtype": Key("float32", _choice("float32", "float16"),
-                            "Storage precision of extracted embeddings (training upcasts)."),
-    "device": Key("auto", _choice("auto", "cpu", "cuda"), "Torch device for all stages."),
-}
+class _Section:
+    @classmethod
+    def keys(cls) -> dict[str, Key]:
+        """{name: Key} of this section's keys, in declaration order."""
+        return {f.name: f.metadata["key"] for f in fields(cls) if "key" in f.metadata}
 
-FEDA2V: dict[str, Key] = {
-    "use_generator": Key(True, _bool, "Enable client generators (false = plain FedAvg)."),
-    "generator_type": Key("vae", _choice("vae", "gan"),
-                          "Generator kind: \"vae\" (the seed's) or \"gan\" (hinge loss, "
-                          "spectral norm)."),
-    "generator_training_mode": Key(False, _bool, "Run 1: train generators and save checkpoints."),
-    "use_pretrained_generators": Key(False, _bool,
-                                     "Run 2: load checkpoints and send synthetic samples. Both "
-                                     "flags true = resume generator training from checkpoints."),
-    "generator_checkpoint_dir": Key("checkpoints/generators", _nonempty_str,
-                                    "Checkpoint folder; relative paths live under storage_root."),
-    "generator_save_every": Key(5, _int(1), "Keep client_{i}_generator_round_{r}.pt every N rounds."),
-    "generator_training_epochs": Key(10, _int(1), "Generator epochs per round (Run 1)."),
-    "generator_augmentation": Key(True, _bool, "Add Gaussian noise to generator inputs."),
-    "generator_augmentation_noise": Key(0.1, _float(0), "Std of that noise (target stays clean)."),
-    "generator_hidden_dim": Key(1024, _int(1), "VAE hidden layer width."),
-    "generator_latent_dim": Key(256, _int(1), "VAE latent dimension."),
-    "generator_batch_size": Key(32, _int(1), "Generator mini-batch size."),
-    "generator_kl_weight": Key(0.001, _float(0),
-                               "VAE: the KL weight beta reaches at mid-training (the seed: "
-                               "0.01, under which the decoder ignores its latent and the samples "
-                               "crowd the class centres)."),
-    "generator_dp_epsilon": Key(0.0, _float(0),
-                                "Differentially private generator training (DP-SGD, Opacus): "
-                                "the ε all of Run 1's generator steps spend; 0 = off."),
-    "generator_dp_delta": Key(1e-5, _float(0, 1, strict_lo=True), "The δ of that guarantee."),
-    "generator_dp_max_grad_norm": Key(1.0, _float(0, strict_lo=True),
-                                      "DP-SGD: per-sample gradient clipping norm."),
-    "generator_sampling": Key("auto", _choice("auto", "posterior", "calibrated", "prior"),
-                              "How each client draws its synthetic samples. posterior (VAE): "
-                              "latents from a Gaussian fitted per class to its training rows' "
-                              "codes, plus the decoder's residual noise scaled per class so that "
-                              "the samples' density on its training rows is 1; calibrated: prior "
-                              "draws scaled by such a per-class temperature; prior: the plain "
-                              "prior (the seed). auto: posterior for the VAE, calibrated for the "
-                              "GAN, prior under DP-SGD (the others read the training rows "
-                              "outside the guarantee)."),
-    "generator_learning_rate": Key(1e-3, _float(0, strict_lo=True), "Generator AdamW lr."),
-    "generator_training_rounds": Key(30, _int(1),
-                                     "Run 1 rounds inside the end_to_end pipeline (Run 2 then "
-                                     "runs global_rounds)."),
-    "generator_missing_checkpoint": Key(
+
+@dataclass(frozen=True, kw_only=True)
+class RunKeys(_Section):
+    """The top-level keys of a run config."""
+
+    global_rounds: int = key(
+        30, _int(1),
+        "Federated rounds of this run (Run 1: 30, Run 2: 50 in the seed).")
+    batch_size: int = key(
+        16, _int(1),
+        "Mini-batch size for adapter training on clients and server.")
+    seed: int = key(
+        0, _int(0),
+        "Random seed for initialisation, shuffling and sampling.")
+    local_epochs: int = key(
+        1, _int(1),
+        "Adapter epochs per round on each client's real data.")
+    learning_rate: float = key(
+        1e-3, _float(0, strict_lo=True),
+        "Adapter learning rate (AdamW).")
+    pipeline: str = key(
+        "auto", _choice("auto", "run1", "run2", "end_to_end"),
+        "Which pipeline `feda2v run/compile` builds; auto follows the feda2v mode flags.")
+    execution: str = key(
+        "phase", _choice("phase", "round"),
+        "Task granularity: phase = one task per federated phase running all its rounds "
+        "in-process (rounds and clients are run-time parameters); round = one task per "
+        "client per round (silo mode, rounds unrolled).")
+    storage_root: str = key(
+        "feda2v-store", _nonempty_str,
+        "fsspec URL or path under which embeddings, checkpoints and runs live.")
+    experiment_name: str = key(
+        "feda2v", _nonempty_str,
+        "MLflow experiment name.")
+    mlflow_tracking_uri: str = key(
+        "", _str,
+        "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else SQLite file mlflow.db under "
+        "a local storage_root.")
+    mlflow_system_metrics: bool = key(
+        False, _bool,
+        "Log CPU, memory, disk, network (and GPU) use of the federated tasks into their "
+        "MLflow run as system/{phase}/… every 10 s.")
+    mlflow_register_model: str = key(
+        "", _str,
+        "Register the final global adapter in the MLflow model registry under this name (a "
+        "new version per run); empty = log the model without registering it.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Data(_Section):
+    """The `data` section: where the clips are and how they are split over clients."""
+
+    format: str = key(
+        "esc50", _choice("esc50", "folders", "manifest", "embeddings"),
+        "Dataset layout: esc50 (meta/esc50.csv + audio/), folders (ROOT/<class>/*.wav), "
+        "manifest (CSV path,label[,fold|split]) or embeddings (safetensors, skips "
+        "extraction).")
+    dataset_uri: str = key(
+        "data/ESC-50", _nonempty_str,
+        "Dataset root, manifest CSV or embeddings file: path or fsspec URL.")
+    train_folds: list[int] = key(
+        [1, 2, 3, 4], _int_list,
+        "Folds used for training (esc50, manifest).")
+    test_folds: list[int] = key(
+        [5], _int_list,
+        "Folds held out for evaluation (esc50, manifest).")
+    test_fraction: float = key(
+        0.2, _float(0.0, 0.9),
+        "Held-out share per class where the data has no folds or splits.")
+    classes: list[str] = key(
+        [], _str_list,
+        "Classes to use; empty = the union of data.clients for the classes partition, else "
+        "every class in the dataset.")
+    partition: str = key(
+        "classes", _choice("classes", "pathological", "dirichlet", "iid"),
+        "How clips are spread over clients: explicit class lists (data.clients), k classes "
+        "per client, Dirichlet(alpha) over labels, or IID.")
+    clients: list[list[str]] = key(
+        REFERENCE_SPLIT, _client_split,
+        "Class names owned by each client (partition 'classes'; default: the seed's 3 x 5 "
+        "split). A class listed for several clients is split between them.")
+    num_clients: int = key(
+        3, _int(1),
+        "Clients of the pathological, dirichlet and iid partitions.")
+    classes_per_client: int = key(
+        5, _int(1),
+        "Classes per client (pathological partition).")
+    dirichlet_alpha: float = key(
+        0.5, _float(0, strict_lo=True),
+        "Concentration of the dirichlet partition (small = more skewed).")
+    clip_seconds: float = key(
+        5.0, _float(0, strict_lo=True),
+        "Clips are resampled to the encoder's rate and padded/cropped to this.")
+    max_bad_fraction: float = key(
+        0.05, _float(0.0, 1.0),
+        "Unreadable clips are skipped with a warning; more than this share fails the "
+        "extraction.")
+    prompt_template: str = key(
+        "a photo of {label}", _template,
+        "Text prompt whose CLIP embedding is a class's target.")
+    targets: str = key(
+        "text", _choice("text", "images"),
+        "Class targets: CLIP text embeddings of the prompts, or the mean CLIP image "
+        "embedding of each class's images (manifest column `image`, or image files in the "
+        "class folders).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Models(_Section):
+    """The `models` section: the encoders, and how extraction runs them."""
+
+    audio_model: str = key(
+        "MIT/ast-finetuned-audioset-10-10-0.4593", _nonempty_str,
+        "Audio encoder (AST or CLAP): hub id, local folder or fsspec URL of a folder (copied "
+        "once to the local model cache).")
+    text_model: str = key(
+        "openai/clip-vit-large-patch14", _nonempty_str,
+        "CLIP model for text targets: hub id, local folder or fsspec URL.")
+    image_model: str = key(
+        "openai/clip-vit-large-patch14", _nonempty_str,
+        "CLIP model for image targets (data.targets = images).")
+    audio_tokens: int = key(
+        4, _int(1),
+        "Encoder tokens are adaptive-average-pooled to this many.")
+    extract_batch_size: int = key(
+        16, _int(1),
+        "Clips per forward pass during extraction.")
+    extract_workers: int = key(
+        2, _int(0),
+        "DataLoader processes decoding audio (0 = in-process).")
+    embeddings_dtype: str = key(
+        "float32", _choice("float32", "float16"),
+        "Storage precision of extracted embeddings (training upcasts).")
+    device: str = key(
+        "auto", _choice("auto", "cpu", "cuda"),
+        "Torch device for all stages.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedA2V(_Section):
+    """The `feda2v` section: the seed's federated and generator keys."""
+
+    use_generator: bool = key(
+        True, _bool,
+        "Enable client generators (false = plain FedAvg).")
+    generator_type: str = key(
+        "vae", _choice("vae", "gan"),
+        "Generator kind: \"vae\" (the seed's) or \"gan\" (hinge loss, spectral norm).")
+    generator_training_mode: bool = key(
+        False, _bool,
+        "Run 1: train generators and save checkpoints.")
+    use_pretrained_generators: bool = key(
+        False, _bool,
+        "Run 2: load checkpoints and send synthetic samples. Both flags true = resume "
+        "generator training from checkpoints.")
+    generator_checkpoint_dir: str = key(
+        "checkpoints/generators", _nonempty_str,
+        "Checkpoint folder; relative paths live under storage_root.")
+    generator_save_every: int = key(
+        5, _int(1),
+        "Keep client_{i}_generator_round_{r}.pt every N rounds.")
+    generator_training_epochs: int = key(
+        10, _int(1),
+        "Generator epochs per round (Run 1).")
+    generator_augmentation: bool = key(
+        True, _bool,
+        "Add Gaussian noise to generator inputs.")
+    generator_augmentation_noise: float = key(
+        0.1, _float(0),
+        "Std of that noise (target stays clean).")
+    generator_hidden_dim: int = key(
+        1024, _int(1),
+        "VAE hidden layer width.")
+    generator_latent_dim: int = key(
+        256, _int(1),
+        "VAE latent dimension.")
+    generator_batch_size: int = key(
+        32, _int(1),
+        "Generator mini-batch size.")
+    generator_kl_weight: float = key(
+        0.001, _float(0),
+        "VAE: the KL weight beta reaches at mid-training (the seed: 0.01, under which the "
+        "decoder ignores its latent and the samples crowd the class centres).")
+    generator_dp_epsilon: float = key(
+        0.0, _float(0),
+        "Differentially private generator training (DP-SGD, Opacus): the ε all of Run 1's "
+        "generator steps spend; 0 = off.")
+    generator_dp_delta: float = key(
+        1e-5, _float(0, 1, strict_lo=True),
+        "The δ of that guarantee.")
+    generator_dp_max_grad_norm: float = key(
+        1.0, _float(0, strict_lo=True),
+        "DP-SGD: per-sample gradient clipping norm.")
+    generator_sampling: str = key(
+        "auto", _choice("auto", "posterior", "calibrated", "prior"),
+        "How each client draws its synthetic samples. posterior (VAE): latents from a "
+        "Gaussian fitted per class to its training rows' codes, plus the decoder's residual "
+        "noise scaled per class so that the samples' density on its training rows is 1; "
+        "calibrated: prior draws scaled by such a per-class temperature; prior: the plain "
+        "prior (the seed). auto: posterior for the VAE, calibrated for the GAN, prior under "
+        "DP-SGD (the others read the training rows outside the guarantee).")
+    generator_learning_rate: float = key(
+        1e-3, _float(0, strict_lo=True),
+        "Generator AdamW lr.")
+    generator_training_rounds: int = key(
+        30, _int(1),
+        "Run 1 rounds inside the end_to_end pipeline (Run 2 then runs global_rounds).")
+    generator_missing_checkpoint: str = key(
         "fail", _choice("fail", "real_only"),
-        "Run 2 client without a checkpoint: fail the run naming it, or train on real data only "
-        "(sending no synthetic samples)."),
-    "synthetic_samples_per_class": Key(10, _int(1), "Synthetic samples per class per round (Run 2)."),
-    "quality_metrics": Key(True, _bool,
-                           "Run 2 clients report quality and privacy metrics of their synthetic "
-                           "samples (computed on the client; only the numbers leave it)."),
-    "run2_start": Key("auto", _choice("auto", "initial", "run1"),
-                      "Run 2's first global adapter: Run 1's final one (run1; needs Run 1 in the "
-                      "same run: end_to_end, experiments), the initial one (the seed's separate "
-                      "Run 2), or auto: run1 when this run has a Run 1, else initial."),
-    "global_model_train": Key(False, _bool, "Server trains the global adapter on pooled synthetic samples."),
-    "global_model_train_epochs": Key(5, _int(1), "Epochs of that server-side training per round."),
-    "global_model_train_mix": Key(
+        "Run 2 client without a checkpoint: fail the run naming it, or train on real data "
+        "only (sending no synthetic samples).")
+    synthetic_samples_per_class: int = key(
+        10, _int(1),
+        "Synthetic samples per class per round (Run 2).")
+    quality_metrics: bool = key(
+        True, _bool,
+        "Run 2 clients report quality and privacy metrics of their synthetic samples "
+        "(computed on the client; only the numbers leave it).")
+    run2_start: str = key(
+        "auto", _choice("auto", "initial", "run1"),
+        "Run 2's first global adapter: Run 1's final one (run1; needs Run 1 in the same run: "
+        "end_to_end, experiments), the initial one (the seed's separate Run 2), or auto: "
+        "run1 when this run has a Run 1, else initial.")
+    global_model_train: bool = key(
+        False, _bool,
+        "Server trains the global adapter on pooled synthetic samples.")
+    global_model_train_epochs: int = key(
+        5, _int(1),
+        "Epochs of that server-side training per round.")
+    global_model_train_mix: float = key(
         0.25, _float(0.0, 1.0),
         "Share of the server's training step kept: global = average + mix x (trained - "
         "average), where average is what the server's training started from (1 = the seed: "
-        "the trained adapter replaces it; a full step hurts when clients share classes)."),
-    "global_model_train_from_nodes_adapters": Key(
+        "the trained adapter replaces it; a full step hurts when clients share classes).")
+    global_model_train_from_nodes_adapters: bool = key(
         True, _bool,
         "Server training starts from this round's FedAvg of node adapters (true) or from the "
-        "previous global adapter (false)."),
-    "server_real_data_uri": Key("", _str,
-                                "Real embeddings the server may train on (the precomputed-"
-                                "embeddings format); empty = the server has no real data."),
-    "global_model_train_real_ratio": Key(
+        "previous global adapter (false).")
+    server_real_data_uri: str = key(
+        "", _str,
+        "Real embeddings the server may train on (the precomputed-embeddings format); empty "
+        "= the server has no real data.")
+    global_model_train_real_ratio: float = key(
         0.5, _float(0.0, 0.95),
         "Share of real samples in the server's training set when it has real data: n_real = "
-        "ratio / (1 - ratio) x n_synthetic, drawn with replacement."),
-    "adapter_hidden_dims": Key([1024, 2048], _int_list, "Adapter MLP hidden widths."),
-    "adapter_heads": Key(8, _int(1), "Attention-pooling heads (must divide the CLIP dimension)."),
-    "optimize_memory_usage": Key(False, _bool,
-                                 "Run 2: release the generator (and the CUDA cache) right "
-                                 "after sampling."),
-}
+        "ratio / (1 - ratio) x n_synthetic, drawn with replacement.")
+    adapter_hidden_dims: list[int] = key(
+        [1024, 2048], _int_list,
+        "Adapter MLP hidden widths.")
+    adapter_heads: int = key(
+        8, _int(1),
+        "Attention-pooling heads (must divide the CLIP dimension).")
+    optimize_memory_usage: bool = key(
+        False, _bool,
+        "Run 2: release the generator (and the CUDA cache) right after sampling.")
 
+
+@dataclass(frozen=True, kw_only=True)
+class Config(RunKeys):
+    """A validated run config: the top-level keys, then one typed object per section
+    (`cfg.feda2v.generator_type`). Made by validate, load, loads and override, which run the
+    checks; replace() changes keys and validates again."""
+
+    data: Data = field(default_factory=Data)
+    models: Models = field(default_factory=Models)
+    feda2v: FedA2V = field(default_factory=FedA2V)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain JSON-able form (what config files and KFP parameters hold)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> Config:
+        """This config with keys changed, validated again: top-level keys by name, a section's
+        keys as a dict merged into it (feda2v={"generator_type": "gan"})."""
+        raw = self.to_dict()
+        for name, value in changes.items():
+            if name in SECTIONS and isinstance(value, dict):
+                raw[name].update(value)
+            else:
+                raw[name] = value
+        return validate(raw)
+
+
+TOP_LEVEL = RunKeys.keys()
+DATA = Data.keys()
+MODELS = Models.keys()
+FEDA2V = FedA2V.keys()
 SECTIONS: dict[str, dict[str, Key]] = {"data": DATA, "models": MODELS, "feda2v": FEDA2V}
 
 
@@ -299,10 +447,12 @@ def _validate_section(raw: Any, spec: dict[str, Key], where: str,
     return out
 
 
-def validate(raw: dict[str, Any]) -> dict[str, Any]:
-    """Return the resolved config (defaults filled in) or raise ConfigError naming every bad
-    key at once (one per line after the first); cross-key checks run on a config whose keys
-    are each valid."""
+def validate(raw: dict[str, Any] | Config) -> Config:
+    """Return the typed config (defaults filled in) or raise ConfigError naming every bad key
+    at once (one per line after the first); cross-key checks run on a config whose keys are
+    each valid."""
+    if isinstance(raw, Config):
+        raw = raw.to_dict()
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(raw).__name__}")
     errors: list[str] = []
@@ -314,39 +464,41 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(errors[0])
     if errors:
         raise ConfigError(f"{len(errors)} bad keys:\n  - " + "\n  - ".join(errors))
-    _check_cross_keys(cfg)
-    return cfg
+    typed = Config(**{k: cfg[k] for k in TOP_LEVEL}, data=Data(**cfg["data"]),
+                   models=Models(**cfg["models"]), feda2v=FedA2V(**cfg["feda2v"]))
+    _check_cross_keys(typed)
+    return typed
 
 
-def _check_cross_keys(cfg: dict[str, Any]) -> None:
-    data = cfg["data"]
-    if data["targets"] == "images" and data["format"] not in ("manifest", "folders"):
+def _check_cross_keys(cfg: Config) -> None:
+    data = cfg.data
+    if data.targets == "images" and data.format not in ("manifest", "folders"):
         raise ConfigError("bad value for 'data.targets': images need data.format manifest (with "
                           "an image column) or folders (image files in the class folders)")
-    both = set(data["train_folds"]) & set(data["test_folds"])
+    both = set(data.train_folds) & set(data.test_folds)
     if both:
         raise ConfigError(f"bad value for 'data.test_folds': fold(s) {sorted(both)} are also "
                           "in 'data.train_folds'")
-    f = cfg["feda2v"]
-    if f["generator_dp_epsilon"] and f["generator_type"] != "vae":
+    f = cfg.feda2v
+    if f.generator_dp_epsilon and f.generator_type != "vae":
         raise ConfigError("bad value for 'feda2v.generator_dp_epsilon': differentially private "
                           "training is implemented for the VAE (generator_type 'vae') only")
-    if f["generator_sampling"] == "posterior" and f["generator_type"] != "vae":
+    if f.generator_sampling == "posterior" and f.generator_type != "vae":
         raise ConfigError("bad value for 'feda2v.generator_sampling': 'posterior' needs the "
                           "VAE's encoder (generator_type 'vae'); use calibrated or prior")
-    if f["generator_dp_epsilon"] and f["generator_sampling"] in ("posterior", "calibrated"):
+    if f.generator_dp_epsilon and f.generator_sampling in ("posterior", "calibrated"):
         raise ConfigError(f"bad value for 'feda2v.generator_sampling': "
-                          f"'{f['generator_sampling']}' fits the sampling to the training rows, "
+                          f"'{f.generator_sampling}' fits the sampling to the training rows, "
                           "outside the guarantee of generator_dp_epsilon; use prior (or auto)")
-    if f["run2_start"] == "run1" and pipeline_kind(cfg) == "run2":
+    if f.run2_start == "run1" and pipeline_kind(cfg) == "run2":
         raise ConfigError("bad value for 'feda2v.run2_start': 'run1' needs Run 1 in the same run "
                           "(pipeline end_to_end), but this config runs Run 2 alone")
-    if not f["use_generator"] and (f["generator_training_mode"] or f["use_pretrained_generators"]):
+    if not f.use_generator and (f.generator_training_mode or f.use_pretrained_generators):
         raise ConfigError("bad value for 'feda2v.use_generator': false, but "
                           "generator_training_mode or use_pretrained_generators is true")
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path) -> Config:
     """Read and validate a JSON config file."""
     text = Path(path).read_text()
     if not text.strip():
@@ -361,11 +513,11 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {e}") from e
 
 
-def override(cfg: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+def override(cfg: Config | dict[str, Any], assignments: list[str]) -> Config:
     """`cfg` with KEY=VALUE assignments applied (a section's key dotted:
     feda2v.generator_type=gan), then validated. VALUE is read as JSON when it parses (5, 0.01,
     true, [1, 2]), else taken as a string."""
-    out = copy.deepcopy(cfg)
+    out = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(cfg)
     for item in assignments:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -382,7 +534,7 @@ def override(cfg: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     return validate(out)
 
 
-def loads(text: str) -> dict[str, Any]:
+def loads(text: str) -> Config:
     """Validate a config given as JSON text (how stages receive it), with any credentials that
     `withhold_credentials` kept off the command line put back from the environment."""
     return validate(_restore_credentials(json.loads(text)))
@@ -411,15 +563,15 @@ def leaves(cfg: dict, prefix: str = ""):
             yield f"{prefix}{key}", cfg, key, value
 
 
-def withhold_credentials(cfg: dict) -> tuple[dict, dict[str, str]]:
+def withhold_credentials(cfg: Config) -> tuple[Config, dict[str, str]]:
     """(cfg with every credential-bearing string redacted, {dotted key: real value})."""
-    cfg = copy.deepcopy(cfg)
+    raw = cfg.to_dict()
     withheld = {}
-    for dotted, section, key, value in list(leaves(cfg)):
+    for dotted, section, key, value in list(leaves(raw)):
         if isinstance(value, str) and redact(value) != value:
             withheld[dotted] = value
             section[key] = redact(value)
-    return cfg, withheld
+    return validate(raw), withheld
 
 
 def _restore_credentials(raw: Any) -> Any:
@@ -434,28 +586,28 @@ def _restore_credentials(raw: Any) -> Any:
     return raw
 
 
-def configured_classes(cfg: dict[str, Any]) -> list[str] | None:
+def configured_classes(cfg: Config) -> list[str] | None:
     """The class list when the config alone fixes it (data.classes, or the union of data.clients
     in client order for the classes partition); None when it comes from the dataset."""
-    data = cfg["data"]
-    if data["classes"]:
-        return list(data["classes"])
-    if data["partition"] == "classes":
-        return list(dict.fromkeys(c for classes in data["clients"] for c in classes))
+    data = cfg.data
+    if data.classes:
+        return list(data.classes)
+    if data.partition == "classes":
+        return list(dict.fromkeys(c for classes in data.clients for c in classes))
     return None
 
 
-def num_clients(cfg: dict[str, Any]) -> int:
-    data = cfg["data"]
-    return len(data["clients"]) if data["partition"] == "classes" else data["num_clients"]
+def num_clients(cfg: Config) -> int:
+    data = cfg.data
+    return len(data.clients) if data.partition == "classes" else data.num_clients
 
 
-def pipeline_kind(cfg: dict[str, Any]) -> str:
+def pipeline_kind(cfg: Config) -> str:
     """run1 | run2 | end_to_end, resolving 'auto' from the seed's mode flags."""
-    if cfg["pipeline"] != "auto":
-        return cfg["pipeline"]
-    f = cfg["feda2v"]
-    if f["use_pretrained_generators"] and not f["generator_training_mode"]:
+    if cfg.pipeline != "auto":
+        return cfg.pipeline
+    f = cfg.feda2v
+    if f.use_pretrained_generators and not f.generator_training_mode:
         return "run2"
     return "run1"
 

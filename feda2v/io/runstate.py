@@ -22,6 +22,7 @@ import os
 import time
 
 from feda2v.io import storage
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -29,10 +30,10 @@ LEASE_NAME = "feda2v-lease.json"
 LEASE_SECONDS = 2 * 3600  # a run that died without its exit handler frees the folder after this
 
 
-def run_dir(cfg: dict, run_key: str) -> str:
+def run_dir(cfg: Config, run_key: str) -> str:
     if not run_key or "/" in run_key or run_key in (".", ".."):
         raise ValueError(f"run key must be a non-empty name without '/', got {run_key!r}")
-    return storage.join(cfg["storage_root"], "runs", run_key)
+    return storage.join(cfg.storage_root, "runs", run_key)
 
 
 def round_uri(run: str, phase: str, r: int) -> str:

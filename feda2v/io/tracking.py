@@ -13,16 +13,16 @@ import os
 from typing import Any
 
 from feda2v.io import storage
-from feda2v.io.config import leaves, redact  # redact: the one rule, also tracking.redact
+from feda2v.io.config import Config, leaves, redact  # redact: the one rule, also tracking.redact
 
 
-def tracking_uri(cfg: dict) -> str:
+def tracking_uri(cfg: Config) -> str:
     """Config value, else $MLFLOW_TRACKING_URI, else SQLite under a local storage_root."""
-    if cfg["mlflow_tracking_uri"]:
-        return cfg["mlflow_tracking_uri"]
+    if cfg.mlflow_tracking_uri:
+        return cfg.mlflow_tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = cfg["storage_root"]
+    root = cfg.storage_root
     if not storage.is_local(root):
         raise ValueError("mlflow_tracking_uri is empty and storage_root is remote "
                          f"({root}): set mlflow_tracking_uri or $MLFLOW_TRACKING_URI")
@@ -118,13 +118,13 @@ def _client(uri: str):
     return client
 
 
-def _experiment_id(cfg: dict, client, uri: str) -> str:
-    exp = client.get_experiment_by_name(cfg["experiment_name"])
+def _experiment_id(cfg: Config, client, uri: str) -> str:
+    exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is None:
         artifacts = None
-        if storage.is_local(cfg["storage_root"]) and uri.startswith("sqlite:"):
-            artifacts = "file://" + os.path.join(storage.absolute(cfg["storage_root"]), "mlartifacts")
-        return client.create_experiment(cfg["experiment_name"], artifact_location=artifacts)
+        if storage.is_local(cfg.storage_root) and uri.startswith("sqlite:"):
+            artifacts = "file://" + os.path.join(storage.absolute(cfg.storage_root), "mlartifacts")
+        return client.create_experiment(cfg.experiment_name, artifact_location=artifacts)
     return exp.experiment_id
 
 
@@ -158,7 +158,7 @@ def _source_tags() -> dict[str, str]:
     return tags
 
 
-def create_run(cfg: dict, run_name: str, parent_run_id: str = "",
+def create_run(cfg: Config, run_name: str, parent_run_id: str = "",
                tags: dict[str, str] | None = None) -> str:
     uri = tracking_uri(cfg)
     client = _client(uri)
@@ -171,7 +171,7 @@ def create_run(cfg: dict, run_name: str, parent_run_id: str = "",
 RUN_KEY_TAG = "feda2v.run_key"
 
 
-def ensure_run(cfg: dict, run_id: str, run_key: str, phases: str) -> str:
+def ensure_run(cfg: Config, run_id: str, run_key: str, phases: str) -> str:
     """The MLflow run of pipeline run `run_key`: `run_id` when given (claimed on first use),
     else the run tagged with the key, else a new one. Idempotent, so a retried task or the exit
     handler finds the same run; params (the resolved config) are logged once."""
@@ -206,11 +206,11 @@ SYSTEM_METRICS_SECONDS = 10.0
 
 
 @contextlib.contextmanager
-def system_metrics(cfg: dict, run_id: str, node: str):
+def system_metrics(cfg: Config, run_id: str, node: str):
     """With `mlflow_system_metrics`, CPU, memory, disk, network (and GPU, where pynvml finds
     one) sampled every SYSTEM_METRICS_SECONDS into the run as system/{node}/…, while the block
     runs; `node` tells the tasks apart (one run spans several)."""
-    if not cfg["mlflow_system_metrics"] or not run_id:
+    if not cfg.mlflow_system_metrics or not run_id:
         yield
         return
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -232,20 +232,20 @@ def final_status(kfp_state: str) -> str:
         kfp_state.upper(), "FAILED")
 
 
-def end_run(cfg: dict, run_id: str, status: str) -> None:
+def end_run(cfg: Config, run_id: str, status: str) -> None:
     """End the run unless something else already ended it (a KILLED stays KILLED)."""
     client = _client(tracking_uri(cfg))
     if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
         client.set_terminated(run_id, status)
 
 
-def flatten(cfg: dict) -> dict[str, str]:
+def flatten(cfg: Config) -> dict[str, str]:
     """{dotted key: value as text} of a config (strings as they are, the rest as JSON)."""
     return {dotted: value if isinstance(value, str) else json.dumps(value)
-            for dotted, _, _, value in leaves(cfg)}
+            for dotted, _, _, value in leaves(cfg.to_dict())}
 
 
-def log_params(cfg: dict, run_id: str, extra: dict[str, Any] | None = None) -> None:
+def log_params(cfg: Config, run_id: str, extra: dict[str, Any] | None = None) -> None:
     from mlflow.entities import Param
 
     params = {k: redact(v) for k, v in flatten(cfg).items()}  # no user:password@ in any URI
@@ -254,7 +254,7 @@ def log_params(cfg: dict, run_id: str, extra: dict[str, Any] | None = None) -> N
         run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
 
 
-def log_metrics(cfg: dict, run_id: str, metrics: dict[str, float], step: int) -> None:
+def log_metrics(cfg: Config, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Log metrics at `step`; with no run id (a stage run by hand) there is nowhere to log."""
     import time
 
@@ -267,15 +267,15 @@ def log_metrics(cfg: dict, run_id: str, metrics: dict[str, float], step: int) ->
         run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def log_text(cfg: dict, run_id: str, text: str, artifact_file: str) -> None:
+def log_text(cfg: Config, run_id: str, text: str, artifact_file: str) -> None:
     _client(tracking_uri(cfg)).log_text(run_id, text, artifact_file)
 
 
-def log_artifact(cfg: dict, run_id: str, local_file: str, artifact_path: str | None = None) -> None:
+def log_artifact(cfg: Config, run_id: str, local_file: str, artifact_path: str | None = None) -> None:
     _client(tracking_uri(cfg)).log_artifact(run_id, local_file, artifact_path)
 
 
-def log_adapter_model(cfg: dict, run_id: str, adapter_file: str, targets_file: str = "") -> str:
+def log_adapter_model(cfg: Config, run_id: str, adapter_file: str, targets_file: str = "") -> str:
     """The global adapter as an MLflow model (pyfunc, logged as code from feda2v/io/mlflow_model.py,
     with the feda2v package beside it) with a signature and an input example, registered under
     `mlflow_register_model` when that is set. Returns the model URI."""
@@ -291,9 +291,9 @@ def log_adapter_model(cfg: dict, run_id: str, adapter_file: str, targets_file: s
     audio_dim = state["mlp.0.weight"].shape[1]
     # A shape example, not data: a client's real embeddings must not reach the server's store.
     example = np.random.default_rng(0).standard_normal((2, 4, audio_dim)).astype(np.float32)
-    f = cfg["feda2v"]
-    conf = {"adapter_hidden_dims": list(f["adapter_hidden_dims"]),
-            "adapter_heads": f["adapter_heads"]}
+    f = cfg.feda2v
+    conf = {"adapter_hidden_dims": list(f.adapter_hidden_dims),
+            "adapter_heads": f.adapter_heads}
     f32 = np.dtype(np.float32)
     # Any batch size and any sequence length: the adapter pools the tokens.
     signature = ModelSignature(Schema([TensorSpec(f32, (-1, -1, audio_dim))]),
@@ -309,7 +309,7 @@ def log_adapter_model(cfg: dict, run_id: str, adapter_file: str, targets_file: s
             signature=signature, input_example=example,
             pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}",
                               f"safetensors=={_version('safetensors')}", "numpy"],
-            registered_model_name=cfg["mlflow_register_model"] or None)
+            registered_model_name=cfg.mlflow_register_model or None)
     return info.model_uri
 
 
@@ -352,11 +352,11 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def set_status(cfg: dict, run_id: str, status: str) -> None:
+def set_status(cfg: Config, run_id: str, status: str) -> None:
     _client(tracking_uri(cfg)).set_terminated(run_id, status)
 
 
-def run_info(cfg: dict, run_id: str) -> tuple[dict[str, str], dict[str, list[tuple[int, float]]]]:
+def run_info(cfg: Config, run_id: str) -> tuple[dict[str, str], dict[str, list[tuple[int, float]]]]:
     """(params, metric histories as {key: [(step, value), ...]}) of one run."""
     client = _client(tracking_uri(cfg))
     run = client.get_run(run_id)

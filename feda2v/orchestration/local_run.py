@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from feda2v.evaluation import report
 from feda2v.io import config as config_mod
 from feda2v.io import storage, tracking
+from feda2v.io.config import Config
 from feda2v.io.log import TAG_ENV
 from feda2v.orchestration import preflight
 
@@ -34,17 +35,15 @@ PYTHON = sys.executable  # the real interpreter (during a run sys.executable is 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def resolve_local_paths(cfg: dict) -> dict:
+def resolve_local_paths(cfg: Config) -> Config:
     """Tasks may run in another folder: make relative local paths absolute. Values that are not
     existing local paths (hub ids, s3:// URLs) are left alone."""
-    cfg = dict(cfg, data=dict(cfg["data"]), models=dict(cfg["models"]))
-    cfg["storage_root"] = storage.absolute(cfg["storage_root"])
-    if storage.is_local(cfg["data"]["dataset_uri"]):
-        cfg["data"]["dataset_uri"] = storage.absolute(cfg["data"]["dataset_uri"])
-    for key in ("audio_model", "text_model"):
-        if os.path.exists(cfg["models"][key]):
-            cfg["models"][key] = os.path.abspath(cfg["models"][key])
-    return cfg
+    data = {}
+    if storage.is_local(cfg.data.dataset_uri):
+        data["dataset_uri"] = storage.absolute(cfg.data.dataset_uri)
+    models = {key: os.path.abspath(getattr(cfg.models, key))
+              for key in ("audio_model", "text_model") if os.path.exists(getattr(cfg.models, key))}
+    return cfg.replace(storage_root=storage.absolute(cfg.storage_root), data=data, models=models)
 
 
 @contextmanager
@@ -155,7 +154,7 @@ class Stopped(BaseException):
     """SIGTERM (or SIGINT) reached `feda2v run`."""
 
 
-def _start_watchdog(cfg: dict, run_id: str):
+def _start_watchdog(cfg: Config, run_id: str):
     """A small process that outlives a SIGKILL of this one: when our end of its pipe closes
     without a word, it marks the MLflow run KILLED. (Task processes notice the lost parent
     themselves: feda2v.orchestration.runtime.task_setup.)"""
@@ -164,7 +163,7 @@ def _start_watchdog(cfg: dict, run_id: str):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, text=True)
     # The config travels on the pipe, never on a command line (ps shows those to everyone).
-    proc.stdin.write(json.dumps({"config": cfg, "run_id": run_id, "parent": os.getpid()}) + "\n")
+    proc.stdin.write(json.dumps({"config": cfg.to_dict(), "run_id": run_id, "parent": os.getpid()}) + "\n")
     proc.stdin.flush()
     _watchdog_pid = proc.pid
     return proc
@@ -208,7 +207,7 @@ def _stop_prefork(started) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def docker_runner(cfg: dict, pipeline_root: str, run_id: str):
+def docker_runner(cfg: Config, pipeline_root: str, run_id: str):
     """kfp.local's DockerRunner with what our image needs: the host user (files in the mounted
     folders stay the user's; the image's own user could not write a root-owned pipeline root),
     every local folder the config names mounted at the same path (DockerRunner mounts only the
@@ -217,12 +216,12 @@ def docker_runner(cfg: dict, pipeline_root: str, run_id: str):
     from docker.types import Mount
     from kfp import local
 
-    paths = {storage.local_path(cfg["storage_root"])}
-    if storage.is_local(cfg["data"]["dataset_uri"]):
-        paths.add(storage.local_path(cfg["data"]["dataset_uri"]))
+    paths = {storage.local_path(cfg.storage_root)}
+    if storage.is_local(cfg.data.dataset_uri):
+        paths.add(storage.local_path(cfg.data.dataset_uri))
     for key in ("audio_model", "text_model", "image_model"):
-        if os.path.isdir(cfg["models"][key]):
-            paths.add(os.path.abspath(cfg["models"][key]))
+        if os.path.isdir(getattr(cfg.models, key)):
+            paths.add(os.path.abspath(getattr(cfg.models, key)))
     paths = {p for p in paths if os.path.exists(p) and not p.startswith(pipeline_root + os.sep)}
     env = {TAG_ENV: TAG, "HOME": "/tmp", "FEDA2V_MODEL_CACHE": "/tmp/feda2v-models"}
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
@@ -282,7 +281,7 @@ def stop_containers(run_id: str) -> int:
         client.close()
 
 
-def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
+def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
                 execution: str | None = None, prefork: bool = True, runner: str = "subprocess",
                 image: str = "") -> int:
 
@@ -291,19 +290,19 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = resolve_local_paths(cfg)
-    execution = execution or cfg["execution"]
-    root = cfg["storage_root"]
+    execution = execution or cfg.execution
+    root = cfg.storage_root
     local_root = storage.local_path(root) if storage.is_local(root) else os.path.abspath(".feda2v-local")
     pipeline_root = os.path.abspath(pipeline_root or os.path.join(local_root, "kfp-local"))
-    if not storage.is_local(root) and not (cfg["mlflow_tracking_uri"]
+    if not storage.is_local(root) and not (cfg.mlflow_tracking_uri
                                            or os.environ.get("MLFLOW_TRACKING_URI")):
         # Tensors and checkpoints go to the object store; the local run's tracking stays local.
-        cfg["mlflow_tracking_uri"] = "sqlite:///" + os.path.join(local_root, "mlflow.db")
+        cfg = cfg.replace(mlflow_tracking_uri="sqlite:///" + os.path.join(local_root, "mlflow.db"))
     preflight.check(cfg, "local")
     task_cfg, withheld = config_mod.withhold_credentials(cfg)
     if not storage.is_local(root):
         os.makedirs(local_root, exist_ok=True)
-    plan = [] if kind == "ablations" else runtime.plan(dict(cfg, pipeline=kind))
+    plan = [] if kind == "ablations" else runtime.plan(cfg.replace(pipeline=kind))
     task_env = {TAG_ENV: TAG,
                 # Client tasks run two at a time (kfp.local's ParallelFor cap): half the cores.
                 runtime.LOCAL_CORES_ENV: str(os.cpu_count() or 1),
@@ -324,7 +323,7 @@ def run_locally(cfg: dict, kind: str, pipeline_root: str | None = None,
             os.environ.pop(key, None)
 
 
-def _run(cfg: dict, task_cfg: dict, kind: str, plan: list, local_root: str, pipeline_root: str,
+def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, pipeline_root: str,
          execution: str, runner: str, image: str) -> int:
     """`cfg` is for this process; the tasks get `task_cfg`, whose credentials travel in their
     environment (config.CREDENTIALS_ENV), not on their command lines."""
@@ -332,7 +331,7 @@ def _run(cfg: dict, task_cfg: dict, kind: str, plan: list, local_root: str, pipe
 
     import pipelines
 
-    root = cfg["storage_root"]
+    root = cfg.storage_root
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_name = f"{kind}-{stamp}"
     run_id = tracking.create_run(cfg, run_name)
@@ -411,6 +410,6 @@ def _run(cfg: dict, task_cfg: dict, kind: str, plan: list, local_root: str, pipe
         print(f"  generator ckpts:    {checkpoint_dir(cfg)}")
     print(f"  task artifacts:     {pipeline_root}")
     print(f"  MLflow:             {tracking.redact(tracking.tracking_uri(cfg))} "
-          f"(experiment '{cfg['experiment_name']}', run {run_id})")
+          f"(experiment '{cfg.experiment_name}', run {run_id})")
     print(f"  task log:           {log_path}")
     return 0

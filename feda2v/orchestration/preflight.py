@@ -14,6 +14,7 @@ import socket
 from urllib.parse import urlsplit
 
 from feda2v.io import storage, tracking
+from feda2v.io.config import Config
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -97,28 +98,28 @@ def _local_model(value: str) -> bool:
                                         or value.count("/") > 1)
 
 
-def _checks(cfg: dict) -> list[tuple[str, str, callable]]:
+def _checks(cfg: Config) -> list[tuple[str, str, callable]]:
     """(key, location, check) for every location of the config; a check raises on a problem."""
     from feda2v.orchestration import stages
 
     out = []
-    data = cfg["data"]["dataset_uri"]
+    data = cfg.data.dataset_uri
     out.append(("data.dataset_uri", data, lambda: _exists(
         data, "data.dataset_uri", " (`feda2v data demo --out DIR` writes a procedural dataset)")))
-    real = cfg["feda2v"]["server_real_data_uri"]
+    real = cfg.feda2v.server_real_data_uri
     if real:
         out.append(("feda2v.server_real_data_uri", real,
                     lambda: _exists(real, "feda2v.server_real_data_uri")))
     for key in ("audio_model", "text_model", "image_model"):
-        if key == "image_model" and cfg["data"]["targets"] != "images":
+        if key == "image_model" and cfg.data.targets != "images":
             continue
-        value = cfg["models"][key]
+        value = getattr(cfg.models, key)
         if not storage.is_local(value) or _local_model(value):
             out.append((f"models.{key}", value, lambda v=value, k=key: _exists(
                 v, f"models.{k}", " (`feda2v models tiny --out DIR` writes tiny offline models)")))
-    places = [("storage_root", cfg["storage_root"])]
+    places = [("storage_root", cfg.storage_root)]
     checkpoints = stages.checkpoint_dir(cfg)
-    if not checkpoints.startswith(storage.join(cfg["storage_root"], "")):
+    if not checkpoints.startswith(storage.join(cfg.storage_root, "")):
         places.append(("feda2v.generator_checkpoint_dir", checkpoints))
     for key, value in places:
         if storage.is_local(value):
@@ -128,7 +129,7 @@ def _checks(cfg: dict) -> list[tuple[str, str, callable]]:
     return out
 
 
-def check(cfg: dict, where: str = "local") -> list[str]:
+def check(cfg: Config, where: str = "local") -> list[str]:
     """Raise on the first location that is wrong; return notes on those not checked.
 
     where="local": every location is checked from here (the tasks run here).
@@ -148,7 +149,7 @@ def check(cfg: dict, where: str = "local") -> list[str]:
             if where == "local":
                 raise ConnectionError(str(e)) from None
             notes.append(f"{e}; not checked")
-    uri = cfg["mlflow_tracking_uri"]  # a cluster's pods get theirs from the ConfigMap otherwise
+    uri = cfg.mlflow_tracking_uri  # a cluster's pods get theirs from the ConfigMap otherwise
     if where == "local":
         tracking.check_reachable(tracking.tracking_uri(cfg))
     elif uri.startswith(("http://", "https://")):

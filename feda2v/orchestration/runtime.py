@@ -9,6 +9,7 @@ import threading
 import time
 
 from feda2v.io import config as config_mod
+from feda2v.io.config import Config
 
 KINDS = ("run1", "run2", "end_to_end")
 # Keys that decide which tasks exist: fixed once compiled, in both execution modes.
@@ -27,34 +28,34 @@ SETTINGS = {"local_epochs": "local_epochs", "learning_rate": "learning_rate",
             "generator_type": "feda2v.generator_type"}
 
 
-def plan(cfg: dict, kind: str | None = None) -> list[tuple[str, int]]:
+def plan(cfg: Config, kind: str | None = None) -> list[tuple[str, int]]:
     """[(phase, rounds), ...] of a pipeline kind (default: the config's). Without generators
     every round is fedavg."""
     kind = kind or config_mod.pipeline_kind(cfg)
     if kind not in KINDS:
         raise ValueError(f"no round plan for pipeline {kind!r}; expected one of {KINDS}")
-    if not cfg["feda2v"]["use_generator"]:
-        return [("fedavg", cfg["global_rounds"])]
+    if not cfg.feda2v.use_generator:
+        return [("fedavg", cfg.global_rounds)]
     if kind == "end_to_end":
-        return [("run1", cfg["feda2v"]["generator_training_rounds"]), ("run2", cfg["global_rounds"])]
-    return [(kind, cfg["global_rounds"])]
+        return [("run1", cfg.feda2v.generator_training_rounds), ("run2", cfg.global_rounds)]
+    return [(kind, cfg.global_rounds)]
 
 
-def _value(cfg: dict, key: str):
+def _value(cfg: Config, key: str):
     if key == "pipeline":
         return config_mod.pipeline_kind(cfg)
     if key == "clients":
         return config_mod.num_clients(cfg)
     section, _, name = key.rpartition(".")
-    return (cfg[section] if section else cfg)[name]
+    return getattr(getattr(cfg, section) if section else cfg, name)
 
 
-def _set(cfg: dict, key: str, value) -> None:
+def _set(cfg: Config, key: str, value) -> Config:
     section, _, name = key.rpartition(".")
-    (cfg[section] if section else cfg)[name] = value
+    return cfg.replace(**({section: {name: value}} if section else {name: value}))
 
 
-def compiled_values(cfg: dict) -> str:
+def compiled_values(cfg: Config) -> str:
     """The structural values a pipeline is compiled with (a constant input of its tasks)."""
     keys = SHAPE_KEYS + COUNT_KEYS + tuple(SETTINGS.values())
     return json.dumps({k: _value(cfg, k) for k in keys}, sort_keys=True)
@@ -82,7 +83,7 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
                     f"round-execution pipeline was compiled with {json.dumps(built[key])} "
                     "(its rounds and clients are unrolled); compile again, or use "
                     "execution 'phase', where they are run-time parameters")
-        return json.dumps(cfg, sort_keys=True)
+        return cfg.to_json()
     for key, typed in (("global_rounds", global_rounds),
                        ("feda2v.generator_training_rounds", generator_training_rounds)):
         if typed is None or typed == built[key]:
@@ -93,7 +94,7 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
                 f"parameter {key.rsplit('.', 1)[-1]}; set one of them")
         if isinstance(typed, bool) or not isinstance(typed, int) or typed < 1:
             raise config_mod.ConfigError(f"bad value for run-time parameter '{key}': {typed!r}")
-        _set(cfg, key, typed)
+        cfg = _set(cfg, key, typed)
     for name, typed in (settings or {}).items():
         if name not in SETTINGS:
             raise config_mod.ConfigError(f"unknown run-time parameter {name!r}")
@@ -105,7 +106,7 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
             raise config_mod.ConfigError(
                 f"'{key}' is {_value(cfg, key)!r} in config_json but {typed!r} in the run-time "
                 f"parameter {name}; set one of them")
-        _set(cfg, key, typed)
+        cfg = _set(cfg, key, typed)
     if client_ids is not None:
         client_ids = [as_int(i, "client_ids") for i in client_ids]
         n = config_mod.num_clients(cfg)
@@ -114,14 +115,14 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
                 f"bad value for run-time parameter 'client_ids': expected [0, 1, ..., n-1], "
                 f"got {client_ids!r}")
         if len(client_ids) != n:
-            if cfg["data"]["partition"] != "classes" and n == built["clients"]:
-                cfg["data"]["num_clients"] = len(client_ids)
+            if cfg.data.partition != "classes" and n == built["clients"]:
+                cfg = cfg.replace(data={"num_clients": len(client_ids)})
             else:
-                key = "data.clients" if cfg["data"]["partition"] == "classes" else "data.num_clients"
+                key = "data.clients" if cfg.data.partition == "classes" else "data.num_clients"
                 raise config_mod.ConfigError(
                     f"'{key}' gives {n} clients but the run-time parameter client_ids is "
                     f"{list(client_ids)}; set client_ids to {list(range(n))}")
-    return json.dumps(config_mod.validate(cfg), sort_keys=True)
+    return cfg.to_json()
 
 
 def _typed(key: str, value, name: str):
@@ -189,9 +190,8 @@ def data_stage_config(config_json: str, compiled: str, client_ids: list | None =
     """The config of the data stages: config_json resolved as `resolve` does (structure checked,
     client_ids applied), cut down to the keys they read (the rest at defaults), with credentials
     redacted (it travels as a task output)."""
-    cfg = json.loads(resolve(config_json, compiled, client_ids=client_ids))
-    subset = {k: cfg[k] for k in DATA_STAGE_TOP_KEYS}
-    subset.update({k: cfg[k] for k in DATA_STAGE_SECTIONS})
-    redacted, _ = config_mod.withhold_credentials(subset)
-    return json.dumps(redacted, sort_keys=True)
+    cfg = config_mod.loads(resolve(config_json, compiled, client_ids=client_ids))
+    full = config_mod.withhold_credentials(cfg)[0].to_dict()
+    subset = {k: full[k] for k in DATA_STAGE_TOP_KEYS + DATA_STAGE_SECTIONS}
+    return json.dumps(subset, sort_keys=True)
 

@@ -6,7 +6,6 @@ It does not know whether it runs under KFP, kfp.local, docker or a test.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -15,6 +14,7 @@ import torch
 from feda2v.evaluation import report
 from feda2v.io import config as config_mod
 from feda2v.io import runstate, storage, tracking
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 from feda2v.orchestration import runtime
 
@@ -23,15 +23,15 @@ log = get_logger()
 
 # --- paths under the storage root ---------------------------------------------------------------
 
-def embeddings_uri(cfg: dict, client_id: int) -> str:
+def embeddings_uri(cfg: Config, client_id: int) -> str:
     from feda2v.encoders.extraction import embeddings_uri as uri
 
     return uri(cfg, client_id)
 
 
-def checkpoint_dir(cfg: dict) -> str:
-    d = cfg["feda2v"]["generator_checkpoint_dir"]
-    return d if ("://" in d or os.path.isabs(d)) else storage.join(cfg["storage_root"], d)
+def checkpoint_dir(cfg: Config) -> str:
+    d = cfg.feda2v.generator_checkpoint_dir
+    return d if ("://" in d or os.path.isabs(d)) else storage.join(cfg.storage_root, d)
 
 
 def client_uri(uris: list[str], client_id: int) -> str:
@@ -84,25 +84,25 @@ def class_targets(config_json: str, out_uri: str) -> dict:
 
     cfg = config_mod.loads(config_json)
     names = datasets.class_names(cfg)
-    template = cfg["data"]["prompt_template"]
+    template = cfg.data.prompt_template
     prompts = [template.format(label=n.replace("_", " ")) for n in names]
     given = None
-    if cfg["data"]["format"] == "embeddings":
-        tensors, meta = datasets.read_embeddings(cfg["data"]["dataset_uri"])
+    if cfg.data.format == "embeddings":
+        tensors, meta = datasets.read_embeddings(cfg.data.dataset_uri)
         if "class_targets" in tensors:
             given = tensors["class_targets"][[meta["class_names"].index(n) for n in names]]
     if given is not None:
         targets, source = given.float(), "from the embeddings file"
-    elif cfg["data"]["targets"] == "images":
+    elif cfg.data.targets == "images":
         from feda2v.encoders.embed import image_targets
 
-        targets = image_targets(cfg["models"]["image_model"], datasets.read_images(cfg), names,
-                                cfg["models"]["device"])
+        targets = image_targets(cfg.models.image_model, datasets.read_images(cfg), names,
+                                cfg.models.device)
         source = "mean CLIP image embeddings"
     else:
         from feda2v.encoders.embed import text_targets
 
-        targets = text_targets(cfg["models"]["text_model"], prompts, cfg["models"]["device"])
+        targets = text_targets(cfg.models.text_model, prompts, cfg.models.device)
         source = "CLIP text embeddings"
     storage.save_tensors(out_uri, {"targets": targets}, {"class_names": names, "prompts": prompts})
     log.info("[Server] Class targets: %d classes, %d-d %s", *targets.shape, source)
@@ -143,7 +143,7 @@ def _load_adapter(uri: str) -> dict[str, torch.Tensor]:
     return storage.load_tensors(uri)[0]
 
 
-def client_data(cfg: dict, client_id: int, uri: str = ""):
+def client_data(cfg: Config, client_id: int, uri: str = ""):
     from feda2v.federated.client import ClientData
     from feda2v.federated.task import device_of
 
@@ -155,15 +155,15 @@ def client_data(cfg: dict, client_id: int, uri: str = ""):
                       t["test_x"].float().to(dev), t["test_y"].to(dev))
 
 
-def _class_names(cfg: dict) -> list[str]:
+def _class_names(cfg: Config) -> list[str]:
     from feda2v.data import datasets
 
     return datasets.class_names(cfg)
 
 
-def server_real_data(cfg: dict, class_names: list[str]):
+def server_real_data(cfg: Config, class_names: list[str]):
     """The server's own real embeddings (x, y in this run's class order), or None."""
-    uri = cfg["feda2v"]["server_real_data_uri"]
+    uri = cfg.feda2v.server_real_data_uri
     if not uri:
         return None
     from feda2v.data.datasets import read_embeddings
@@ -181,7 +181,7 @@ def server_real_data(cfg: dict, class_names: list[str]):
     return tensors["embeddings"][keep].float(), y[keep]
 
 
-def federation(cfg: dict, targets_uri: str, client_uris: dict[int, str] | None = None):
+def federation(cfg: Config, targets_uri: str, client_uris: dict[int, str] | None = None):
     """Every client's embeddings (from `client_uris` where given, else the storage root), the
     class targets and the server's real data, read once."""
     from feda2v.federated.loop import Federation
@@ -194,35 +194,35 @@ def federation(cfg: dict, targets_uri: str, client_uris: dict[int, str] | None =
                       server_real_data(cfg, names))
 
 
-def targets_uri(cfg: dict, run_key: str) -> str:
+def targets_uri(cfg: Config, run_key: str) -> str:
     return storage.join(runstate.run_dir(cfg, run_key), "class_targets.safetensors")
 
 
-def ensure_targets(cfg: dict, run_key: str) -> str:
+def ensure_targets(cfg: Config, run_key: str) -> str:
     """This run's class targets, computed once (the first phase task) and read by the rest."""
     uri = targets_uri(cfg, run_key)
     if not storage.exists(uri):
-        class_targets(json.dumps(cfg, sort_keys=True), uri)
+        class_targets(cfg.to_json(), uri)
     return uri
 
 
-def initial_state(cfg: dict, fed) -> dict[str, torch.Tensor]:
+def initial_state(cfg: Config, fed) -> dict[str, torch.Tensor]:
     """The server's initial global adapter: a function of the seed and the dims only, so every
     phase and every mode starts from the same one."""
     from feda2v.federated.task import new_adapter
 
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     x = fed.clients[0].train_x
     adapter = new_adapter(cfg, x.shape[2], fed.targets.shape[1])
     return {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()}
 
 
-def phase_start(cfg: dict, fed, plan: list[tuple[str, int]], phase: str,
+def phase_start(cfg: Config, fed, plan: list[tuple[str, int]], phase: str,
                 run: str) -> dict[str, torch.Tensor]:
     """A phase's first global adapter: the initial one, or for Run 2 (run2_start 'run1', or
     'auto' in a run that has a Run 1) the adapter Run 1 of this run ended with."""
     rounds = dict(plan).get("run1")
-    start = cfg["feda2v"]["run2_start"]
+    start = cfg.feda2v.run2_start
     if phase != "run2" or start == "initial" or (start == "auto" and not rounds):
         return initial_state(cfg, fed)
     if not rounds:
@@ -241,7 +241,7 @@ def init_adapter(config_json: str, client_data_uris: list[str], targets_uri: str
         if client_uri(client_data_uris, i) != embeddings_uri(cfg, i):
             raise ValueError(f"client {i}: embeddings at {client_uri(client_data_uris, i)}, but "
                              f"the rounds read {embeddings_uri(cfg, i)}")
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     x = storage.load_tensors(client_uri(client_data_uris, 0))[0]["train_x"]
     targets, _ = _load_targets(targets_uri)
     adapter = new_adapter(cfg, x.shape[2], targets.shape[1])
@@ -347,7 +347,7 @@ def train_generator_task(config_json: str, client_id: int, run_key: str, checkpo
     result = train_generator(config_json, client_id, run_key)
     own = runstate.generator_state_uri(runstate.run_dir(cfg, run_key), result["client_id"])
     publish_artifact(own, checkpoint.path, checkpoint.metadata, result["client_id"],
-                     generator_type=cfg["feda2v"]["generator_type"],
+                     generator_type=cfg.feda2v.generator_type,
                      name=f"client_{result['client_id']}_generator.pt")
     return result
 
@@ -499,12 +499,12 @@ def evaluate(config_json: str, adapter_uri: str, targets_uri: str,
 
 # --- tracking ----------------------------------------------------------------------------------
 
-def final_adapter_uri(cfg: dict, run_key: str, plan: list[tuple[str, int]]) -> str:
+def final_adapter_uri(cfg: Config, run_key: str, plan: list[tuple[str, int]]) -> str:
     phase, rounds = plan[-1]
     return runstate.round_uri(runstate.run_dir(cfg, run_key), phase, rounds)
 
 
-def log_generator_losses(cfg: dict, run: str, run_id: str, first: int = 1) -> None:
+def log_generator_losses(cfg: Config, run: str, run_id: str, first: int = 1) -> None:
     """Run 1's per-round generator losses (written by the per-client generator tasks under the
     run folder `run`) as the seed's train/node_{i}/generator_loss, Run 1 starting at step
     `first`."""
@@ -518,7 +518,7 @@ def log_generator_losses(cfg: dict, run: str, run_id: str, first: int = 1) -> No
         tracking.log_metrics(cfg, run_id, metrics, step)
 
 
-def _log_generators(cfg: dict, run_id: str, tmp: str) -> None:
+def _log_generators(cfg: Config, run_id: str, tmp: str) -> None:
     """Each client's latest generator checkpoint, as MLflow artifacts under generators/."""
     from feda2v.federated.generator import checkpoint_uri
 
@@ -530,7 +530,7 @@ def _log_generators(cfg: dict, run_id: str, tmp: str) -> None:
             tracking.log_artifact(cfg, run_id, local, "generators")
 
 
-def _log_run_artifacts(cfg: dict, run_id: str, run_key: str, plan, state: str,
+def _log_run_artifacts(cfg: Config, run_id: str, run_key: str, plan, state: str,
                        text: str) -> None:
     """The final adapter (file and MLflow model), the generators and the results table."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -545,8 +545,8 @@ def _log_run_artifacts(cfg: dict, run_id: str, run_key: str, plan, state: str,
                 storage.write_bytes(targets_file, storage.read_bytes(targets_uri(cfg, run_key)))
             model_uri = tracking.log_adapter_model(cfg, run_id, adapter_file, targets_file)
             log.info("[Server] Global adapter logged as MLflow model %s%s", model_uri,
-                     f", registered as {cfg['mlflow_register_model']!r}"
-                     if cfg["mlflow_register_model"] else "")
+                     f", registered as {cfg.mlflow_register_model!r}"
+                     if cfg.mlflow_register_model else "")
         if "run1" in dict(plan):
             _log_generators(cfg, run_id, tmp)
         report_file = os.path.join(tmp, "results.md")

@@ -15,9 +15,9 @@ def main() -> None:
     if rest.strip() == "done":
         return
     time.sleep(2)  # task processes notice their lost parent within a second and exit
-    from feda2v.io import tracking
+    from feda2v.io import config, tracking
 
-    tracking.end_run(job["config"], job["run_id"], "KILLED")
+    tracking.end_run(config.validate(job["config"]), job["run_id"], "KILLED")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from abc import ABCMeta, abstractmethod
 import torch
 from torch import nn
 
+from feda2v.io.config import Config
+
 
 class Generator(nn.Module, metaclass=ABCMeta):
     SCALE = 3.0  # standardised values within +-3 std map into (-1, 1)
@@ -61,7 +63,7 @@ class Generator(nn.Module, metaclass=ABCMeta):
         carry it)."""
 
     @abstractmethod
-    def fit(self, cfg: dict, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
+    def fit(self, cfg: Config, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
             seed: int) -> list[float]:
         """One round's epochs on real sequences x [N, S, D] with per-sample conditions
         cond [N, D_clip] (standardisation already fitted); returns each epoch's mean loss."""

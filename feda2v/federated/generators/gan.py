@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from feda2v.federated.generators.base import Generator
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -73,17 +74,17 @@ class ConditionedGAN(Generator):
     def new_optimizer(self, lr: float):
         return OptimizerPair(new_optimizers(self, lr))
 
-    def fit(self, cfg: dict, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
+    def fit(self, cfg: Config, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
             seed: int) -> list[float]:
-        f = cfg["feda2v"]
-        noise = f["generator_augmentation_noise"] if f["generator_augmentation"] else 0.0
+        f = cfg.feda2v
+        noise = f.generator_augmentation_noise if f.generator_augmentation else 0.0
 
         def report(epoch, total, d_loss, g_loss):
             log.info("  [Client %d] Epoch %d/%d: Loss=%.4f (discriminator %.4f)", client_id,
                      epoch, total, g_loss, d_loss)
 
-        return train_gan(self, opt.opts, x, cond, f["generator_training_epochs"],
-                         f["generator_batch_size"], noise, seed, log=report)
+        return train_gan(self, opt.opts, x, cond, f.generator_training_epochs,
+                         f.generator_batch_size, noise, seed, log=report)
 
 
 class OptimizerPair:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feda2v.federated.generators.base import Generator
+from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -66,7 +67,7 @@ class ConditionedVAE(Generator):
     def new_optimizer(self, lr: float):
         return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=1e-5)
 
-    def fit(self, cfg: dict, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
+    def fit(self, cfg: Config, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
             seed: int) -> list[float]:
         """Input noise (generator_augmentation_noise) perturbs the input only; the
         reconstruction target stays clean. Under DP-SGD (a dp_state set from the checkpoint)
@@ -75,15 +76,15 @@ class ConditionedVAE(Generator):
             from feda2v.federated import dp
 
             return dp.train_vae(cfg, self, opt, x, cond, client_id, seed, self.dp_state)
-        f = cfg["feda2v"]
-        epochs, bs = f["generator_training_epochs"], f["generator_batch_size"]
-        noise = f["generator_augmentation_noise"] if f["generator_augmentation"] else 0.0
+        f = cfg.feda2v
+        epochs, bs = f.generator_training_epochs, f.generator_batch_size
+        noise = f.generator_augmentation_noise if f.generator_augmentation else 0.0
         gen = torch.Generator().manual_seed(seed)
         clean = self.normalise(x)
         self.train()
         losses = []
         for epoch in range(epochs):
-            beta, w = vae_schedule(epoch, epochs, beta_max=f["generator_kl_weight"])
+            beta, w = vae_schedule(epoch, epochs, beta_max=f.generator_kl_weight)
             order = torch.randperm(len(x), generator=gen)
             total = 0.0
             for start in range(0, len(x), bs):
