@@ -9,16 +9,19 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_generator(config_json: str, compiled: str, global_rounds: int,
                     generator_training_rounds: int, client_ids: list, settings: dict, client_id: int,
-                    run_key: str, checkpoint: Output[Model]) -> str:
-    """One client's generator over every Run 1 round; checkpoints under the seed's names, the
-    latest also as the `checkpoint` artifact. Returns its result as JSON."""
+                    run_key: str, checkpoint: Output[Model],
+                    conditions: Optional[Input[Dataset]] = None) -> str:  # noqa: UP045 - KFP reads it
+    """One client's generator over every Run 1 round, from the Run 1 phase's class
+    `conditions`; checkpoints under the seed's names, the latest also as the `checkpoint`
+    artifact. Returns its result as JSON."""
     import json
 
     from feda2v.orchestration import runtime, stages
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
-    return json.dumps(stages.train_generator_task(cfg, client_id, run_key, checkpoint))
+    return json.dumps(stages.train_generator_task(cfg, client_id, run_key, checkpoint,
+                                                  conditions))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

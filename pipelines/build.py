@@ -126,7 +126,8 @@ def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
         last = t(c.federated_phase(**keyed, phase="run1", mlflow_run_id=mlflow_run_id,
                                    embeddings=embeddings()))
         with dsl.ParallelFor(ids, name="generators") as i:
-            trained = t(c.train_generator(**keyed, client_id=i)).after(last)
+            trained = t(c.train_generator(**keyed, client_id=i,
+                                          conditions=last.outputs["conditions"]))
             if "run2" in phases:
                 sampled = t(c.generate(**keyed, client_id=i,
                                        checkpoint=trained.outputs["checkpoint"]))

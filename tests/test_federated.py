@@ -83,6 +83,28 @@ def test_run1_trains_and_saves_seed_named_checkpoints(tmp_path):
         generator.load(generator.checkpoint_uri(ckpt_dir, 0, 2), cfg, {})
 
 
+def test_run1_generators_read_the_class_conditions_they_are_handed(tmp_path):
+    """A generator task given the phase's conditions artifact (a copy of the run folder's
+    conditions) trains from it alone; without it, it reads the run folder."""
+    import shutil
+
+    from feda2v.io import runstate
+
+    cfg = _cfg()
+    data = _data([0, 1])
+    run = str(tmp_path / "runs" / "k1")
+    for r in (1, 2):
+        save_conditions(run, client_step(cfg, 0, r, "run1", _global(cfg), data, TARGETS, NAMES), r)
+    copy = str(tmp_path / "artifact")
+    shutil.move(runstate.conditions_dir(run), copy)
+    losses = generator.train_client(cfg, 0, run, "k1", data.train_x, data.train_y, NAMES, 2,
+                                    str(tmp_path / "ckpt"), conditions_folder=copy)
+    assert sorted(losses) == [1, 2]
+    with pytest.raises(FileNotFoundError):
+        generator.train_client(cfg, 0, str(tmp_path / "runs" / "k2"), "k2", data.train_x,
+                               data.train_y, NAMES, 2, str(tmp_path / "ckpt2"))
+
+
 def test_run1_resume_continues_the_round_counter(tmp_path):
     data = _data([0, 1])
     _run1(_cfg(), tmp_path, data, rounds=1, key="first")

@@ -116,6 +116,17 @@ def _artifact(root, client_id, task, name):
     return Path(found[0])
 
 
+def _phase_artifact(root, name):
+    """The `name` output of the Run 1 phase task of the one kfp.local run under root."""
+    import glob
+
+    found = [p for p in glob.glob(f"{root}/*/federated-phase*/{name}")
+             if json.loads(Path(p).parent.joinpath("executor_output.json").read_text())
+             ["artifacts"][name]["artifacts"][0]["metadata"]["phase"] == "run1"]
+    assert len(found) == 1, found
+    return Path(found[0])
+
+
 def _final_adapter(root, key, phase, rounds):
     return storage.load_tensors(os.path.join(root, "runs", key, phase, f"round_{rounds}",
                                              "global.safetensors"))[0]
@@ -170,6 +181,10 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
         checkpoint = _artifact(root, i, "train-generator", "checkpoint")
         own = runstate.generator_state_uri(runstate.run_dir(cfg, keys[1]), i)
         assert checkpoint.read_bytes() == storage.read_bytes(own)
+        for r in (1, 2):  # the Run 1 phase's class conditions, which the generators read
+            copy = runstate.conditions_uri("", i, r, str(_phase_artifact(root, "conditions")))
+            assert storage.read_bytes(copy) == storage.read_bytes(
+                runstate.conditions_uri(runstate.run_dir(cfg, keys[1]), i, r))
         samples = _artifact(root, i, "generate", "samples")
         assert storage.read_meta(str(samples))["source"] == str(checkpoint)
     phase = client.get_run(phase_id)

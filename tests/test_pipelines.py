@@ -301,15 +301,19 @@ def _artifact_inputs(spec, task_name):
             if name.rstrip("-0123456789") == task_name:
                 for key, a in task.get("inputs", {}).get("artifacts", {}).items():
                     src = a.get("taskOutputArtifact", {})
-                    out.setdefault(name, {})[key] = (src.get("producerTask"),
-                                                     src.get("outputArtifactKey"))
+                    # From outside a loop, an artifact enters as the loop's input.
+                    outer = a.get("componentInputArtifact", "").removeprefix("pipelinechannel--")
+                    out.setdefault(name, {})[key] = ((src.get("producerTask"),
+                                                      src.get("outputArtifactKey")) if src
+                                                     else ("loop input", outer))
     return out
 
 
 def test_embeddings_checkpoints_and_samples_are_typed_artifacts(make_config, tmp_path):
-    """Lineage in the UI: extraction hands on a Dataset, generator training a Model that
-    generation reads, generation a Dataset that Run 2 reads; every phase reads the Datasets of
-    every client (collected from the client loop)."""
+    """Lineage in the UI: extraction hands on a Dataset, the Run 1 phase the class conditions
+    generator training reads, generator training a Model that generation reads, generation a
+    Dataset that Run 2 reads; every phase reads the Datasets of every client (collected from
+    the client loop)."""
     spec, _ = _compile(make_config(global_rounds=2), "end_to_end", tmp_path)
     comps = spec["components"]
 
@@ -319,11 +323,16 @@ def test_embeddings_checkpoints_and_samples_are_typed_artifacts(make_config, tmp
 
     assert outputs("comp-extract") == {"embeddings": "system.Dataset"}
     assert outputs("comp-train-generator") == {"checkpoint": "system.Model"}
+    assert outputs("comp-federated-phase") == {"adapter": "system.Model",
+                                               "metrics": "system.Metrics",
+                                               "conditions": "system.Dataset"}
     assert outputs("comp-generate") == {"samples": "system.Dataset"}
     inputs = comps["comp-federated-phase"]["inputDefinitions"]["artifacts"]
     assert inputs["embeddings"]["isArtifactList"] and inputs["synthetic"]["isOptional"]
     generate = _artifact_inputs(spec, "generate")
     assert list(generate.values()) == [{"checkpoint": ("train-generator", "checkpoint")}]
+    trained = _artifact_inputs(spec, "train-generator")
+    assert list(trained.values()) == [{"conditions": ("loop input", "federated-phase-conditions")}]
     phases = _artifact_inputs(spec, "federated-phase")
     assert len(phases) == 2
     for name, edges in phases.items():

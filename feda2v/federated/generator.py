@@ -252,9 +252,10 @@ def generator_round(cfg: Config, client_id: int, round_num: int, state, x: torch
 
 
 def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.Tensor,
-                 y: torch.Tensor, class_names: list[str], rounds: int, published_dir: str) -> dict:
+                 y: torch.Tensor, class_names: list[str], rounds: int, published_dir: str,
+                 conditions_folder: str = "") -> dict:
     """All Run 1 rounds of one client's generator, from the conditions its adapter rounds wrote
-    under the run folder. Resume state (with optimizer) goes to the run folder every
+    under the run folder (or their copy in `conditions_folder`). Resume state (with optimizer) goes to the run folder every
     generator_save_every rounds and at the end, so a retried task restarts from there; the seed's
     files go to `published_dir` (round snapshots weights only, the latest with the optimizer).
     Returns {round: loss} of every round of this run."""
@@ -265,10 +266,14 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
     losses_uri = runstate.generator_losses_uri(run, client_id)
     losses: dict[int, float] = {}
     state, done, offset = None, 0, 0
+
+    def conditions(r: int) -> dict:
+        return storage.load_tensors(runstate.conditions_uri(run, client_id, r, conditions_folder))[0]
+
     dev = x.device
     if storage.exists(own):  # a retried task: continue from this run's own resume state
         ckpt = storage.load_checkpoint(own)
-        first = storage.load_tensors(runstate.conditions_uri(run, client_id, 1))[0]["means"]
+        first = conditions(1)["means"]
         vae, opt, ckpt = load(own, cfg, expected_dims(cfg, x, first.shape[1]), dev, ckpt)
         state, done, offset = (vae, opt), int(ckpt["run_round"]), int(ckpt["round"]) - int(ckpt["run_round"])
         losses = runstate.read_losses(losses_uri)
@@ -277,7 +282,7 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
     elif f.use_pretrained_generators:  # both mode flags: continue the published generator
         latest = checkpoint_uri(published_dir, client_id)
         if storage.exists(latest):
-            first = storage.load_tensors(runstate.conditions_uri(run, client_id, 1))[0]["means"]
+            first = conditions(1)["means"]
             vae, opt, ckpt = load(latest, cfg, expected_dims(cfg, x, first.shape[1]), dev)
             state, offset = (vae, opt), int(ckpt["round"])
             log.info("[Client %d] Resuming %s generator from round %d", client_id,
@@ -286,7 +291,7 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
         log.info("[Client %d] Initializing %s generator", client_id, f.generator_type)
     for r in range(done + 1, rounds + 1):
         log.info("=== Generator round %d/%d — Client %d ===", r, rounds, client_id)
-        t, _ = storage.load_tensors(runstate.conditions_uri(run, client_id, r))
+        t = conditions(r)
         log.info("[Client %d] Starting generator training mode", client_id)
         state, losses[r] = generator_round(cfg, client_id, r, state, x, y, t["ids"], t["means"])
         names = [class_names[c] for c in t["ids"]]

@@ -40,8 +40,15 @@ def round_uri(run: str, phase: str, r: int) -> str:
     return storage.join(run, phase, f"round_{r}", "global.safetensors")
 
 
-def conditions_uri(run: str, client_id: int, r: int) -> str:
-    return storage.join(run, "run1", "conditions", f"client_{client_id}", f"round_{r}.safetensors")
+def conditions_dir(run: str) -> str:
+    return storage.join(run, "run1", "conditions")
+
+
+def conditions_uri(run: str, client_id: int, r: int, folder: str = "") -> str:
+    """Client `client_id`'s class conditions of Run 1 round r, under the run folder or under
+    `folder` (a copy of conditions_dir: the phase task's `conditions` artifact)."""
+    return storage.join(folder or conditions_dir(run), f"client_{client_id}",
+                        f"round_{r}.safetensors")
 
 
 def generator_state_uri(run: str, client_id: int) -> str:

@@ -312,20 +312,35 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
 
 
 def federated_phase_task(config_json: str, phase: str, run_key: str, mlflow_run_id: str,
-                         adapter, metrics, embeddings, synthetic=None) -> float:
-    """The body of the phase task (KFP artifacts in and out): its final accuracy."""
-    n = config_mod.num_clients(config_mod.loads(config_json))
+                         adapter, metrics, conditions, embeddings, synthetic=None) -> float:
+    """The body of the phase task (KFP artifacts in and out): its final accuracy. Run 1's class
+    conditions (every client, every round) go into the `conditions` artifact, which the
+    generator tasks read; other phases leave it an empty folder."""
+    cfg = config_mod.loads(config_json)
+    n = config_mod.num_clients(cfg)
     result = federated_phase(
         config_json, phase, run_key, mlflow_run_id, adapter.path,
         by_client(embeddings, "embeddings", n),
         by_client(synthetic, "synthetic samples", n) if synthetic is not None else None)
     metrics.log_metric("accuracy", result["accuracy"])
+    os.makedirs(conditions.path, exist_ok=True)
+    rounds = result["rounds"] if phase == "run1" else 0
+    run = runstate.run_dir(cfg, run_key)
+    for i in range(n if rounds else 0):
+        for r in range(1, rounds + 1):
+            local = runstate.conditions_uri(run, i, r, conditions.path)
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            with open(local, "wb") as f:
+                f.write(storage.read_bytes(runstate.conditions_uri(run, i, r)))
+    conditions.metadata.update(phase=phase, clients=n if rounds else 0, rounds=rounds)
     return result["accuracy"]
 
 
-def train_generator(config_json: str, client_id: int, run_key: str) -> dict:
+def train_generator(config_json: str, client_id: int, run_key: str,
+                    conditions_folder: str = "") -> dict:
     """Stage: one client's generator over all Run 1 rounds, from the class conditions its
-    adapter rounds wrote; checkpoints under the seed's names."""
+    adapter rounds wrote (under the run folder, or their copy in `conditions_folder`);
+    checkpoints under the seed's names."""
     from feda2v.federated.generator import train_client
 
     cfg = config_mod.loads(config_json)
@@ -335,16 +350,19 @@ def train_generator(config_json: str, client_id: int, run_key: str) -> dict:
     data = client_data(cfg, client_id)
     names = _class_names(cfg)
     losses = train_client(cfg, client_id, runstate.run_dir(cfg, run_key), run_key, data.train_x,
-                          data.train_y, names, rounds, checkpoint_dir(cfg))
+                          data.train_y, names, rounds, checkpoint_dir(cfg), conditions_folder)
     return {"client_id": client_id, "rounds": len(losses),
             "generator_loss": losses[max(losses)] if losses else None}
 
 
-def train_generator_task(config_json: str, client_id: int, run_key: str, checkpoint) -> dict:
-    """The body of the generator-training task: the trained generator (the seed's latest
-    checkpoint, with its optimizer) also as the `checkpoint` Model artifact."""
+def train_generator_task(config_json: str, client_id: int, run_key: str, checkpoint,
+                         conditions=None) -> dict:
+    """The body of the generator-training task: from the Run 1 phase's `conditions` artifact
+    where given; the trained generator (the seed's latest checkpoint, with its optimizer) also
+    as the `checkpoint` Model artifact."""
     cfg = config_mod.loads(config_json)
-    result = train_generator(config_json, client_id, run_key)
+    result = train_generator(config_json, client_id, run_key,
+                             conditions.path if conditions is not None else "")
     own = runstate.generator_state_uri(runstate.run_dir(cfg, run_key), result["client_id"])
     publish_artifact(own, checkpoint.path, checkpoint.metadata, result["client_id"],
                      generator_type=cfg.feda2v.generator_type,
