@@ -1,6 +1,6 @@
 """Seed-compatible run configuration: top-level run keys plus the `feda2v` section.
 
-Every key has a default and a one-line doc (`feda2v config --keys` prints them). Unknown keys
+Every key has a default and a one-line doc (`feda2v config keys` prints them). Unknown keys
 and bad values raise ConfigError naming the key, before any work starts.
 """
 
@@ -613,7 +613,7 @@ def pipeline_kind(cfg: Config) -> str:
 
 
 def describe_keys() -> str:
-    """Every key, its default and its doc, for `feda2v config --keys` and the README."""
+    """Every key, its default and its doc, for `feda2v config keys` and the README."""
     lines = []
     for where, spec in [("", TOP_LEVEL), *[(f"{n}.", s) for n, s in SECTIONS.items()]]:
         for key, k in spec.items():
