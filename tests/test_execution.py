@@ -90,17 +90,17 @@ def test_run_time_parameters_take_effect_in_phase_execution():
     cfg = _cfg(global_rounds=5, pipeline="end_to_end")
     compiled = runtime.compiled_values(cfg)
     text = cfg.to_json()
-    got = json.loads(runtime.resolve(text, compiled, 2, 7, [0, 1]))
-    assert got["global_rounds"] == 2 and got["feda2v"]["generator_training_rounds"] == 7
-    assert runtime.plan(config_mod.validate(got)) == [("run1", 7), ("run2", 2)]
+    got = runtime.resolve(text, compiled, 2, 7, [0, 1])
+    assert got.global_rounds == 2 and got.feda2v.generator_training_rounds == 7
+    assert runtime.plan(got) == [("run1", 7), ("run2", 2)]
     # An edit of config_json alone takes effect too (the form's value is the compiled one) ...
     edited = cfg.replace(global_rounds=4).to_json()
-    assert json.loads(runtime.resolve(edited, compiled, 5, 30, [0, 1]))["global_rounds"] == 4
+    assert runtime.resolve(edited, compiled, 5, 30, [0, 1]).global_rounds == 4
     # ... but both edited to different values is ambiguous.
     with pytest.raises(config_mod.ConfigError, match="'global_rounds' is 4 in config_json but 3"):
         runtime.resolve(edited, compiled, 3, 30, [0, 1])
     # KFP hands list items over as floats.
-    assert json.loads(runtime.resolve(text, compiled, 5, 30, [0.0, 1.0]))["global_rounds"] == 5
+    assert runtime.resolve(text, compiled, 5, 30, [0.0, 1.0]).global_rounds == 5
 
 
 def test_the_run_forms_typed_settings_take_effect_as_their_keys_types():
@@ -111,14 +111,14 @@ def test_the_run_forms_typed_settings_take_effect_as_their_keys_types():
     settings = {"local_epochs": "3.0", "learning_rate": "0.005", "generator_type": "gan",
                 "synthetic_samples_per_class": "7.0", "generator_training_epochs": "2.0",
                 "generator_learning_rate": "0.01"}
-    got = json.loads(runtime.resolve(cfg.to_json(), compiled, settings=settings))
-    assert (got["local_epochs"], got["learning_rate"]) == (3, 0.005)
-    f = got["feda2v"]
-    assert (f["generator_type"], f["synthetic_samples_per_class"]) == ("gan", 7)
-    assert (f["generator_training_epochs"], f["generator_learning_rate"]) == (2, 0.01)
+    got = runtime.resolve(cfg.to_json(), compiled, settings=settings)
+    assert (got.local_epochs, got.learning_rate) == (3, 0.005)
+    f = got.feda2v
+    assert (f.generator_type, f.synthetic_samples_per_class) == ("gan", 7)
+    assert (f.generator_training_epochs, f.generator_learning_rate) == (2, 0.01)
     edited = cfg.replace(local_epochs=4).to_json()
     same = {"local_epochs": str(float(cfg.local_epochs))}
-    assert json.loads(runtime.resolve(edited, compiled, settings=same))["local_epochs"] == 4
+    assert runtime.resolve(edited, compiled, settings=same).local_epochs == 4
     with pytest.raises(config_mod.ConfigError, match="'local_epochs' is 4 in config_json but 9"):
         runtime.resolve(edited, compiled, settings={"local_epochs": "9"})
     with pytest.raises(config_mod.ConfigError, match="bad value for 'feda2v.generator_type'"):
@@ -158,8 +158,8 @@ def test_the_run_form_offers_the_settings_its_phases_use(make_config, tmp_path):
 def test_clients_are_a_run_time_parameter_in_phase_execution():
     cfg = config_mod.validate({"data": {"partition": "iid", "num_clients": 3}})
     compiled = runtime.compiled_values(cfg)
-    got = json.loads(runtime.resolve(cfg.to_json(), compiled, client_ids=[0, 1, 2, 3, 4]))
-    assert config_mod.num_clients(config_mod.validate(got)) == 5
+    got = runtime.resolve(cfg.to_json(), compiled, client_ids=[0, 1, 2, 3, 4])
+    assert config_mod.num_clients(got) == 5
     split = _cfg()
     more = split.replace(data={"clients": [["dog"], ["rooster"], ["rain", "siren"]]})
     with pytest.raises(config_mod.ConfigError,

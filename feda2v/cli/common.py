@@ -21,10 +21,6 @@ def _stage_cfg(path: str) -> Config:
     return resolve_local_paths(config_mod.load(path))
 
 
-def _json(cfg: Config) -> str:
-    return cfg.to_json()
-
-
 def _targets_uri(cfg: Config) -> str:
     from feda2v.io import storage
 

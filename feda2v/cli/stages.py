@@ -7,7 +7,6 @@ from __future__ import annotations
 from feda2v.cli.common import (
     _config_arg,
     _data_uris,
-    _json,
     _print,
     _round_args,
     _run_key_arg,
@@ -21,20 +20,20 @@ def cmd_class_targets(a) -> None:
     from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.class_targets(_json(cfg), a.out or _targets_uri(cfg)))
+    _print(stages.class_targets(cfg, a.out or _targets_uri(cfg)))
 
 
 def cmd_extract(a) -> None:
     from feda2v.orchestration import stages
 
-    _print(stages.extract(_json(_stage_cfg(a.config)), a.client, a.out or ""))
+    _print(stages.extract(_stage_cfg(a.config), a.client, a.out or ""))
 
 
 def cmd_init_adapter(a) -> None:
     from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.init_adapter(_json(cfg), _data_uris(cfg, a.data), a.targets or _targets_uri(cfg),
+    _print(stages.init_adapter(cfg, _data_uris(cfg, a.data), a.targets or _targets_uri(cfg),
                                a.out))
 
 
@@ -46,7 +45,7 @@ def cmd_client_round(a) -> None:
     from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.client_round(_json(cfg), a.client, a.round, a.phase, a.global_adapter,
+    _print(stages.client_round(cfg, a.client, a.round, a.phase, a.global_adapter,
                                a.targets or _targets_uri(cfg), a.out, a.run_key, a.data or ""))
 
 
@@ -54,7 +53,7 @@ def cmd_server_round(a) -> None:
     from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.server_round(_json(cfg), a.round, a.phase, a.updates, a.previous,
+    _print(stages.server_round(cfg, a.round, a.phase, a.updates, a.previous,
                                a.targets or _targets_uri(cfg), a.out, a.mlflow_run_id,
                                step=a.step or a.round))
 
@@ -63,27 +62,27 @@ def cmd_phase(a) -> None:
     from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.federated_phase(_json(cfg), a.phase, _run_key(a), a.mlflow_run_id,
+    _print(stages.federated_phase(cfg, a.phase, _run_key(a), a.mlflow_run_id,
                                   a.out or ""))
 
 
 def cmd_train_generator(a) -> None:
     from feda2v.orchestration import stages
 
-    _print(stages.train_generator(_json(_stage_cfg(a.config)), a.client, _run_key(a)))
+    _print(stages.train_generator(_stage_cfg(a.config), a.client, _run_key(a)))
 
 
 def cmd_generate(a) -> None:
     from feda2v.orchestration import stages
 
-    _print(stages.generate(_json(_stage_cfg(a.config)), a.client, _run_key(a)))
+    _print(stages.generate(_stage_cfg(a.config), a.client, _run_key(a)))
 
 
 def cmd_evaluate(a) -> None:
     from feda2v.orchestration import stages
 
     cfg = _stage_cfg(a.config)
-    _print(stages.evaluate(_json(cfg), a.adapter, a.targets or _targets_uri(cfg), a.data))
+    _print(stages.evaluate(cfg, a.adapter, a.targets or _targets_uri(cfg), a.data))
 
 
 def register(add) -> None:

@@ -257,15 +257,15 @@ def write_report(cfg: Config, results: list[dict], out_dir: str, run_id: str) ->
 
 # --- KFP task entry points (the ablations pipeline fans variants out, one task each) ----------
 
-def parent_task(config_json: str, mlflow_run_id: str, run_key: str) -> str:
-    cfg = config_mod.loads(config_json)
+def parent_task(config: Config | str, mlflow_run_id: str, run_key: str) -> str:
+    cfg = config_mod.as_config(config)
     run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
     log.info("Ablations nest under MLflow run %s", run_id)
     return run_id
 
 
-def finish_task(config_json: str, mlflow_run_id: str, run_key: str, state: str) -> str:
-    cfg = config_mod.loads(config_json)
+def finish_task(config: Config | str, mlflow_run_id: str, run_key: str, state: str) -> str:
+    cfg = config_mod.as_config(config)
     run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
     status = tracking.final_status(state)
     tracking.end_run(cfg, run_id, status)
@@ -273,9 +273,9 @@ def finish_task(config_json: str, mlflow_run_id: str, run_key: str, state: str) 
     return status
 
 
-def run_variant_task(config_json: str, variant: str, targets_path: str, mlflow_run_id: str,
+def run_variant_task(config: Config | str, variant: str, targets_path: str, mlflow_run_id: str,
                      run_key: str) -> dict:
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     # The parent task made (or claimed) it; looked up by the KFP job id, so a retry finds it.
     parent_run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
     run_id = tracking.create_run(cfg, f"ablation/{variant}", parent_run_id=parent_run_id)
@@ -290,12 +290,12 @@ def run_variant_task(config_json: str, variant: str, targets_path: str, mlflow_r
     return dict(result, run_id=run_id)
 
 
-def report_task(config_json: str, results_json: list[str], mlflow_run_id: str, run_key: str,
+def report_task(config: Config | str, results_json: list[str], mlflow_run_id: str, run_key: str,
                 html_path: str) -> str:
     import shutil
     import tempfile
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     parent_run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, "ablations")
     results = sorted((json.loads(r) for r in results_json),
                      key=lambda r: VARIANTS.index(r["variant"]))
@@ -319,15 +319,14 @@ def run_experiment(cfg: Config, variants: list[str] | None = None, name: str = "
     if private and "synthetic" not in variants:
         raise ValueError("--epsilons compares DP-SGD generators with the plain synthetic "
                          "variant: include 'synthetic' in --variants")
-    cfg_json = cfg.to_json()
     parent = tracking.create_run(cfg, name, parent_run_id=parent_run_id)
     # One folder per invocation (its MLflow run id): artifact paths, which also key generator
     # rounds against task retries, never repeat across runs.
     root = storage.join(cfg.storage_root, "experiments", name, parent)
     targets_uri = storage.join(root, "class_targets.safetensors")
-    stages.class_targets(cfg_json, targets_uri)
+    stages.class_targets(cfg, targets_uri)
     for i in range(config_mod.num_clients(cfg)):
-        stages.extract(cfg_json, i)
+        stages.extract(cfg, i)
     tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants)})
     results = []
     runs = [(variant, variant, cfg) for variant in variants]

@@ -534,6 +534,12 @@ def override(cfg: Config | dict[str, Any], assignments: list[str]) -> Config:
     return validate(out)
 
 
+def as_config(value: Config | str) -> Config:
+    """What a stage is handed: the typed config as it is, or JSON text (a task's parameter)
+    parsed, so that each process parses its config once."""
+    return value if isinstance(value, Config) else loads(value)
+
+
 def loads(text: str) -> Config:
     """Validate a config given as JSON text (how stages receive it), with any credentials that
     `withhold_credentials` kept off the command line put back from the environment."""

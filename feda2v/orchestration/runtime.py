@@ -63,10 +63,10 @@ def compiled_values(cfg: Config) -> str:
 
 def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
             generator_training_rounds: int | None = None,
-            client_ids: list | None = None, settings: dict | None = None) -> str:
-    """The config a task runs with: config_json plus the typed run-time parameters, checked
-    against what the DAG was compiled for. A structural key changed where it cannot take effect
-    fails here, naming the key and its compiled value."""
+            client_ids: list | None = None, settings: dict | None = None) -> Config:
+    """The config a task runs with, parsed once: config_json plus the typed run-time
+    parameters, checked against what the DAG was compiled for. A structural key changed where
+    it cannot take effect fails here, naming the key and its compiled value."""
     cfg = config_mod.loads(config_json)
     built = json.loads(compiled)
     for key in SHAPE_KEYS:
@@ -83,7 +83,7 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
                     f"round-execution pipeline was compiled with {json.dumps(built[key])} "
                     "(its rounds and clients are unrolled); compile again, or use "
                     "execution 'phase', where they are run-time parameters")
-        return cfg.to_json()
+        return cfg
     for key, typed in (("global_rounds", global_rounds),
                        ("feda2v.generator_training_rounds", generator_training_rounds)):
         if typed is None or typed == built[key]:
@@ -122,7 +122,7 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
                 raise config_mod.ConfigError(
                     f"'{key}' gives {n} clients but the run-time parameter client_ids is "
                     f"{list(client_ids)}; set client_ids to {list(range(n))}")
-    return cfg.to_json()
+    return cfg
 
 
 def _typed(key: str, value, name: str):
@@ -190,7 +190,7 @@ def data_stage_config(config_json: str, compiled: str, client_ids: list | None =
     """The config of the data stages: config_json resolved as `resolve` does (structure checked,
     client_ids applied), cut down to the keys they read (the rest at defaults), with credentials
     redacted (it travels as a task output)."""
-    cfg = config_mod.loads(resolve(config_json, compiled, client_ids=client_ids))
+    cfg = resolve(config_json, compiled, client_ids=client_ids)
     full = config_mod.withhold_credentials(cfg)[0].to_dict()
     subset = {k: full[k] for k in DATA_STAGE_TOP_KEYS + DATA_STAGE_SECTIONS}
     return json.dumps(subset, sort_keys=True)

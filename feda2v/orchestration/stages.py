@@ -77,12 +77,12 @@ def by_client(artifacts, what: str, num_clients: int) -> dict[int, str]:
 
 # --- extraction --------------------------------------------------------------------------------
 
-def class_targets(config_json: str, out_uri: str) -> dict:
+def class_targets(config: Config | str, out_uri: str) -> dict:
     """Class targets [C, D_clip]: the CLIP text embedding of each class prompt, or the matrix a
     precomputed-embeddings file brings along."""
     from feda2v.data import datasets
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     names = datasets.class_names(cfg)
     template = cfg.data.prompt_template
     prompts = [template.format(label=n.replace("_", " ")) for n in names]
@@ -109,12 +109,12 @@ def class_targets(config_json: str, out_uri: str) -> dict:
     return {"num_classes": targets.shape[0], "dim": targets.shape[1]}
 
 
-def extract(config_json: str, client_id: int, out_uri: str = "") -> str:
+def extract(config: Config | str, client_id: int, out_uri: str = "") -> str:
     """Embed one client's train and test clips -> [N, tokens, D] safetensors; returns its URI.
     A rerun with the same clips, model and settings reuses the stored file."""
     from feda2v.encoders.extraction import extract_client
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     runtime.task_setup(parallel=True)
     client_id = runtime.as_int(client_id, "client_id")
     if not 0 <= client_id < config_mod.num_clients(cfg):
@@ -202,7 +202,7 @@ def ensure_targets(cfg: Config, run_key: str) -> str:
     """This run's class targets, computed once (the first phase task) and read by the rest."""
     uri = targets_uri(cfg, run_key)
     if not storage.exists(uri):
-        class_targets(cfg.to_json(), uri)
+        class_targets(cfg, uri)
     return uri
 
 
@@ -231,12 +231,12 @@ def phase_start(cfg: Config, fed, plan: list[tuple[str, int]], phase: str,
     return storage.load_tensors(runstate.round_uri(run, "run1", rounds))[0]
 
 
-def init_adapter(config_json: str, client_data_uris: list[str], targets_uri: str,
+def init_adapter(config: Config | str, client_data_uris: list[str], targets_uri: str,
                  out_uri: str) -> dict:
     """The server's initial global adapter; dims come from the embeddings and targets."""
     from feda2v.federated.task import new_adapter
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     for i in range(config_mod.num_clients(cfg)):
         if client_uri(client_data_uris, i) != embeddings_uri(cfg, i):
             raise ValueError(f"client {i}: embeddings at {client_uri(client_data_uris, i)}, but "
@@ -281,7 +281,7 @@ def phase_plan_steps(plan: list[tuple[str, int]], phase: str) -> int:
     raise ValueError(f"phase {phase!r} is not in the plan {plan}")
 
 
-def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: str,
+def federated_phase(config: Config | str, phase: str, run_key: str, mlflow_run_id: str,
                     adapter_out: str = "", client_uris: dict[int, str] | None = None,
                     synthetic_uris: dict[int, str] | None = None) -> dict:
     """Every round of one federated phase (fedavg, run1, run2, sample) for every client, in this
@@ -290,7 +290,7 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
     (the tasks' input artifacts), else from the storage root."""
     from feda2v.federated.loop import run_phase
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     runtime.task_setup(parallel=False)
     plan = runtime.plan(cfg)
     rounds = dict(plan)[phase]
@@ -311,15 +311,15 @@ def federated_phase(config_json: str, phase: str, run_key: str, mlflow_run_id: s
             "mlflow_run_id": run_id}
 
 
-def federated_phase_task(config_json: str, phase: str, run_key: str, mlflow_run_id: str,
+def federated_phase_task(config: Config | str, phase: str, run_key: str, mlflow_run_id: str,
                          adapter, metrics, conditions, embeddings, synthetic=None) -> float:
     """The body of the phase task (KFP artifacts in and out): its final accuracy. Run 1's class
     conditions (every client, every round) go into the `conditions` artifact, which the
     generator tasks read; other phases leave it an empty folder."""
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     n = config_mod.num_clients(cfg)
     result = federated_phase(
-        config_json, phase, run_key, mlflow_run_id, adapter.path,
+        cfg, phase, run_key, mlflow_run_id, adapter.path,
         by_client(embeddings, "embeddings", n),
         by_client(synthetic, "synthetic samples", n) if synthetic is not None else None)
     metrics.log_metric("accuracy", result["accuracy"])
@@ -336,14 +336,14 @@ def federated_phase_task(config_json: str, phase: str, run_key: str, mlflow_run_
     return result["accuracy"]
 
 
-def train_generator(config_json: str, client_id: int, run_key: str,
+def train_generator(config: Config | str, client_id: int, run_key: str,
                     conditions_folder: str = "") -> dict:
     """Stage: one client's generator over all Run 1 rounds, from the class conditions its
     adapter rounds wrote (under the run folder, or their copy in `conditions_folder`);
     checkpoints under the seed's names."""
     from feda2v.federated.generator import train_client
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     runtime.task_setup(parallel=True)
     client_id = runtime.as_int(client_id, "client_id")
     rounds = dict(runtime.plan(cfg))["run1"]
@@ -355,13 +355,13 @@ def train_generator(config_json: str, client_id: int, run_key: str,
             "generator_loss": losses[max(losses)] if losses else None}
 
 
-def train_generator_task(config_json: str, client_id: int, run_key: str, checkpoint,
+def train_generator_task(config: Config | str, client_id: int, run_key: str, checkpoint,
                          conditions=None) -> dict:
     """The body of the generator-training task: from the Run 1 phase's `conditions` artifact
     where given; the trained generator (the seed's latest checkpoint, with its optimizer) also
     as the `checkpoint` Model artifact."""
-    cfg = config_mod.loads(config_json)
-    result = train_generator(config_json, client_id, run_key,
+    cfg = config_mod.as_config(config)
+    result = train_generator(cfg, client_id, run_key,
                              conditions.path if conditions is not None else "")
     own = runstate.generator_state_uri(runstate.run_dir(cfg, run_key), result["client_id"])
     publish_artifact(own, checkpoint.path, checkpoint.metadata, result["client_id"],
@@ -370,11 +370,11 @@ def train_generator_task(config_json: str, client_id: int, run_key: str, checkpo
     return result
 
 
-def generate_task(config_json: str, client_id: int, run_key: str, checkpoint, samples) -> dict:
+def generate_task(config: Config | str, client_id: int, run_key: str, checkpoint, samples) -> dict:
     """The body of the generation task: from the `checkpoint` artifact where given (Run 1 in
     this pipeline), else as generate() finds it; the samples also as a Dataset artifact."""
-    cfg = config_mod.loads(config_json)
-    result = generate(config_json, client_id, run_key,
+    cfg = config_mod.as_config(config)
+    result = generate(cfg, client_id, run_key,
                       checkpoint.path if checkpoint is not None else "")
     run = runstate.run_dir(cfg, run_key)
     publish_artifact(runstate.synthetic_uri(run, result["client_id"]), samples.path,
@@ -382,13 +382,13 @@ def generate_task(config_json: str, client_id: int, run_key: str, checkpoint, sa
     return result
 
 
-def generate(config_json: str, client_id: int, run_key: str, source: str = "") -> dict:
+def generate(config: Config | str, client_id: int, run_key: str, source: str = "") -> dict:
     """Stage: Run 2's synthetic samples of one client for every round, from one read of its
     generator: `source`, else this run's own (after Run 1 in the same run) or the published
     checkpoint."""
     from feda2v.federated.generator import checkpoint_uri, generate_client
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     runtime.task_setup(parallel=True)
     client_id = runtime.as_int(client_id, "client_id")
     plan = dict(runtime.plan(cfg))
@@ -407,7 +407,7 @@ def generate(config_json: str, client_id: int, run_key: str, source: str = "") -
 
 # --- round execution (silo mode): one task per client round and per server round ------------
 
-def client_round(config_json: str, client_id: int, round_num: int, phase: str,
+def client_round(config: Config | str, client_id: int, round_num: int, phase: str,
                  global_adapter_uri: str, targets_uri: str, update_uri: str,
                  run_key: str = "", data_uri: str = "") -> dict:
     """One client's round; writes its update (adapter, sample count, metrics, synthetic set).
@@ -415,7 +415,7 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str,
     from feda2v.federated.client import client_step
     from feda2v.federated.loop import save_conditions
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     runtime.task_setup(parallel=True)
     log.info("=== Round %d (%s) — Client %d ===", round_num, phase, client_id)
     targets, names = _load_targets(targets_uri)
@@ -449,7 +449,7 @@ def read_update(uri: str):
                         t["synthetic_x"], t["synthetic_y"], m.get("quality") or {})
 
 
-def server_round(config_json: str, round_num: int, phase: str, update_uris: list[str],
+def server_round(config: Config | str, round_num: int, phase: str, update_uris: list[str],
                  previous_uri: str, targets_uri: str, adapter_out_uri: str, mlflow_run_id: str,
                  run_key: str = "", step: int = 0) -> dict:
     """The server's side of one round, as one task: FedAvg, global training on the synthetic
@@ -458,7 +458,7 @@ def server_round(config_json: str, round_num: int, phase: str, update_uris: list
     from feda2v.federated.server import server_step
     from feda2v.federated.task import device_of
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     runtime.task_setup(parallel=False)
     plan = runtime.plan(cfg) if run_key else [(phase, round_num)]
     step = step or phase_plan_steps(plan, phase) + round_num - 1
@@ -498,13 +498,13 @@ def server_round_task(config_json, round_num, phase, run_key, updates, previous,
     return result["accuracy"]
 
 
-def evaluate(config_json: str, adapter_uri: str, targets_uri: str,
+def evaluate(config: Config | str, adapter_uri: str, targets_uri: str,
              client_data_uris: list[str] | None = None) -> dict:
     """Zero-shot accuracy over all classes on each client's test clips, weighted by test size."""
     from feda2v.federated.server import weighted_accuracy
     from feda2v.federated.task import adapter_from_state, device_of
 
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     adapter = adapter_from_state(cfg, _load_adapter(adapter_uri)).to(device_of(cfg))
     targets, _ = _load_targets(targets_uri)
     n = config_mod.num_clients(cfg)
@@ -572,12 +572,12 @@ def _log_run_artifacts(cfg: Config, run_id: str, run_key: str, plan, state: str,
         tracking.log_artifact(cfg, run_id, report_file, "report")
 
 
-def finish_tracking(config_json: str, mlflow_run_id: str, run_key: str, state: str,
+def finish_tracking(config: Config | str, mlflow_run_id: str, run_key: str, state: str,
                     report_path: str, error: str = "") -> str:
     """The pipeline's exit handler: generator losses, results table (Markdown), final adapter
     and report to MLflow; the MLflow run ends FINISHED, FAILED or KILLED whatever happened
     before; the run's lease on the checkpoint folder is released."""
-    cfg = config_mod.loads(config_json)
+    cfg = config_mod.as_config(config)
     plan = runtime.plan(cfg)
     runstate.release(checkpoint_dir(cfg), run_key)
     run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
