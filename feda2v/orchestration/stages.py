@@ -1,6 +1,7 @@
 """One function per pipeline stage: the unit the CLI and the KFP components call.
 
-A stage takes plain values (the config as JSON text, ids, URIs) and returns small results.
+A stage takes plain values (the config, as the typed Config or the JSON text a task parameter
+holds; ids; URIs) and returns small results.
 It does not know whether it runs under KFP, kfp.local, docker or a test.
 """
 
