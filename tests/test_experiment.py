@@ -8,6 +8,7 @@ import pytest
 
 from feda2v.cli import main
 from feda2v.evaluation.experiment import VARIANTS, run_experiment
+from feda2v.io import config as config_mod
 from feda2v.io import tracking
 
 
@@ -180,3 +181,9 @@ def test_epsilons_add_dp_sgd_runs_and_the_report_plots_accuracy_against_epsilon(
     assert 0 < child.data.metrics["quality/node_0/dp_epsilon"] <= 4.05
     with pytest.raises(ValueError, match="include 'synthetic'"):
         run_experiment(cfg, ["fedavg"], "dp2", epsilons=[1.0])
+    # Refused before any run or extraction: DP-SGD is for the VAE only.
+    before = len(client.search_runs([child.info.experiment_id]))
+    gan = cfg.replace(feda2v={"generator_type": "gan"})
+    with pytest.raises(config_mod.ConfigError, match="generator_dp_epsilon"):
+        run_experiment(gan, ["synthetic"], "dp3", epsilons=[1.0])
+    assert len(client.search_runs([child.info.experiment_id])) == before

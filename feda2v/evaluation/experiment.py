@@ -319,6 +319,11 @@ def run_experiment(cfg: Config, variants: list[str] | None = None, name: str = "
     if private and "synthetic" not in variants:
         raise ValueError("--epsilons compares DP-SGD generators with the plain synthetic "
                          "variant: include 'synthetic' in --variants")
+    # Checked before any work: DP-SGD needs the VAE, and samples from its prior (auto), the
+    # other sampling modes reading the training rows outside the guarantee.
+    private_runs = [(f"synthetic-dp-eps{eps:g}", "synthetic",
+                     cfg.replace(feda2v={"generator_dp_epsilon": eps, "generator_sampling": "auto"}))
+                    for eps in private]
     parent = tracking.create_run(cfg, name, parent_run_id=parent_run_id)
     # One folder per invocation (its MLflow run id): artifact paths, which also key generator
     # rounds against task retries, never repeat across runs.
@@ -329,10 +334,8 @@ def run_experiment(cfg: Config, variants: list[str] | None = None, name: str = "
         stages.extract(cfg, i)
     tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants)})
     results = []
-    runs = [(variant, variant, cfg) for variant in variants]
-    for eps in private:  # the synthetic variant again, its generators trained with DP-SGD
-        dcfg = cfg.replace(feda2v={"generator_dp_epsilon": eps})
-        runs.append((f"synthetic-dp-eps{eps:g}", "synthetic", dcfg))
+    # The synthetic variant again for each finite ε, its generators trained with DP-SGD.
+    runs = [(variant, variant, cfg) for variant in variants] + private_runs
     for label, variant, vcfg in runs:
         child = tracking.create_run(cfg, f"{name}/{label}", parent_run_id=parent)
         tracking.log_params(vcfg, child, {"feda2v.variant": label})
