@@ -36,28 +36,27 @@ def _wall(cmd: list[str]) -> float:
 
 
 IN_PROCESS = """
-import json, sys, uuid
+import sys, uuid
 from feda2v.io import config as config_mod, tracking
 from feda2v.orchestration import runtime, stages
 from feda2v.orchestration.local_run import resolve_local_paths
 cfg = resolve_local_paths(config_mod.load(sys.argv[1]))
 cfg = cfg.replace(pipeline=config_mod.pipeline_kind(cfg))
-text = cfg.to_json()
 key = "bench-" + uuid.uuid4().hex[:8]
 run_id = tracking.create_run(cfg, key)
 plan = dict(runtime.plan(cfg))
 n = config_mod.num_clients(cfg)
 for i in range(n):
-    stages.extract(text, i)
+    stages.extract(cfg, i)
 if "run1" in plan:
-    stages.federated_phase(text, "run1", key, run_id)
+    stages.federated_phase(cfg, "run1", key, run_id)
     for i in range(n):
-        stages.train_generator(text, i, key)
+        stages.train_generator(cfg, i, key)
 if "run2" in plan:
     for i in range(n):
-        stages.generate(text, i, key)
-    stages.federated_phase(text, "run2", key, run_id)
-stages.finish_tracking(text, run_id, key, "SUCCEEDED", "/dev/null")
+        stages.generate(cfg, i, key)
+    stages.federated_phase(cfg, "run2", key, run_id)
+stages.finish_tracking(cfg, run_id, key, "SUCCEEDED", "/dev/null")
 """
 
 

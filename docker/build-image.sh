@@ -71,7 +71,7 @@ fi
 # The commit the image reports (FEDA2V_GIT_COMMIT in it, MLflow's git-commit tag of its runs).
 commit=${FEDA2V_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
 if [ -n "$commit" ] && [ -z "${FEDA2V_GIT_COMMIT:-}" ] && \
-   [ -n "$(git status --porcelain -- docker pyproject.toml README.md feda2v components pipelines 2>/dev/null)" ]; then
+   [ -n "$(git status --porcelain -- "$DOCKERFILE" docker/constraints.txt pyproject.toml README.md feda2v components pipelines 2>/dev/null)" ]; then
   commit=$commit-dirty
 fi
 args+=(--build-arg "FEDA2V_GIT_COMMIT=$commit")

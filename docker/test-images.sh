@@ -51,7 +51,7 @@ run --help | grep -q "usage: feda2v"
 [ "$(run sh -c 'echo pass-through')" = pass-through ]
 # The commit baked in at build time is what the image reports (and its runs tag in MLflow).
 baked=$(podman image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' "$IMAGE")
-[[ "$baked" =~ ^[0-9a-f]{40}(-dirty)?$ ]] || { echo "test-images: no commit baked into $IMAGE: '$baked'" >&2; exit 1; }
+[[ "$baked" =~ ^[0-9a-f]{7,40}(-dirty)?$ ]] || { echo "test-images: no commit baked into $IMAGE: '$baked'" >&2; exit 1; }
 [ "$(run sh -c 'echo $FEDA2V_GIT_COMMIT')" = "$baked" ]
 [ "$(run sh -c "python3 -c 'from feda2v.io.tracking import source_tags; print(source_tags()[\"mlflow.source.git.commit\"])'")" = "$baked" ]
 run data demo --out /work/ESC-50 --clips-per-class 10 >/dev/null

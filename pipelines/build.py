@@ -101,14 +101,16 @@ class _Tasks:
         return configure(task.set_caching_options(cache), self.options)
 
 
-def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
-    """Extraction per client, then each phase as one task; generator training and synthetic
-    generation per client between Run 1 and Run 2."""
+def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id, run2_from_run1: bool = False):
+    """Extraction per client and the class targets, then each phase as one task; generator
+    training and synthetic generation per client between Run 1 and Run 2."""
     phases = dict(plan)
     ids = common["client_ids"]
     keyed = dict(common, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     shape = {k: common[k] for k in ("config_json", "compiled", "client_ids")}
-    last = None
+    last = run1 = None
+    targets = t(c.class_targets(data_config=t(c.data_config(**shape)).output),
+                cache=True).outputs["targets"]
     with dsl.ParallelFor(ids, name="clients") as i:
         # In the loop: kfp.local hands a loop's task the loop item where it should pass the
         # parameter output of a task outside the loop (artifacts pass fine).
@@ -116,15 +118,15 @@ def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
         extracted = t(c.extract(data_config=data, client_id=i), cache=True)
         if "run2" in phases and "run1" not in phases:  # Run 2 alone: sample right away
             sampled = t(c.generate(**keyed, client_id=i)).after(extracted)
-    def embeddings():
-        return dsl.Collected(extracted.outputs["embeddings"])
+
+    def inputs():
+        return {"embeddings": dsl.Collected(extracted.outputs["embeddings"]), "targets": targets,
+                "mlflow_run_id": mlflow_run_id}
 
     if "fedavg" in phases:
-        last = t(c.federated_phase(**keyed, phase="fedavg", mlflow_run_id=mlflow_run_id,
-                                   embeddings=embeddings()))
+        last = t(c.federated_phase(**keyed, phase="fedavg", **inputs()))
     if "run1" in phases:
-        last = t(c.federated_phase(**keyed, phase="run1", mlflow_run_id=mlflow_run_id,
-                                   embeddings=embeddings()))
+        last = run1 = t(c.federated_phase(**keyed, phase="run1", **inputs()))
         with dsl.ParallelFor(ids, name="generators") as i:
             trained = t(c.train_generator(**keyed, client_id=i,
                                           conditions=last.outputs["conditions"]))
@@ -132,8 +134,8 @@ def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id):
                 sampled = t(c.generate(**keyed, client_id=i,
                                        checkpoint=trained.outputs["checkpoint"]))
     if "run2" in phases:
-        t(c.federated_phase(**keyed, phase="run2", mlflow_run_id=mlflow_run_id,
-                            embeddings=embeddings(),
+        start = {"start": run1.outputs["adapter"]} if run1 and run2_from_run1 else {}
+        t(c.federated_phase(**keyed, phase="run2", **inputs(), **start,
                             synthetic=dsl.Collected(sampled.outputs["samples"])))
 
 
@@ -256,7 +258,8 @@ def build(cfg: Config, kind: "str | None" = None, options: "ClusterOptions | Non
                               mlflow_run_id=mlflow_run_id))
         with dsl.ExitHandler(done, name="feda2v-run"):
             if execution == "phase":
-                _phase_dag(t, plan, common, mlflow_run_id)
+                _phase_dag(t, plan, common, mlflow_run_id,
+                           cfg.feda2v.run2_start != "initial")
             else:
                 _round_dag(t, plan, common, mlflow_run_id, clients,
                            cfg.feda2v.run2_start != "initial")

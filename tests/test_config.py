@@ -150,6 +150,8 @@ def test_the_config_is_one_typed_object_parsed_once():
     with pytest.raises(ConfigError, match="'feda2v.generator_type'"):
         cfg.replace(feda2v={"generator_type": "diffusion"})
     assert config_mod.loads(cfg.to_json()) == cfg
+    assert config_mod.as_config(cfg) is cfg  # a stage handed the object parses nothing
+    assert config_mod.as_config(cfg.to_json()) == config_mod.as_config(cfg.to_dict()) == cfg
     for cls, where in ((config_mod.RunKeys, ""), (config_mod.Data, "data."),
                        (config_mod.Models, "models."), (config_mod.FedA2V, "feda2v.")):
         hints = typing.get_type_hints(cls)

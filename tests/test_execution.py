@@ -11,7 +11,7 @@ from feda2v.federated.client import ClientData
 from feda2v.federated.loop import Federation, run_phase
 from feda2v.federated.task import new_adapter
 from feda2v.io import config as config_mod
-from feda2v.io import runstate
+from feda2v.io import runstate, storage
 from feda2v.orchestration import runtime
 
 NAMES = ["dog", "rooster", "rain", "siren"]
@@ -254,6 +254,11 @@ def test_run2_goes_on_from_run1s_adapter_when_the_run_has_a_run1(tmp_path):
     both = [("run1", 2), ("run2", 3)]
     got = stages.phase_start(cfg, fed, both, "run2", run)  # run2_start: auto (the default)
     assert all(torch.equal(got[k], v) for k, v in final.items())
+    # Handed the Run 1 phase's adapter artifact, it reads that file, not the run folder.
+    artifact = str(tmp_path / "adapter")
+    storage.save_tensors(artifact, {k: v + 1 for k, v in final.items()})
+    got = stages.phase_start(cfg, fed, both, "run2", run, artifact)
+    assert all(torch.equal(got[k], v + 1) for k, v in final.items())
     initial = stages.initial_state(cfg, fed)
     alone = stages.phase_start(cfg, fed, [("run2", 3)], "run2", run)
     assert all(torch.equal(alone[k], v) for k, v in initial.items())
@@ -265,3 +270,15 @@ def test_run2_goes_on_from_run1s_adapter_when_the_run_has_a_run1(tmp_path):
         stages.phase_start(explicit, fed, [("run2", 3)], "run2", run)
     with pytest.raises(config_mod.ConfigError, match="'run1' needs Run 1 in the same run"):
         config_mod.validate({"pipeline": "run2", "feda2v": {"run2_start": "run1"}})
+
+
+def test_a_phase_reads_the_class_targets_it_is_handed_and_keeps_a_copy(tmp_path):
+    """The class-targets task's artifact is what the phase reads; the run folder gets a copy,
+    from which the exit handler logs them with the model."""
+    from feda2v.orchestration import stages
+
+    cfg = _cfg(storage_root=str(tmp_path / "store"))
+    given = str(tmp_path / "targets")
+    storage.save_tensors(given, {"targets": torch.ones(2, 16)}, {"class_names": ["a", "b"]})
+    assert stages.ensure_targets(cfg, "k1", given) == given
+    assert storage.read_bytes(stages.targets_uri(cfg, "k1")) == storage.read_bytes(given)

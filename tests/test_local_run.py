@@ -172,8 +172,9 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
         assert seen[0] and seen[0] == seen[1], key
         assert [s for s, _ in seen[2]] == [s for s, _ in seen[0]], key
         assert [v for _, v in seen[2]] == pytest.approx([v for _, v in seen[0]], abs=1e-4), key
-    # Lineage: embeddings, generator checkpoints and synthetic samples are typed artifacts, and
-    # each consumer read the artifact it was handed (its bytes equal the storage-root copy).
+    # Lineage: embeddings, class conditions, generator checkpoints and synthetic samples are
+    # typed artifacts holding the storage-root copies' bytes; the samples' source shows that
+    # generation read the checkpoint artifact (the other reads: unit tests).
     root = tmp_path / "kfp"
     for i in range(2):
         embedded = _artifact(root, i, "extract", "embeddings")

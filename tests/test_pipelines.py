@@ -135,8 +135,7 @@ def test_only_extraction_and_class_targets_are_cacheable(make_config, tmp_path, 
             if "componentRef" in task and "parameterIterator" not in task:
                 caching[name] = task.get("cachingOptions", {}).get("enableCache", False)
     assert caching.pop("extract") is True
-    if execution == "round":
-        assert caching.pop("class-targets") is True
+    assert caching.pop("class-targets") is True
     assert caching and not any(caching.values()), caching
 
 
@@ -337,7 +336,15 @@ def test_embeddings_checkpoints_and_samples_are_typed_artifacts(make_config, tmp
     assert len(phases) == 2
     for name, edges in phases.items():
         assert edges["embeddings"][0].startswith("for-loop-"), name  # the collected loop output
-    assert sorted("synthetic" in e for e in phases.values()) == [False, True]
+        assert edges["targets"] == ("class-targets", "targets"), name
+    name1, name2 = sorted(phases, key=lambda n: "synthetic" in phases[n])
+    run1, run2 = phases[name1], phases[name2]
+    assert "synthetic" not in run1 and "start" not in run1
+    assert run2["start"] == (name1, "adapter")  # Run 2 goes on from Run 1's adapter artifact
+    assert run2["synthetic"][0].startswith("for-loop-")
+    spec, _ = _compile(make_config(global_rounds=2, feda2v={"run2_start": "initial"}),
+                       "end_to_end", tmp_path)
+    assert not any("start" in e for e in _artifact_inputs(spec, "federated-phase").values())
 
 
 def test_phase_tasks_map_collected_artifacts_by_client():

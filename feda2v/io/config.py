@@ -117,7 +117,7 @@ def key(default: Any, check: Callable[[Any], str | None], doc: str) -> Any:
 
 class _Section:
     @classmethod
-    def keys(cls) -> dict[str, Key]:
+    def key_specs(cls) -> dict[str, Key]:
         """{name: Key} of this section's keys, in declaration order."""
         return {f.name: f.metadata["key"] for f in fields(cls) if "key" in f.metadata}
 
@@ -407,10 +407,10 @@ class Config(RunKeys):
         return validate(raw)
 
 
-TOP_LEVEL = RunKeys.keys()
-DATA = Data.keys()
-MODELS = Models.keys()
-FEDA2V = FedA2V.keys()
+TOP_LEVEL = RunKeys.key_specs()
+DATA = Data.key_specs()
+MODELS = Models.key_specs()
+FEDA2V = FedA2V.key_specs()
 SECTIONS: dict[str, dict[str, Key]] = {"data": DATA, "models": MODELS, "feda2v": FEDA2V}
 
 
@@ -534,10 +534,12 @@ def override(cfg: Config | dict[str, Any], assignments: list[str]) -> Config:
     return validate(out)
 
 
-def as_config(value: Config | str) -> Config:
-    """What a stage is handed: the typed config as it is, or JSON text (a task's parameter)
-    parsed, so that each process parses its config once."""
-    return value if isinstance(value, Config) else loads(value)
+def as_config(value: Config | str | dict[str, Any]) -> Config:
+    """What a stage is handed: the typed config as it is, JSON text (a task's parameter)
+    parsed, or a dict validated, so that each process parses its config once."""
+    if isinstance(value, Config):
+        return value
+    return validate(value) if isinstance(value, dict) else loads(value)
 
 
 def loads(text: str) -> Config:

@@ -199,12 +199,17 @@ def targets_uri(cfg: Config, run_key: str) -> str:
     return storage.join(runstate.run_dir(cfg, run_key), "class_targets.safetensors")
 
 
-def ensure_targets(cfg: Config, run_key: str) -> str:
-    """This run's class targets, computed once (the first phase task) and read by the rest."""
+def ensure_targets(cfg: Config, run_key: str, given: str = "") -> str:
+    """This run's class targets under its run folder (where the exit handler logs them from
+    with the model): a copy of `given` (the class-targets task's artifact), else computed once
+    by the first phase task. Returns what the phase reads: `given`, else that file."""
     uri = targets_uri(cfg, run_key)
     if not storage.exists(uri):
-        class_targets(cfg, uri)
-    return uri
+        if given:
+            storage.write_bytes(uri, storage.read_bytes(given))
+        else:
+            class_targets(cfg, uri)
+    return given or uri
 
 
 def initial_state(cfg: Config, fed) -> dict[str, torch.Tensor]:
@@ -219,9 +224,10 @@ def initial_state(cfg: Config, fed) -> dict[str, torch.Tensor]:
 
 
 def phase_start(cfg: Config, fed, plan: list[tuple[str, int]], phase: str,
-                run: str) -> dict[str, torch.Tensor]:
+                run: str, run1_adapter: str = "") -> dict[str, torch.Tensor]:
     """A phase's first global adapter: the initial one, or for Run 2 (run2_start 'run1', or
-    'auto' in a run that has a Run 1) the adapter Run 1 of this run ended with."""
+    'auto' in a run that has a Run 1) the adapter Run 1 of this run ended with (the Run 1
+    phase's artifact where given, else its last round under the run folder)."""
     rounds = dict(plan).get("run1")
     start = cfg.feda2v.run2_start
     if phase != "run2" or start == "initial" or (start == "auto" and not rounds):
@@ -229,7 +235,7 @@ def phase_start(cfg: Config, fed, plan: list[tuple[str, int]], phase: str,
     if not rounds:
         raise ValueError("feda2v.run2_start is 'run1' but this run has no Run 1 (run the "
                          "end_to_end pipeline, or set run2_start to 'initial')")
-    return storage.load_tensors(runstate.round_uri(run, "run1", rounds))[0]
+    return storage.load_tensors(run1_adapter or runstate.round_uri(run, "run1", rounds))[0]
 
 
 def init_adapter(config: Config | str, client_data_uris: list[str], targets_uri: str,
@@ -284,11 +290,13 @@ def phase_plan_steps(plan: list[tuple[str, int]], phase: str) -> int:
 
 def federated_phase(config: Config | str, phase: str, run_key: str, mlflow_run_id: str,
                     adapter_out: str = "", client_uris: dict[int, str] | None = None,
-                    synthetic_uris: dict[int, str] | None = None) -> dict:
+                    synthetic_uris: dict[int, str] | None = None, targets_in: str = "",
+                    run1_adapter: str = "") -> dict:
     """Every round of one federated phase (fedavg, run1, run2, sample) for every client, in this
     process; resumes after the last round a previous try finished. The config's plan gives the
-    rounds and the MLflow steps. Embeddings and synthetic samples come from the given files
-    (the tasks' input artifacts), else from the storage root."""
+    rounds and the MLflow steps. Embeddings, synthetic samples, class targets and Run 1's final
+    adapter come from the given files (the task's input artifacts), else from the storage
+    root."""
     from feda2v.federated.loop import run_phase
 
     cfg = config_mod.as_config(config)
@@ -297,14 +305,15 @@ def federated_phase(config: Config | str, phase: str, run_key: str, mlflow_run_i
     rounds = dict(plan)[phase]
     run = runstate.run_dir(cfg, run_key)
     run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
-    fed = federation(cfg, ensure_targets(cfg, run_key), client_uris)
+    fed = federation(cfg, ensure_targets(cfg, run_key, targets_in), client_uris)
     log.info("[Server] %s: %d rounds x %d clients in one task (run folder %s)", phase, rounds,
              len(fed.clients), run)
     synthetic = (_synthetic_source(run, len(fed.clients), synthetic_uris)
                  if phase in ("run2", "sample") else None)
     with tracking.system_metrics(cfg, run_id, phase):
         state, history = run_phase(fed, phase, rounds, phase_plan_steps(plan, phase),
-                                   phase_start(cfg, fed, plan, phase, run), run, synthetic,
+                                   phase_start(cfg, fed, plan, phase, run, run1_adapter), run,
+                                   synthetic,
                                    lambda m, step: tracking.log_metrics(cfg, run_id, m, step))
     if adapter_out:
         storage.save_tensors(adapter_out, state, {"round": rounds, "phase": phase})
@@ -313,7 +322,8 @@ def federated_phase(config: Config | str, phase: str, run_key: str, mlflow_run_i
 
 
 def federated_phase_task(config: Config | str, phase: str, run_key: str, mlflow_run_id: str,
-                         adapter, metrics, conditions, embeddings, synthetic=None) -> float:
+                         adapter, metrics, conditions, embeddings, targets, synthetic=None,
+                         start=None) -> float:
     """The body of the phase task (KFP artifacts in and out): its final accuracy. Run 1's class
     conditions (every client, every round) go into the `conditions` artifact, which the
     generator tasks read; other phases leave it an empty folder."""
@@ -322,7 +332,8 @@ def federated_phase_task(config: Config | str, phase: str, run_key: str, mlflow_
     result = federated_phase(
         cfg, phase, run_key, mlflow_run_id, adapter.path,
         by_client(embeddings, "embeddings", n),
-        by_client(synthetic, "synthetic samples", n) if synthetic is not None else None)
+        by_client(synthetic, "synthetic samples", n) if synthetic is not None else None,
+        targets.path, start.path if start is not None else "")
     metrics.log_metric("accuracy", result["accuracy"])
     os.makedirs(conditions.path, exist_ok=True)
     rounds = result["rounds"] if phase == "run1" else 0
