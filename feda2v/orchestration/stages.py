@@ -53,9 +53,7 @@ def publish_artifact(uri: str, path: str, metadata: dict, client_id: int, **fiel
     """Copy the file at `uri` into a KFP output artifact's local `path`, with its client id,
     sha256 and source in the artifact's metadata."""
     data = storage.read_bytes(uri)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
+    storage.write_bytes(path, data)
     metadata.update(fields, client_id=client_id, sha256=runstate.sha256(data),
                     source=config_mod.redact(uri))
 
@@ -340,10 +338,8 @@ def federated_phase_task(config: Config | str, phase: str, run_key: str, mlflow_
     run = runstate.run_dir(cfg, run_key)
     for i in range(n if rounds else 0):
         for r in range(1, rounds + 1):
-            local = runstate.conditions_uri(run, i, r, conditions.path)
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            with open(local, "wb") as f:
-                f.write(storage.read_bytes(runstate.conditions_uri(run, i, r)))
+            storage.write_bytes(runstate.conditions_uri(run, i, r, conditions.path),
+                                storage.read_bytes(runstate.conditions_uri(run, i, r)))
     conditions.metadata.update(phase=phase, clients=n if rounds else 0, rounds=rounds)
     return result["accuracy"]
 
