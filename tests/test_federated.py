@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import math
 import os
 
 import pytest
@@ -360,6 +361,22 @@ def test_posterior_sampling_keeps_an_unbalanced_client_on_class():
     # Measured: density 1.17 (training rows on the same held-out rows: 1.01); prior draws 2.15.
     assert 0.8 <= post["density"] <= 1.25 and post["coverage"] >= 0.9
     assert post["density"] < got["calibrated"]["density"] - 0.5
+    # The classes too small to calibrate alone share one temperature, calibrated on their rows
+    # pooled (density 1 there), rather than the median of the large classes' temperatures. Here
+    # the two small classes (12 rows) with three large ones cut to 8 rows; one more class cut to
+    # 2 rows is too small to take part and gets the pooled temperature.
+    cut = [r[:8] if i in (0, 2, 4) else r[:2] if i == 6 else r for i, r in enumerate(rows)]
+    small = [i for i, r in enumerate(cut)
+             if generator.CROSS_FOLDS <= len(r) < 2 * generator.MIN_CALIBRATION_ROWS]
+    assert small == [0, 2, 4, 5, 7], [len(r) for r in cut]
+    cal = generator.calibrate_temperature(vae, conditions, cut, 1,
+                                          posterior=Posterior.fit(vae, conditions, cut))
+    assert len({cal[i] for i in small}) == 1
+    t, d = cal[0]
+    assert cal[6][0] == t and math.isnan(cal[6][1])
+    alone = [cal[i][0] for i in (1, 3, 8, 9)]
+    assert len(set(alone)) == 4 and t not in alone
+    assert abs(d - 1) < 0.05
 
 
 def test_dp_sgd_generators_spend_the_configured_epsilon_and_resume_counting(tmp_path):

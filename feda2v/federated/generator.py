@@ -56,7 +56,11 @@ def train_generator(cfg: Config, model, opt, x: torch.Tensor, cond: torch.Tensor
 
 
 MIN_CALIBRATION_ROWS = 10  # below this, density on a class's rows is too noisy to steer by
-CROSS_SPLITS = 3  # random halvings of a class's rows when the posterior's fit is crossed
+# Crossed calibration: each class's rows split CROSS_REPEATS times at random into CROSS_FOLDS
+# parts. Each fold fits the latent Gaussian on all parts but one, as the final fit sees all the
+# rows, and measures density on the part it left out.
+CROSS_FOLDS = 3
+CROSS_REPEATS = 2
 
 
 def sampling_mode(cfg: Config) -> str:
@@ -93,59 +97,89 @@ def calibrate_temperature(vae, conditions: torch.Tensor, rows: list[torch.Tensor
     rather than crowding its centre (density > 1) or scattering (< 1). Density falls as the
     temperature grows; a geometric bisection finds it.
 
-    With a posterior the fit is crossed: the class's rows are halved (CROSS_SPLITS times, at
-    random), the latent Gaussian fitted on one half and the density measured on the other, both
-    ways; the temperature is where the mean density over these folds is 1. Measured on the rows
-    it was fitted to, a density of 1 would be well above 1 on unseen rows.
+    With a posterior the fit is crossed (CROSS_FOLDS-fold, CROSS_REPEATS times): the latent
+    Gaussian is fitted on the other folds and the density measured on the one left out; the
+    temperature is where the mean density over the folds is 1. Measured on the rows it was
+    fitted to, a density of 1 would be well above 1 on unseen rows. The classes with too few
+    rows to calibrate alone (under 2 x MIN_CALIBRATION_ROWS) share one temperature, calibrated
+    the same way on their rows pooled, when they hold that many together: borrowing the
+    temperature of the client's large classes left them crowded.
 
-    Returns (temperature, density) per class; a class with too few rows (MIN_CALIBRATION_ROWS,
-    twice that when crossed) takes the median temperature of the others (1.0 when none), with
-    density NaN. Uses only the client's training rows; the held-out rows stay for the quality
-    report."""
+    Returns (temperature, density) per class. A class of 1-2 rows takes the pooled temperature
+    with density NaN; a class calibrated neither way (under MIN_CALIBRATION_ROWS without a
+    posterior) takes the median temperature of the others (1.0 when none), density NaN. Uses
+    only the client's training rows; the held-out rows stay for the quality report."""
     from feda2v.evaluation.metrics import density_coverage
 
-    def bisect(density) -> float:
+    def bisect(density) -> tuple[float, float]:
         lo, hi = bounds
         for _ in range(steps):
             mid = (lo * hi) ** 0.5
             lo, hi = (mid, hi) if density(mid) > 1.0 else (lo, mid)
-        return (lo * hi) ** 0.5
+        t = (lo * hi) ** 0.5
+        return t, density(t)
 
-    out: list[tuple[float, float] | None] = []
-    for i, r in enumerate(rows):
-        cond = conditions[i:i + 1]
-        if posterior is None:
-            if len(r) < MIN_CALIBRATION_ROWS:
-                out.append(None)
-                continue
+    out: list[tuple[float, float] | None] = [None] * len(rows)
+    if posterior is None:
+        for i, r in enumerate(rows):
+            if len(r) >= MIN_CALIBRATION_ROWS:
+                def density(t: float, i=i, r=r) -> float:
+                    s = sample_per_class(vae, conditions[i:i + 1], len(r), seed + i, t)[0].cpu()
+                    return density_coverage(r.cpu(), s, k=5)[0]
 
-            def density(t: float, i=i, r=r, cond=cond) -> float:
-                s = sample_per_class(vae, cond, len(r), seed + i, t)[0].cpu()
-                return density_coverage(r.cpu(), s, k=5)[0]
-
-            t = bisect(density)
-            out.append((t, density(t)))
-            continue
-        if len(r) < 2 * MIN_CALIBRATION_ROWS:
-            out.append(None)
-            continue
-        folds = []
-        for split in range(CROSS_SPLITS):
-            gen = torch.Generator().manual_seed(seed + 1000 * split + i)
-            perm = torch.randperm(len(r), generator=gen)
-            halves = (r[perm[: len(r) // 2]], r[perm[len(r) // 2:]])
-            folds += [(posterior.refit(vae, conditions[i], a), b) for a, b in (halves, halves[::-1])]
-
-        def density(t: float, i=i, folds=folds, cond=cond) -> float:
-            return sum(density_coverage(b.cpu(), sample_per_class(
-                vae, cond, len(b), seed + i + 7 * k, t, one)[0].cpu(), k=5)[0]
-                       for k, (one, b) in enumerate(folds)) / len(folds)
-
-        t = bisect(density)
-        out.append((t, density(t)))
+                out[i] = bisect(density)
+    else:
+        alone = [i for i, r in enumerate(rows) if len(r) >= 2 * MIN_CALIBRATION_ROWS]
+        for i in alone:
+            folds = _crossed_folds(vae, conditions, rows, [i], posterior, seed)
+            out[i] = bisect(lambda t, folds=folds: _crossed_density(vae, conditions, folds,
+                                                                   seed, t))
+        pooled = [i for i, r in enumerate(rows) if i not in alone and len(r) >= CROSS_FOLDS]
+        if sum(len(rows[i]) for i in pooled) >= 2 * MIN_CALIBRATION_ROWS:
+            folds = _crossed_folds(vae, conditions, rows, pooled, posterior, seed)
+            found = bisect(lambda t: _crossed_density(vae, conditions, folds, seed, t))
+            for i in pooled:
+                out[i] = found
+            for i in range(len(rows)):  # 1-2 rows: too few to split, small all the same
+                if out[i] is None:
+                    out[i] = (found[0], float("nan"))
     done = sorted(t for t, _ in filter(None, out))
     fallback = done[len(done) // 2] if done else 1.0
     return [o or (fallback, float("nan")) for o in out]
+
+
+def _crossed_folds(vae, conditions: torch.Tensor, rows: list[torch.Tensor], classes: list[int],
+                   posterior: Posterior, seed: int) -> list[list[tuple[int, Posterior, torch.Tensor]]]:
+    """CROSS_REPEATS x CROSS_FOLDS folds; a fold holds, for each class of `classes`, (class,
+    latent Gaussian fitted on its other folds, the rows of this fold)."""
+    folds = []
+    for repeat in range(CROSS_REPEATS):
+        parts = {i: torch.tensor_split(torch.randperm(
+            len(rows[i]), generator=torch.Generator().manual_seed(seed + 1000 * repeat + i)),
+            CROSS_FOLDS) for i in classes}
+        for j in range(CROSS_FOLDS):
+            fold = []
+            for i in classes:
+                fitted = torch.ones(len(rows[i]), dtype=torch.bool)
+                fitted[parts[i][j]] = False
+                fold.append((i, posterior.refit(vae, conditions[i], rows[i][fitted]),
+                             rows[i][parts[i][j]]))
+            folds.append(fold)
+    return folds
+
+
+def _crossed_density(vae, conditions: torch.Tensor, folds, seed: int, t: float) -> float:
+    """Mean over the folds of the density of samples at temperature t (as many of each class as
+    the fold leaves out of its fit) on the rows the fold left out, pooled over its classes."""
+    from feda2v.evaluation.metrics import density_coverage
+
+    total = 0.0
+    for k, fold in enumerate(folds):
+        held = torch.cat([r for _, _, r in fold]).cpu()
+        samples = torch.cat([sample_per_class(vae, conditions[i:i + 1], len(r), seed + i + 7 * k,
+                                              t, one)[0].cpu() for i, one, r in fold])
+        total += density_coverage(held, samples, k=min(5, len(held) - 1))[0]
+    return total / len(folds)
 
 
 def checkpoint_dict(cfg: Config, vae, opt, client_id: int, round_num: int,
