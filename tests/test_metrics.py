@@ -403,3 +403,17 @@ def test_quality_report_errors():
     with pytest.raises(ValueError, match="overall"):
         m.quality_report(syn, syn_labels, real, real_labels, holdout, holdout_labels,
                          ["overall", "rain", "siren", "rooster"])
+
+
+def test_real_rows_spread_1_against_a_few_held_out_rows(digits):
+    """Against 8 held-out rows of a class (the demo data's count), fresh real rows of the class
+    score a spread of about 1: the held-out rows are measured to the mean of the others, as the
+    samples are to a mean they took no part in (to the full mean, real data scored 8/7)."""
+    x, y, *_ = digits
+    ratios = []
+    for c in range(10):
+        rows = x[y == c]
+        for start in range(0, 48, 8):
+            ratios.append(m.spread_ratio(rows[60:], rows[start:start + 8]))
+    mean = sum(ratios) / len(ratios)
+    assert 0.95 <= mean <= 1.05, mean

@@ -23,7 +23,7 @@ COSINE_HEALTH_THRESHOLD = 0.7
 # Verdicts, calibrated by controls on scikit-learn's digits (tests/test_metrics.py): held-out
 # real rows score memorisation 1.0, spread 1.0, consistency equal to the real rows'; copies of
 # training rows score memorisation 0.0 (near-copies at 0.1 / 0.3 of the feature sd: 0.17 /
-# 0.51); the class mean spread 0.21; uniform noise consistency 0.1 of the real rows'.
+# 0.51); the class mean spread 0.20; uniform noise consistency 0.1 of the real rows'.
 MEMORISATION_THRESHOLD = 0.5  # below: samples sit twice as close to training rows as fresh data
 SPREAD_RANGE = (0.5, 2.0)     # outside: collapsed onto the class centre, or scattered
 CONSISTENCY_SHARE = 0.8       # below this share of the real rows' consistency: off-class samples
@@ -183,14 +183,20 @@ def memorisation_ratio(synthetic: torch.Tensor, train: torch.Tensor,
 
 
 def spread_ratio(synthetic: torch.Tensor, reference: torch.Tensor) -> float:
-    """median_j ||s_j - mean(ref)|| / median_i ||r_i - mean(ref)||: about 1 when the synthetic
-    samples spread around the class as real ones do; near 0 for a generator collapsed onto the
-    class centre; well above 1 for scattered samples. Needs 2 reference samples."""
+    """median_j ||s_j - mean(ref)|| / median_i ||r_i - mean(ref without r_i)||: about 1 when the
+    synthetic samples spread around the class as real ones do; near 0 for a generator collapsed
+    onto the class centre; well above 1 for scattered samples. Needs 2 reference samples.
+
+    Each reference row is measured to the mean of the others, as a synthetic sample is to a
+    mean it took no part in: to the full mean, the rows would sit n/(n-1) times closer (a
+    distance to the mean of the others is exactly n/(n-1) times the one to the full mean), and
+    real data would score 8/7 with the 8 held-out clips of a class of the demo data."""
     syn, ref = _pair(synthetic, reference, ("synthetic", "reference"))
-    if len(syn) == 0 or len(ref) < 2:
+    n = len(ref)
+    if len(syn) == 0 or n < 2:
         raise ValueError("spread_ratio needs a synthetic sample and 2 reference samples")
     centre = ref.mean(0, keepdim=True)
-    scale = _median((ref - centre).norm(dim=1))
+    scale = _median((ref - centre).norm(dim=1)) * n / (n - 1)
     if scale == 0.0:
         raise ValueError("spread_ratio: the reference samples are all equal")
     return _median((syn - centre).norm(dim=1)) / scale
