@@ -1,4 +1,5 @@
-"""Generator training throughput (samples/s): batched vs a batch-size-1 loop like the original.
+"""Generator training throughput (samples/s): batched vs a batch-size-1 loop like the original;
+and the time a client spends calibrating its posterior sampling before Run 2.
 
 Same data, same epochs, the seed's VAE dimensions (4 x 768 AST tokens, 768-d CLIP condition,
 hidden 1024, latent 256). The original system trained the VAE one sample at a time.
@@ -28,6 +29,24 @@ def throughput(cfg: config_mod.Config, x: torch.Tensor, cond: torch.Tensor, batc
     return len(x) * cfg.feda2v.generator_training_epochs / (time.perf_counter() - start)
 
 
+def calibration_seconds(cfg: config_mod.Config, counts: list[int]) -> float:
+    """Posterior fit plus temperature calibration of one client with `counts` rows per class
+    (an untrained VAE: the work per bisection step does not depend on the weights)."""
+    from feda2v.federated.generators.vae import Posterior
+
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randn(n, 4, 768, generator=g) for n in counts]
+    conditions = torch.randn(len(counts), 768, generator=g)
+    torch.manual_seed(0)
+    vae = generator.new_generator(cfg, 4, 768, 768)
+    vae.fit_standardisation(torch.cat(rows))
+    vae.eval()
+    start = time.perf_counter()
+    post = Posterior.fit(vae, conditions, rows)
+    generator.calibrate_temperature(vae, conditions, rows, 0, posterior=post)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=320)
@@ -46,6 +65,10 @@ def main() -> None:
     print(f"  batch size   1 (original): {single:8.1f} samples/s")
     for b, rate in batched.items():
         print(f"  batch size {b:>3}           : {rate:8.1f} samples/s  ({rate / single:5.1f}x)")
+    print("\nPosterior sampling calibration per client (seed dims)")
+    for label, counts in (("5 classes x 32 rows (each alone)", [32] * 5),
+                          ("10 classes x 8 rows (pooled)", [8] * 10)):
+        print(f"  {label:34}: {calibration_seconds(cfg, counts):6.1f} s")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,15 @@ def test_scripts_and_benchmarks_import_what_exists():
                 for alias in node.names:
                     assert hasattr(module, alias.name) or importlib.util.find_spec(
                         f"{node.module}.{alias.name}"), f"{path.name}: {node.module}.{alias.name}"
+
+
+def test_the_calibration_benchmark_runs_both_cases():
+    """bench/generator.py times the posterior-sampling calibration (make bench, figures in the
+    README); its two cases, one class alone and small classes pooled, must keep running."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_generator", ROOT / "bench" / "generator.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = config_mod.validate({"feda2v": {"generator_hidden_dim": 64, "generator_latent_dim": 8}})
+    assert bench.calibration_seconds(cfg, [24, 8, 8, 8]) > 0
