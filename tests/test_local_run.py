@@ -270,6 +270,65 @@ def test_a_killed_run_leaves_no_task_and_no_running_mlflow_run(make_config, tmp_
 
 
 @pytest.mark.slow
+def test_a_run_stopped_inside_a_client_loop_ends_without_waiting_for_its_tasks(make_config,
+                                                                              tmp_path):
+    """SIGTERM while the generator tasks of a ParallelFor train (for minutes): kfp.local would
+    let them finish before the signal's exception left the loop; the run ends in seconds."""
+    cfg = make_config(global_rounds=1, feda2v={"generator_training_mode": True,
+                                               "generator_training_rounds": 1,
+                                               "generator_training_epochs": 200000})
+    path = _write(cfg, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "feda2v.cli", "run", "--config", path,
+                             "--pipeline", "run1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:  # wait until both clients' generator tasks train
+            if "Epoch 10/200000" in line or time.monotonic() > deadline:
+                break
+        assert _task_processes(proc.pid), "no task was running"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert not _task_processes(proc.pid)
+    client, runs = _runs(cfg)
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+
+
+def test_parallel_tasks_leave_print_alone():
+    """kfp.local swaps builtins.print around each task; two tasks in parallel interleave the
+    swaps and leave a wrapper behind (one more per task, until printing is the run's work).
+    Inside feda2v's local runs print stays as it is."""
+    import builtins
+
+    from kfp.local import logging_utils
+
+    from feda2v.orchestration import local_run
+
+    real, kfp_indent = builtins.print, logging_utils.indented_print
+
+    def two_tasks():
+        a, b = logging_utils.indented_print(), logging_utils.indented_print()
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)
+
+    try:
+        two_tasks()
+        assert builtins.print is not real  # the leak, as kfp.local does it
+    finally:
+        builtins.print = real
+    with local_run._plain_task_print():
+        two_tasks()
+        assert builtins.print is real
+    assert logging_utils.indented_print is kfp_indent
+
+
+@pytest.mark.slow
 def test_two_concurrent_runs_on_one_storage_root_stay_apart(make_config, tmp_path):
     cfg = make_config(feda2v={"generator_training_mode": True, "generator_save_every": 1})
     path = _write(cfg, tmp_path)

@@ -7,7 +7,6 @@ results table and where everything was written.
 
 from __future__ import annotations
 
-import builtins
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 
 from feda2v.evaluation import report
@@ -152,6 +151,28 @@ _watchdog_pid = -1
 
 class Stopped(BaseException):
     """SIGTERM (or SIGINT) reached `feda2v run`."""
+
+
+def _stop_tasks_until(unwound: threading.Event) -> None:
+    while not unwound.is_set():
+        stop_descendants(grace_s=2.0)
+        unwound.wait(0.2)
+
+
+@contextmanager
+def _plain_task_print():
+    """kfp.local indents each task's output by swapping builtins.print for a wrapper around the
+    task. With tasks in parallel the swaps interleave and leave wrappers behind, one more layer
+    per task, until a long round-execution run spends its time printing (and a stopped run
+    waits on that). Task output goes to the log file here: leave print alone."""
+    from kfp.local import logging_utils
+
+    original = logging_utils.indented_print
+    logging_utils.indented_print = lambda num_spaces=4: nullcontext()
+    try:
+        yield
+    finally:
+        logging_utils.indented_print = original
 
 
 def _start_watchdog(cfg: Config, run_id: str):
@@ -357,15 +378,17 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
     start = time.monotonic()
     failure, status = None, "FINISHED"
 
+    unwound = threading.Event()
+
     def stop(signum, frame):
+        # kfp.local lets every running and queued task of a ParallelFor finish before an
+        # exception leaves it: end each task process as it starts until the call has unwound.
+        threading.Thread(target=_stop_tasks_until, args=(unwound,), daemon=True).start()
         raise Stopped(signal.Signals(signum).name)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    # kfp.local indents task output by patching builtins.print; with parallel tasks its
-    # save/restore can interleave and leave a patched print behind, so keep the real one.
-    real_print = builtins.print
     try:
-        with _filtered_output(log_path), warnings.catch_warnings():
+        with _filtered_output(log_path), _plain_task_print(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 pipeline(mlflow_run_id=run_id)
@@ -374,7 +397,7 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
             except Exception as e:  # noqa: BLE001 - kfp.local raises on the first failed task
                 failure, status = e, "FAILED"
             finally:
-                builtins.print = real_print
+                unwound.set()
                 if failure is not None:
                     stop_descendants()
                     if runner == "docker":
