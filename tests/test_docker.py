@@ -108,7 +108,9 @@ def parse_dockerfile(path: Path) -> list[Stage]:
             key, sep, value = inst.args.partition("=")
             stage = stages[-1]
             # `ARG NAME` inside a stage imports the global default declared before FROM
-            stage.args[key] = value.strip("\"'") if sep else global_args.get(key, "")
+            # (a default may use the stage's earlier ARGs, as Docker expands it)
+            stage.args[key] = (_substitute(value.strip("\"'"), stage.args) if sep
+                               else global_args.get(key, ""))
             stage.instructions.append(inst)
         else:
             assert stages, f"{path.name}:{inst.line}: {inst.keyword} before the first FROM"
@@ -417,14 +419,20 @@ def _plain_lines(kind: str) -> list[str]:
 
 def test_the_cuda_image_is_the_cpu_image_with_another_torch():
     """Built from the same stages, base and Python, so that what make test-images proves of the
-    CPU image holds for the CUDA one: only the torch build and the NVIDIA settings differ."""
+    CPU image holds for the CUDA one: only the torch build and the NVIDIA settings differ. The
+    CUDA build is three build arguments (TORCH_CUDA, its requirement label TORCH_LOCAL, empty for
+    PyPI's unlabelled CUDA build, and TORCH_CUDA_VERSION for the driver check)."""
     cpu, cuda = _plain_lines("cpu"), _plain_lines("cuda")
-    flavour = [line.replace("${TORCH_CUDA}", "cpu").replace("whl/cu126", "whl/cpu")
+    cuda_only = ("ARG TORCH_CUDA=", "ARG TORCH_LOCAL=", "ARG TORCH_CUDA_VERSION=")
+    flavour = [line.replace("${TORCH_LOCAL}", "+cpu").replace("${TORCH_CUDA}", "cpu")
+               .replace("whl/cu126", "whl/cpu")
                .replace(" NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility"
-                        ' NVIDIA_REQUIRE_CUDA="cuda>=12.6"', "")
+                        ' NVIDIA_REQUIRE_CUDA="cuda>=${TORCH_CUDA_VERSION}"', "")
                .replace("FEDA2V_PASSTHROUGH=1 \\", "FEDA2V_PASSTHROUGH=1")
-               for line in cuda if not line.startswith("ARG TORCH_CUDA=")]
+               for line in cuda if not line.startswith(cuda_only)]
     assert flavour == cpu
+    _, final = builder_and_final(parse_dockerfile(DOCKERFILES["cuda"]))
+    assert final.env()["NVIDIA_REQUIRE_CUDA"] == "cuda>=12.6", "cu126 needs CUDA 12.6 drivers"
 
 
 def test_no_build_tools_in_the_final_stage(image):
