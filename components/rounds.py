@@ -1,7 +1,9 @@
 """Round execution (silo mode): the tasks of one client round and one server round. No
-docstrings or comments in the bodies: KFP copies them into the YAML once per unrolled round.
-The per-round tasks take the config as it is: the first tasks (class targets, extraction,
-initial adapter) already checked it against the compiled DAG."""
+docstrings or comments in the per-round bodies: KFP copies them into the YAML once per unrolled
+round. The round tasks resolve their config as every task does (runtime.resolve), with the
+compiled values, the run form's settings and the run key that init_adapter put into the global
+adapter's metadata and every server round passes on (stages.round_context): as task inputs
+they would grow the YAML by a kilobyte a round."""
 
 from typing import Optional
 
@@ -20,16 +22,18 @@ def class_targets(data_config: str, targets: Output[Dataset]) -> int:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def init_adapter(config_json: str, compiled: str, client_data_uris: list[str],
-                 targets: Input[Dataset], adapter: Output[Model]) -> int:
-    from feda2v.orchestration import runtime, stages
+def init_adapter(config_json: str, compiled: str, settings: dict, run_key: str,
+                 client_data_uris: list[str], targets: Input[Dataset],
+                 adapter: Output[Model]) -> int:
+    """The initial global adapter; its metadata holds what the round tasks resolve with."""
+    from feda2v.orchestration import stages
 
-    return stages.init_adapter(runtime.resolve(config_json, compiled), client_data_uris,
-                               targets.path, adapter.path)["parameters"]
+    return stages.init_adapter_task(config_json, compiled, settings, run_key, client_data_uris,
+                                    targets, adapter)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def client_round(config_json: str, client_id: int, round_num: int, phase: str, run_key: str,
+def client_round(config_json: str, client_id: int, round_num: int, phase: str,
                  global_adapter: Input[Model], targets: Input[Dataset],
                  update: Output[Artifact]) -> float:
     a = dict(locals())
@@ -38,7 +42,7 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str, r
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def server_round(config_json: str, round_num: int, phase: str, run_key: str,
+def server_round(config_json: str, round_num: int, phase: str,
                  updates: Input[list[Artifact]], previous: Input[Model], targets: Input[Dataset],
                  mlflow_run_id: str, adapter: Output[Model], metrics: Output[Metrics],
                  ready: Optional[list] = None) -> float:  # noqa: UP045 - KFP reads it

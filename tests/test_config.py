@@ -160,3 +160,69 @@ def test_the_config_is_one_typed_object_parsed_once():
             assert f.metadata["key"] is spec
             origin = typing.get_origin(hints[f.name]) or hints[f.name]
             assert type(spec.default) is origin, f"{where}{f.name}: {hints[f.name]}"
+
+
+# --- the run form's typed settings, as runtime.resolve applies them --------------------------
+
+RUN_FORM = {"seed": "7.0", "storage_root": "s3://bucket/other-root",
+            "dataset_uri": "s3://bucket/esc50", "batch_size": "32.0"}
+
+
+@pytest.mark.parametrize("execution", ["phase", "round"])
+def test_resolve_applies_seed_storage_root_dataset_and_batch_size(execution):
+    """KFP hands a dict parameter's values over as strings: each takes its key's type, in
+    either execution (round execution compiles rounds and clients, not these)."""
+    from feda2v.orchestration import runtime
+
+    cfg = config_mod.validate({"execution": execution, "pipeline": "run1", "seed": 3})
+    compiled = runtime.compiled_values(cfg)
+    got = runtime.resolve(cfg.to_json(), compiled, settings=RUN_FORM)
+    assert (got.seed, got.storage_root, got.data.dataset_uri, got.batch_size) == (
+        7, "s3://bucket/other-root", "s3://bucket/esc50", 32)
+    # The form's value is the compiled one: an edit of config_json alone takes effect.
+    unchanged = {"seed": "3", "batch_size": str(float(cfg.batch_size)),
+                 "storage_root": cfg.storage_root, "dataset_uri": cfg.data.dataset_uri}
+    edited = cfg.replace(seed=5, data={"dataset_uri": "/data/mine"})
+    got = runtime.resolve(edited.to_json(), compiled, settings=unchanged)
+    assert (got.seed, got.data.dataset_uri) == (5, "/data/mine")
+
+
+@pytest.mark.parametrize("name, key, edit", [
+    ("seed", "seed", {"seed": 5}),
+    ("storage_root", "storage_root", {"storage_root": "/elsewhere"}),
+    ("dataset_uri", "data.dataset_uri", {"data": {"dataset_uri": "/data/mine"}}),
+    ("batch_size", "batch_size", {"batch_size": 4}),
+])
+@pytest.mark.parametrize("execution", ["phase", "round"])
+def test_resolve_refuses_a_key_set_two_ways_by_name(name, key, edit, execution):
+    from feda2v.orchestration import runtime
+
+    cfg = config_mod.validate({"execution": execution, "pipeline": "run1"})
+    compiled = runtime.compiled_values(cfg)
+    with pytest.raises(ConfigError, match=rf"'{key}' is .* in config_json but .* in the "
+                                          rf"run-time parameter {name}; set one of them"):
+        runtime.resolve(cfg.replace(**edit).to_json(), compiled, settings={name: RUN_FORM[name]})
+
+
+def test_resolve_refuses_bad_run_time_settings_by_name():
+    from feda2v.orchestration import runtime
+
+    cfg = config_mod.validate({"pipeline": "run1"})
+    compiled = runtime.compiled_values(cfg)
+    for settings, match in (({"batch_size": "0"}, "batch_size"),
+                            ({"seed": "many"}, "run-time parameter 'seed'"),
+                            ({"storage_root": ""}, "storage_root"),
+                            ({"dataset_uri": "s3://user:pw@host/esc50"},
+                             "'dataset_uri': it contains credentials")):
+        with pytest.raises(ConfigError, match=match):
+            runtime.resolve(cfg.to_json(), compiled, settings=settings)
+
+
+def test_every_run_form_has_the_common_settings():
+    from feda2v.orchestration import runtime
+
+    for phases in (["fedavg"], ["run1"], ["run2"], ["run1", "run2"]):
+        names = runtime.form_settings(phases)
+        assert set(runtime.COMMON_SETTINGS) <= set(names) <= set(runtime.SETTINGS)
+    assert runtime.SETTINGS["dataset_uri"] == "data.dataset_uri"
+    assert {"seed", "storage_root", "dataset_uri", "batch_size"} <= set(runtime.COMMON_SETTINGS)

@@ -152,7 +152,7 @@ def test_the_run_form_offers_the_settings_its_phases_use(make_config, tmp_path):
         "description"]
     fedavg = form("run1", use_generator=False, generator_training_mode=False)
     assert set(fedavg) - {"config_json", "mlflow_run_id", "global_rounds", "client_ids"} == {
-        "local_epochs", "learning_rate"}
+        "local_epochs", "learning_rate", *runtime.COMMON_SETTINGS}
 
 
 def test_clients_are_a_run_time_parameter_in_phase_execution():

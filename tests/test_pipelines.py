@@ -6,6 +6,7 @@ from kfp import compiler
 
 import pipelines
 from feda2v.io import config as config_mod
+from feda2v.orchestration import runtime
 
 
 def _compile(cfg, kind, tmp_path, options=None):
@@ -84,7 +85,9 @@ def test_round_execution_unrolls_rounds_and_fans_out_clients(make_config, tmp_pa
              for t in c.get("dag", {}).get("tasks", {}).values() if "parameterIterator" in t]
     assert len(loops) == 1 + 3  # extraction + one client fan-out per round
     assert all(json.loads(t["parameterIterator"]["items"]["raw"]) == [0, 1] for t in loops)
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config_json", "mlflow_run_id"}
+    # Rounds and clients are unrolled (compiled); the settings are typed run-time parameters.
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
+        "config_json", "mlflow_run_id", *runtime.form_settings(["run1"])}
     e2e, _ = _compile(make_config(global_rounds=2, execution="round",
                                   feda2v={"generator_training_rounds": 3}), "end_to_end", tmp_path)
     assert _phases(e2e, "server-round") == ["run1"] * 3 + ["run2"] * 2
@@ -147,9 +150,11 @@ def test_ablations_fan_out_one_task_per_variant(make_config, tmp_path):
     assert spec["root"]["dag"]["tasks"]["ablation-finish"]["triggerPolicy"]["strategy"] == (
         "ALL_UPSTREAM_TASKS_COMPLETED")
     group = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    loops = [t for t in group.values() if "parameterIterator" in t]
-    items = [json.loads(t["parameterIterator"]["items"]["raw"]) for t in loops]
-    assert [0, 1] in items and list(VARIANTS) in items and len(items) == 2
+    loops = [t["parameterIterator"]["items"] for t in group.values() if "parameterIterator" in t]
+    # Clients: the typed client_ids of the run form; variants: compiled.
+    items = [json.loads(i["raw"]) if "raw" in i else i["inputParameter"] for i in loops]
+    assert "pipelinechannel--client_ids" in items and list(VARIANTS) in items
+    assert len(items) == 2
     assert {"ablation-parent", "ablation-report"} <= set(group)
 
 
@@ -360,3 +365,209 @@ def test_phase_tasks_map_collected_artifacts_by_client():
         stages.by_client([art(0, "a")], "embeddings", 2)
     with pytest.raises(ValueError, match="two embeddings artifacts for client 0"):
         stages.by_client([art(0, "a"), art(0, "b")], "embeddings", 2)
+
+
+# --- the run form and the task names the KFP UI shows ---------------------------------------
+
+FORMS = [("run1", "phase"), ("run1", "round"), ("run2", "phase"), ("run2", "round"),
+         ("end_to_end", "phase"), ("end_to_end", "round"), ("ablations", "phase")]
+
+
+def _form_config():
+    """Values that differ from every key's default: the form must show the compiled ones."""
+    return config_mod.validate({
+        "global_rounds": 3, "seed": 7, "batch_size": 8, "storage_root": "s3://bucket/root",
+        "local_epochs": 2, "learning_rate": 0.005,
+        "data": {"dataset_uri": "s3://bucket/esc50", "partition": "iid", "num_clients": 3},
+        "feda2v": {"generator_training_rounds": 2, "generator_type": "gan",
+                   "generator_training_epochs": 4, "generator_learning_rate": 0.002,
+                   "synthetic_samples_per_class": 6}})
+
+
+@pytest.mark.parametrize("kind, execution", FORMS)
+def test_every_pipeline_has_a_typed_run_form_with_the_compiled_defaults(tmp_path, kind,
+                                                                        execution):
+    cfg = _form_config()
+    spec, _ = _compile(cfg.replace(execution=execution), kind, tmp_path)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    phases = ["run1", "run2"] if kind in ("end_to_end", "ablations") else [kind]
+    settings = runtime.form_settings(phases)
+    assert {"seed", "storage_root", "dataset_uri", "batch_size"} <= set(settings)
+    run_time_counts = {"global_rounds": 3, "client_ids": [0, 1, 2]}
+    if phases == ["run1", "run2"]:
+        run_time_counts["generator_training_rounds"] = 2
+    expected = {"config_json", "mlflow_run_id", *settings}
+    if execution == "phase":  # rounds and clients are unrolled in round execution
+        expected |= set(run_time_counts)
+    assert set(params) == expected
+    types = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", str: "STRING"}
+    for name in settings:
+        key = runtime.SETTINGS[name]
+        value = runtime.config_value(cfg, key)
+        assert params[name]["defaultValue"] == value, name
+        assert params[name]["parameterType"] == types[type(value)], name
+        doc = config_mod.key_spec(key).doc
+        assert params[name]["description"] == f"{doc} ({key})", name  # the form's help
+    assert params["seed"]["defaultValue"] == 7
+    assert params["storage_root"]["defaultValue"] == "s3://bucket/root"
+    assert params["dataset_uri"]["defaultValue"] == "s3://bucket/esc50"
+    assert params["batch_size"]["defaultValue"] == 8
+    if execution == "phase":
+        for name, value in run_time_counts.items():
+            assert params[name]["defaultValue"] == value and params[name]["description"], name
+    assert "typed run-time parameters" in params["config_json"]["description"]
+
+
+def _all_tasks(spec):
+    """(task key, task) over the root DAG and every sub-DAG."""
+    for comp in [spec["root"], *spec["components"].values()]:
+        yield from comp.get("dag", {}).get("tasks", {}).items()
+
+
+@pytest.mark.parametrize("kind, execution", FORMS)
+def test_every_task_that_reads_the_config_gets_the_run_forms_settings(tmp_path, kind,
+                                                                      execution):
+    """Every task given config_json is also given the settings dict, built from the form's
+    typed fields; the round tasks read them from the global adapter their init-adapter or
+    server-round task wrote (its metadata), so each round task's adapter comes from one."""
+    spec, _ = _compile(_form_config().replace(execution=execution), kind, tmp_path)
+    settings = runtime.form_settings(["run1", "run2"] if kind in ("end_to_end", "ablations")
+                                     else [kind])
+    seen, rounds = set(), 0
+    for name, task in _all_tasks(spec):
+        params = task.get("inputs", {}).get("parameters", {})
+        component = task["componentRef"]["name"].removeprefix("comp-").rstrip("-0123456789")
+        if "config_json" not in params:
+            continue
+        seen.add(component)
+        if component in ("client-round", "server-round"):
+            rounds += 1
+            edge = task["inputs"]["artifacts"]["global_adapter" if component == "client-round"
+                                               else "previous"]
+            producer = edge.get("taskOutputArtifact", {}).get("producerTask") or edge[
+                "componentInputArtifact"].removeprefix("pipelinechannel--")
+            assert producer.startswith(("init-adapter", "server-round")), name
+            continue
+        value = params["settings"]["runtimeValue"]["constant"]
+        assert set(value) == set(settings), name
+        for field, placeholder in value.items():  # each the pipeline parameter of that name
+            assert placeholder == f"{{{{$.inputs.parameters['pipelinechannel--{field}']}}}}"
+    assert {"data-config", "finish-run" if kind != "ablations" else "ablation-finish"} <= seen
+    if execution == "round" and kind != "ablations":
+        assert rounds == 2 * (3 + (2 if kind == "end_to_end" else 0))
+        assert {"init-adapter", "client-round", "server-round"} <= seen
+
+
+def test_phase_tasks_are_named_by_their_phase(make_config, tmp_path):
+    """The KFP UI shows taskInfo.name: run1 and run2 (fedavg without generators), not
+    federated-phase and federated-phase-2; round tasks show their phase and round."""
+
+    def names(spec, component):
+        return sorted(t["taskInfo"]["name"] for n, t in _all_tasks(spec)
+                      if t["componentRef"]["name"].removeprefix("comp-").rstrip("-0123456789")
+                      == component)
+
+    spec, _ = _compile(make_config(), "end_to_end", tmp_path)
+    assert names(spec, "federated-phase") == ["run1", "run2"]
+    fedavg = make_config(feda2v={"use_generator": False})
+    assert names(_compile(fedavg, "run1", tmp_path)[0], "federated-phase") == ["fedavg"]
+    rounds, _ = _compile(make_config(global_rounds=2, execution="round",
+                                     feda2v={"generator_training_rounds": 1}), "end_to_end",
+                         tmp_path)
+    assert names(rounds, "client-round") == ["client-run1-round-1", "client-run2-round-1",
+                                             "client-run2-round-2"]
+    assert names(rounds, "server-round") == ["server-run1-round-1", "server-run2-round-1",
+                                             "server-run2-round-2"]
+
+
+def test_run_time_settings_reach_the_round_execution_tasks(tmp_path, monkeypatch):
+    """In process, through the components' own functions: init-adapter resolves the config
+    with the form's settings and hands them (with the compiled values and the run key) on in
+    the adapter's metadata; a client round and a server round resolve with them, and the
+    server's adapter carries them to the next round. A conflicting config_json fails there."""
+    from kfp.dsl import Artifact, Dataset, Metrics, Model
+
+    import components
+    from feda2v.orchestration import stages
+
+    cfg = config_mod.validate({"execution": "round", "pipeline": "run1", "seed": 3,
+                               "data": {"partition": "iid", "num_clients": 2}})
+    compiled = runtime.compiled_values(cfg)
+    form = {"seed": "11.0", "batch_size": "4.0", "storage_root": str(tmp_path / "root"),
+            "dataset_uri": "s3://bucket/esc50", "local_epochs": "2.0"}
+    got = {}
+
+    def capture(stage, result):
+        def fake(config, *args, **kwargs):
+            got[stage] = (config, args)
+            return result
+        monkeypatch.setattr(stages, stage, fake)
+
+    capture("init_adapter", {"parameters": 5})
+    capture("client_round", {"adapter_loss": 0.5})
+    capture("server_round", {"accuracy": 0.25})
+
+    def art(cls, name):
+        return cls(uri=str(tmp_path / name), metadata={})
+
+    adapter = art(Model, "init")
+    assert components.init_adapter.python_func(
+        config_json=cfg.to_json(), compiled=compiled, settings=form, run_key="job-1",
+        client_data_uris=[], targets=art(Dataset, "t"), adapter=adapter) == 5
+    client = components.client_round.python_func(
+        config_json=cfg.to_json(), client_id=1, round_num=1, phase="run1",
+        global_adapter=adapter, targets=art(Dataset, "t"), update=art(Artifact, "u"))
+    assert client == 0.5
+    new = art(Model, "round1")
+    server = components.server_round.python_func(
+        config_json=cfg.to_json(), round_num=1, phase="run1", updates=[art(Artifact, "u")],
+        previous=adapter, targets=art(Dataset, "t"), mlflow_run_id="", adapter=new,
+        metrics=art(Metrics, "m"))
+    assert server == 0.25
+    for stage in ("init_adapter", "client_round", "server_round"):
+        resolved = got[stage][0]
+        assert (resolved.seed, resolved.batch_size, resolved.local_epochs) == (11, 4, 2), stage
+        assert resolved.storage_root == str(tmp_path / "root"), stage
+        assert resolved.data.dataset_uri == "s3://bucket/esc50", stage
+    assert got["client_round"][1][-1] == "job-1" and got["server_round"][1][-1] == "job-1"
+    assert new.metadata == adapter.metadata  # on to the next round
+    with pytest.raises(config_mod.ConfigError, match="'seed' is 5 in config_json but 11"):
+        components.client_round.python_func(
+            config_json=cfg.replace(seed=5).to_json(), client_id=0, round_num=2, phase="run1",
+            global_adapter=new, targets=art(Dataset, "t"), update=art(Artifact, "u"))
+
+
+def test_run_time_settings_reach_the_data_and_ablation_tasks(tmp_path, monkeypatch):
+    """The data stages' config (extraction's cache key) holds a seed, storage root and dataset
+    given at run time; an ablation variant runs with the form's values."""
+    import components
+    from feda2v.evaluation import experiment
+
+    cfg = config_mod.validate({"pipeline": "run1", "data": {"partition": "iid",
+                                                            "num_clients": 2}})
+    compiled = runtime.compiled_values(cfg)
+    form = {"seed": "11", "storage_root": "s3://bucket/root", "dataset_uri": "/data/other",
+            "batch_size": "4"}
+    data = json.loads(components.data_config.python_func(
+        config_json=cfg.to_json(), compiled=compiled, client_ids=[0, 1], settings=form))
+    assert (data["seed"], data["storage_root"], data["data"]["dataset_uri"]) == (
+        11, "s3://bucket/root", "/data/other")
+    same = components.data_config.python_func(config_json=cfg.to_json(), compiled=compiled,
+                                              client_ids=[0, 1], settings={})
+    assert components.data_config.python_func(
+        config_json=cfg.to_json(), compiled=compiled, client_ids=[0, 1],
+        settings={"learning_rate": "0.5", "batch_size": "4"}) == same  # the cache key stands
+    from kfp.dsl import Dataset
+
+    seen = {}
+    monkeypatch.setattr(experiment, "run_variant_task",
+                        lambda config, variant, *a: seen.setdefault(variant, config) and {})
+    components.ablation_variant.python_func(
+        config_json=cfg.to_json(), compiled=compiled, global_rounds=4,
+        generator_training_rounds=1, client_ids=[0, 1, 2], settings=form, variant="fedavg",
+        targets=Dataset(uri=str(tmp_path / "t"), metadata={}), mlflow_run_id="", run_key="job")
+    got = seen["fedavg"]
+    assert (got.seed, got.storage_root, got.data.dataset_uri, got.batch_size) == (
+        11, "s3://bucket/root", "/data/other", 4)
+    assert (got.global_rounds, got.feda2v.generator_training_rounds) == (4, 1)
+    assert config_mod.num_clients(got) == 3

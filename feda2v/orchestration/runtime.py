@@ -19,13 +19,30 @@ COUNT_KEYS = ("global_rounds", "feda2v.generator_training_rounds", "clients")
 LOCAL_CORES_ENV = "FEDA2V_LOCAL_CORES"      # set by `feda2v run`: cores of this machine
 LOCAL_PARALLEL_ENV = "FEDA2V_LOCAL_PARALLEL"  # tasks kfp.local runs at once (its ParallelFor cap)
 PARENT_ENV = "FEDA2V_PARENT_PID"            # set by `feda2v run`: tasks exit when it is gone
-# The keys users change most, typed fields of the run form in phase execution (besides the
-# round counts and client_ids): run-time parameter name -> config key.
-SETTINGS = {"local_epochs": "local_epochs", "learning_rate": "learning_rate",
+# The keys users change most, typed fields of the run form of every pipeline kind and execution
+# (besides the round counts and client_ids where they are run-time): run-time parameter name ->
+# config key.
+SETTINGS = {"seed": "seed", "storage_root": "storage_root", "dataset_uri": "data.dataset_uri",
+            "batch_size": "batch_size",
+            "local_epochs": "local_epochs", "learning_rate": "learning_rate",
             "generator_training_epochs": "feda2v.generator_training_epochs",
             "generator_learning_rate": "feda2v.generator_learning_rate",
             "synthetic_samples_per_class": "feda2v.synthetic_samples_per_class",
             "generator_type": "feda2v.generator_type"}
+# The settings on every run form; the others only where a phase of the pipeline reads them.
+COMMON_SETTINGS = ("seed", "storage_root", "dataset_uri", "batch_size")
+PHASE_SETTINGS = {
+    "fedavg": COMMON_SETTINGS + ("local_epochs", "learning_rate"),
+    "run1": COMMON_SETTINGS + ("local_epochs", "learning_rate", "generator_type",
+                               "generator_training_epochs", "generator_learning_rate"),
+    "run2": COMMON_SETTINGS + ("local_epochs", "learning_rate", "generator_type",
+                               "synthetic_samples_per_class"),
+}
+
+
+def form_settings(phases) -> list[str]:
+    """The run form's settings (SETTINGS names) of a pipeline running `phases`, in form order."""
+    return list(dict.fromkeys(n for p in phases for n in PHASE_SETTINGS[p]))
 
 
 def plan(cfg: Config, kind: str | None = None) -> list[tuple[str, int]]:
@@ -41,7 +58,8 @@ def plan(cfg: Config, kind: str | None = None) -> list[tuple[str, int]]:
     return [(kind, cfg.global_rounds)]
 
 
-def _value(cfg: Config, key: str):
+def config_value(cfg: Config, key: str):
+    """The value of a dotted config key ('clients' and 'pipeline' as the DAG sees them)."""
     if key == "pipeline":
         return config_mod.pipeline_kind(cfg)
     if key == "clients":
@@ -58,40 +76,43 @@ def _set(cfg: Config, key: str, value) -> Config:
 def compiled_values(cfg: Config) -> str:
     """The structural values a pipeline is compiled with (a constant input of its tasks)."""
     keys = SHAPE_KEYS + COUNT_KEYS + tuple(SETTINGS.values())
-    return json.dumps({k: _value(cfg, k) for k in keys}, sort_keys=True)
+    return json.dumps({k: config_value(cfg, k) for k in keys}, sort_keys=True)
 
 
 def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
             generator_training_rounds: int | None = None,
             client_ids: list | None = None, settings: dict | None = None) -> Config:
     """The config a task runs with, parsed once: config_json plus the typed run-time
-    parameters, checked against what the DAG was compiled for. A structural key changed where
-    it cannot take effect fails here, naming the key and its compiled value."""
+    parameters (the round counts and client_ids in phase execution; the settings, SETTINGS
+    names, in every execution), checked against what the DAG was compiled for. A structural key
+    changed where it cannot take effect fails here, naming the key and its compiled value; so
+    does a key set to two different values in config_json and in its typed parameter."""
     cfg = config_mod.loads(config_json)
     built = json.loads(compiled)
     for key in SHAPE_KEYS:
-        if _value(cfg, key) != built[key]:
+        if config_value(cfg, key) != built[key]:
             raise config_mod.ConfigError(
-                f"'{key}' is {json.dumps(_value(cfg, key))} in config_json but the pipeline was "
-                f"compiled with {json.dumps(built[key])}: it decides which tasks exist; "
-                "compile the pipeline again (feda2v compile) to change it")
+                f"'{key}' is {json.dumps(config_value(cfg, key))} in config_json but the "
+                f"pipeline was compiled with {json.dumps(built[key])}: it decides which tasks "
+                "exist; compile the pipeline again (feda2v compile) to change it")
+    counts = (("global_rounds", global_rounds),
+              ("feda2v.generator_training_rounds", generator_training_rounds))
     if built["execution"] == "round":
         for key in COUNT_KEYS:
-            if _value(cfg, key) != built[key]:
+            if config_value(cfg, key) != built[key]:
                 raise config_mod.ConfigError(
-                    f"'{key}' is {json.dumps(_value(cfg, key))} in config_json but this "
+                    f"'{key}' is {json.dumps(config_value(cfg, key))} in config_json but this "
                     f"round-execution pipeline was compiled with {json.dumps(built[key])} "
                     "(its rounds and clients are unrolled); compile again, or use "
                     "execution 'phase', where they are run-time parameters")
-        return cfg
-    for key, typed in (("global_rounds", global_rounds),
-                       ("feda2v.generator_training_rounds", generator_training_rounds)):
+        counts, client_ids = (), None  # unrolled: the compiled values, checked above
+    for key, typed in counts:
         if typed is None or typed == built[key]:
             continue  # the form's value is the compiled one: config_json's value stands
-        if _value(cfg, key) not in (built[key], typed):
+        if config_value(cfg, key) not in (built[key], typed):
             raise config_mod.ConfigError(
-                f"'{key}' is {_value(cfg, key)} in config_json but {typed} in the run-time "
-                f"parameter {key.rsplit('.', 1)[-1]}; set one of them")
+                f"'{key}' is {config_value(cfg, key)} in config_json but {typed} in the "
+                f"run-time parameter {key.rsplit('.', 1)[-1]}; set one of them")
         if isinstance(typed, bool) or not isinstance(typed, int) or typed < 1:
             raise config_mod.ConfigError(f"bad value for run-time parameter '{key}': {typed!r}")
         cfg = _set(cfg, key, typed)
@@ -100,12 +121,16 @@ def resolve(config_json: str, compiled: str, global_rounds: int | None = None,
             raise config_mod.ConfigError(f"unknown run-time parameter {name!r}")
         key = SETTINGS[name]
         typed = _typed(key, typed, name)
+        if isinstance(typed, str) and config_mod.redact(typed) != typed:
+            raise config_mod.ConfigError(
+                f"bad value for run-time parameter '{name}': it contains credentials "
+                "(user:password@); give them in the environment (the Kubernetes Secret)")
         if key not in built or typed == built[key]:
             continue  # the form's value is the compiled one: config_json's value stands
-        if _value(cfg, key) not in (built[key], typed):
-            raise config_mod.ConfigError(
-                f"'{key}' is {_value(cfg, key)!r} in config_json but {typed!r} in the run-time "
-                f"parameter {name}; set one of them")
+        if config_value(cfg, key) not in (built[key], typed):
+            raise config_mod.ConfigError(config_mod.redact(
+                f"'{key}' is {config_value(cfg, key)!r} in config_json but {typed!r} in the "
+                f"run-time parameter {name}; set one of them"))
         cfg = _set(cfg, key, typed)
     if client_ids is not None:
         client_ids = [as_int(i, "client_ids") for i in client_ids]
@@ -186,11 +211,13 @@ DATA_STAGE_TOP_KEYS = ("seed", "storage_root")
 DATA_STAGE_SECTIONS = ("data", "models")
 
 
-def data_stage_config(config_json: str, compiled: str, client_ids: list | None = None) -> str:
-    """The config of the data stages: config_json resolved as `resolve` does (structure checked,
-    client_ids applied), cut down to the keys they read (the rest at defaults), with credentials
-    redacted (it travels as a task output)."""
-    cfg = resolve(config_json, compiled, client_ids=client_ids)
+def data_stage_config(config_json: str, compiled: str, client_ids: list | None = None,
+                      settings: dict | None = None) -> str:
+    """The config of the data stages: config_json resolved by `resolve` (structure checked,
+    client_ids and the run form's settings applied: a seed, storage root or dataset given at
+    run time is part of the result, so of the cache key), cut down to the keys they read (the
+    rest at defaults), with credentials redacted (it travels as a task output)."""
+    cfg = resolve(config_json, compiled, client_ids=client_ids, settings=settings)
     full = config_mod.withhold_credentials(cfg)[0].to_dict()
     subset = {k: full[k] for k in DATA_STAGE_TOP_KEYS + DATA_STAGE_SECTIONS}
     return json.dumps(subset, sort_keys=True)

@@ -489,19 +489,52 @@ def server_round(config: Config | str, round_num: int, phase: str, update_uris: 
                if "server/global_train_loss" in metrics else {})}
 
 
-def client_round_task(config_json, client_id, round_num, phase, run_key, global_adapter, targets,
+# Round execution's round tasks find what they resolve their config with (the compiled values
+# and the run form's settings, runtime.resolve's arguments) and the run key in the global
+# adapter's metadata under this key: init_adapter_task puts them there, every server round
+# passes them on. (As task inputs they would grow the unrolled YAML by a kilobyte a round.)
+ROUND_CONTEXT = "feda2v_run"
+
+
+def init_adapter_task(config_json: str, compiled: str, settings: dict, run_key: str,
+                      client_data_uris, targets, adapter) -> int:
+    """The body of the round-execution init task: the initial global adapter, with the round
+    tasks' context (round_context) in its metadata. Returns the adapter's parameter count."""
+    cfg = runtime.resolve(config_json, compiled, settings=settings)
+    adapter.metadata[ROUND_CONTEXT] = {"compiled": compiled, "settings": dict(settings or {}),
+                                       "run_key": run_key}
+    return init_adapter(cfg, client_data_uris, targets.path, adapter.path)["parameters"]
+
+
+def round_context(config_json: str, global_adapter) -> tuple[Config, str]:
+    """A round task's (config, run key): config_json resolved by runtime.resolve with the
+    compiled values and the run form's settings in the metadata of the global adapter it
+    reads."""
+    context = global_adapter.metadata.get(ROUND_CONTEXT) or {}
+    if "compiled" not in context:
+        raise ValueError(f"the global adapter {global_adapter.path} has no {ROUND_CONTEXT!r} "
+                         "metadata (written by the init-adapter task)")
+    return (runtime.resolve(config_json, context["compiled"], settings=context["settings"]),
+            context["run_key"])
+
+
+def client_round_task(config_json, client_id, round_num, phase, global_adapter, targets,
                       update) -> float:
     """The body of the round-execution client task (KFP artifacts in, adapter loss out)."""
-    result = client_round(config_json, client_id, round_num, phase, global_adapter.path,
-                          targets.path, update.path, run_key)
+    cfg, run_key = round_context(config_json, global_adapter)
+    result = client_round(cfg, client_id, round_num, phase, global_adapter.path, targets.path,
+                          update.path, run_key)
     return result.get("adapter_loss", 0.0)
 
 
-def server_round_task(config_json, round_num, phase, run_key, updates, previous, targets,
-                      mlflow_run_id, adapter, metrics, ready=None) -> float:
-    """The body of the round-execution server task."""
-    result = server_round(config_json, round_num, phase, [u.path for u in updates],
-                          previous.path, targets.path, adapter.path, mlflow_run_id, run_key)
+def server_round_task(config_json, round_num, phase, updates, previous, targets, mlflow_run_id,
+                      adapter, metrics, ready=None) -> float:
+    """The body of the round-execution server task; its adapter carries the round context on
+    to the next round."""
+    cfg, run_key = round_context(config_json, previous)
+    result = server_round(cfg, round_num, phase, [u.path for u in updates], previous.path,
+                          targets.path, adapter.path, mlflow_run_id, run_key)
+    adapter.metadata[ROUND_CONTEXT] = previous.metadata[ROUND_CONTEXT]
     metrics.log_metric("accuracy", result["accuracy"])
     return result["accuracy"]
 
