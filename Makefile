@@ -4,10 +4,20 @@ VENV      ?= .venv
 BIN       := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 DEMO_DIR  ?= .demo
-IMAGE     ?= feda2v:latest
 FLAVOUR   ?= cuda
+# Images are tagged VERSION-COMMIT (-cpu for the CPU flavour): the name `feda2v compile` writes
+# into a pipeline by default (components/image.py), with REGISTRY (e.g.
+# registry.example.com/team) as its $$FEDA2V_REGISTRY.
+REGISTRY  ?=
+VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+PREFIX    := $(if $(REGISTRY),$(patsubst %/,%,$(REGISTRY))/)
+IMAGE     ?= $(PREFIX)feda2v:$(VERSION)$(if $(COMMIT),-$(COMMIT))$(if $(filter cpu,$(FLAVOUR)),-cpu)
+MLFLOW_VERSION := $(shell sed -n 's/^FROM .*mlflow:v//p' docker/Dockerfile.mlflow)
+MLFLOW_IMAGE   ?= $(PREFIX)feda2v-mlflow:$(MLFLOW_VERSION)
 
-.PHONY: help venv demo test test-images bench lint docs image lock push clean
+.PHONY: help venv demo test test-images bench lint docs image image-mlflow lock push \
+	push-mlflow clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run Run 1 -> Run 2 locally under kfp.local"
@@ -15,9 +25,11 @@ help:
 	@echo "make bench  - benchmarks: extraction (CUDA too when present), generator training, run overhead"
 	@echo "make lint   - ruff over the repository"
 	@echo "make docs   - regenerate the README's config-key reference from the code"
-	@echo "make image  - build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE (docker or podman)"
+	@echo "make image  - build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE, by default"
+	@echo "              [\$$REGISTRY/]feda2v:VERSION-COMMIT[-cpu] (docker or podman)"
+	@echo "make image-mlflow - build docker/Dockerfile.mlflow as \$$MLFLOW_IMAGE"
 	@echo "make lock   - pin the images' dependencies to this venv's versions (docker/constraints.txt)"
-	@echo "make push   - push \$$IMAGE (docker or podman)"
+	@echo "make push   - push \$$IMAGE (docker or podman); make push-mlflow: \$$MLFLOW_IMAGE"
 	@echo "make test-images - build (or reuse) the CPU image, run stages and the demo pipeline in it (podman)"
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
@@ -63,8 +75,16 @@ lock: venv
 test-images: venv
 	PY=$(BIN)/python docker/test-images.sh
 
+ENGINE = $(shell if docker info >/dev/null 2>&1; then echo docker; else echo podman; fi)
+
 push:
-	if docker info >/dev/null 2>&1; then docker push $(IMAGE); else podman push $(IMAGE); fi
+	$(ENGINE) push $(IMAGE)
+
+image-mlflow:
+	$(ENGINE) build -f docker/Dockerfile.mlflow -t $(MLFLOW_IMAGE) docker
+
+push-mlflow:
+	$(ENGINE) push $(MLFLOW_IMAGE)
 
 clean:
 	rm -rf $(DEMO_DIR)

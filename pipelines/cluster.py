@@ -44,6 +44,13 @@ class ClusterOptions:
     config_map: str = "feda2v-config"    # keys: MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...
     node_selector: dict = field(default_factory=dict)
     tolerations: list = field(default_factory=list)  # [{"key", "operator", "value", "effect"}]
+    # Only for the tasks that request a GPU (GPU_TASKS, when gpus > 0): GPU node pools are
+    # usually labelled and tainted, and bookkeeping tasks belong elsewhere.
+    gpu_node_selector: dict = field(default_factory=dict)
+    gpu_tolerations: list = field(default_factory=list)
+    caching: "bool | None" = None        # None: as built (only the data tasks are cached)
+    volumes: list = field(default_factory=list)  # [(PVC name, mount path)] on every task
+    pipeline_root: str = ""              # "" leaves KFP's default (the kfp-launcher config)
     kubernetes: bool = True              # False for kfp.local: no Secrets/ConfigMaps there
 
     @classmethod
@@ -59,6 +66,8 @@ def configure(task, options: ClusterOptions):
     """Apply the options to one task; returns it for chaining."""
     if options.image:
         task.set_container_image(options.image)
+    if options.caching is not None:  # every task, in every sub-DAG (kfp's client override
+        task.set_caching_options(options.caching)  # reaches only the root DAG's tasks)
     if component_name(task) in GPU_TASKS + MODEL_TASKS:
         task.set_cpu_request(options.cpu_request).set_cpu_limit(options.cpu_limit)
         task.set_memory_request(options.memory_request).set_memory_limit(options.memory_limit)
@@ -69,15 +78,19 @@ def configure(task, options: ClusterOptions):
     if options.retries:
         task.set_retry(options.retries, backoff_duration=options.retry_backoff,
                        backoff_factor=2.0, backoff_max_duration="3600s")
-    if options.gpus and component_name(task) in GPU_TASKS:
+    gpu = bool(options.gpus) and component_name(task) in GPU_TASKS
+    if gpu:
         task.set_accelerator_type(options.gpu_resource).set_accelerator_limit(options.gpus)
     if options.kubernetes:
         keys = SECRET_KEYS + (MLFLOW_SECRET_KEYS if component_name(task) in MLFLOW_TASKS else ())
         kubernetes.use_secret_as_env(task, options.s3_secret, {k: k for k in keys}, optional=True)
         kubernetes.use_config_map_as_env(task, options.config_map, {k: k for k in CONFIG_KEYS},
                                          optional=True)
-        for key, value in options.node_selector.items():
+        selector = options.node_selector | (options.gpu_node_selector if gpu else {})
+        for key, value in selector.items():
             kubernetes.add_node_selector(task, key, value)
-        for tol in options.tolerations:
+        for tol in options.tolerations + (options.gpu_tolerations if gpu else []):
             kubernetes.add_toleration(task, **tol)
+        for pvc, path in options.volumes:
+            kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=path)
     return task
