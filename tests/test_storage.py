@@ -58,3 +58,33 @@ def test_missing_file_is_named(tmp_path):
 def test_join_keeps_url_schemes():
     assert storage.join("s3://bucket/root/", "a", "b.pt") == "s3://bucket/root/a/b.pt"
     assert storage.join("/tmp/x", "a") == "/tmp/x/a"
+
+
+def test_copy_tree_copies_every_file_and_names_a_missing_source(tmp_path):
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "weights.bin").write_bytes(b"\x00" * 1000)
+    seen = []
+    files, size = storage.copy_tree(str(src), str(tmp_path / "out"), say=seen.append)
+    assert (files, size) == (2, 1002) and len(seen) == 2
+    assert (tmp_path / "out" / "sub" / "weights.bin").read_bytes() == b"\x00" * 1000
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        storage.copy_tree(str(tmp_path / "nothing"), str(tmp_path / "out2"))
+
+
+def test_models_push_and_data_push_refuse_what_the_pipeline_could_not_read(tmp_path, capsys):
+    from feda2v.cli import main
+
+    (tmp_path / "empty").mkdir()
+    for what, needs in (("models", "config.json"), ("data", "meta/esc50.csv")):
+        with pytest.raises(SystemExit) as e:
+            main([what, "push", str(tmp_path / "empty"), str(tmp_path / "dest")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert str(tmp_path / "empty") in err and needs in err
+    assert not (tmp_path / "dest").exists()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    main(["models", "push", str(tmp_path / "empty"), str(tmp_path / "dest")])
+    assert (tmp_path / "dest" / "config.json").read_text() == "{}"
+    assert "Copied 1 files" in capsys.readouterr().out

@@ -35,6 +35,33 @@ def cmd_models_tiny(a) -> None:
     _print(write_tiny_models(a.out, seed=a.seed))
 
 
+def _push(a, required: tuple[str, ...], what: str) -> None:
+    """Copy a local folder to the object store (or another folder) after checking it holds
+    what the pipeline will read from it."""
+    import os
+
+    from feda2v.io import storage
+
+    missing = [r for r in required if not os.path.exists(os.path.join(a.source, r))]
+    if not os.path.isdir(a.source) or missing:
+        raise FileNotFoundError(f"{a.source} is not {what}: "
+                                + ("no such folder" if not os.path.isdir(a.source) else
+                                   "it has no " + " or ".join(missing)))
+    print(f"Copying {a.source} to {a.dest}")
+    files, size = storage.copy_tree(a.source, a.dest, say=None if a.quiet else print)
+    print(f"Copied {files} files ({size / 1e6:.1f} MB) to {a.dest}")
+
+
+def cmd_models_push(a) -> None:
+    _push(a, ("config.json",), "a transformers model folder (save_pretrained / "
+          "huggingface-cli download)")
+
+
+def cmd_data_push(a) -> None:
+    _push(a, ("meta/esc50.csv", "audio"), "a dataset in the ESC-50 layout (meta/esc50.csv and "
+          "audio/)")
+
+
 def cmd_config_check(a) -> None:
     cfg = _cfg(a.config)
     print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
@@ -43,6 +70,11 @@ def cmd_config_check(a) -> None:
 
 def cmd_config_keys(a) -> None:
     print(config_mod.describe_keys())
+
+
+def _push_args(p) -> None:
+    p.add_argument("source", help="local folder")
+    p.add_argument("dest", help="destination URL or folder (feda2v -q: no line per file)")
 
 
 def register(add) -> None:
@@ -84,6 +116,14 @@ def register(add) -> None:
     p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and targets (default 0)")
 
+    p = data.add_parser("push", help="Copy a dataset folder in the ESC-50 layout to the object "
+                                     "store (or another folder).",
+                        description="Copy SOURCE (meta/esc50.csv and audio/) to DEST, e.g. "
+                                    "s3://feda2v/data/ESC-50, file by file, each written "
+                                    "atomically; S3 settings come from AWS_* as for the tasks.")
+    p.set_defaults(func=cmd_data_push)
+    _push_args(p)
+
     models = add("models", None, "Models.").add_subparsers(dest="what", required=True, metavar="WHAT")
     p = models.add_parser("tiny", help="Save tiny random-initialised AST, CLAP and CLIP models.",
                           description="Save small random-initialised models of the real "
@@ -93,6 +133,16 @@ def register(add) -> None:
     p.set_defaults(func=cmd_models_tiny)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = models.add_parser("push", help="Copy a model folder to the object store (or another "
+                                       "folder), for clusters without hub access.",
+                          description="Copy a transformers model folder (what save_pretrained "
+                                      "or `huggingface-cli download --local-dir` wrote) to "
+                                      "DEST, e.g. s3://feda2v/models/clip-vit-large-patch14/, "
+                                      "file by file, each written atomically; the config's "
+                                      "models.audio_model / text_model then name DEST.")
+    p.set_defaults(func=cmd_models_push)
+    _push_args(p)
 
     cfgp = add("config", None, "Inspect configs.").add_subparsers(dest="what", required=True,
                                                                   metavar="WHAT")

@@ -203,3 +203,23 @@ def local_path(uri: str) -> str:
 def absolute(uri: str) -> str:
     """Make a local path absolute (tasks may run in another folder); URLs pass through."""
     return os.path.abspath(local_path(uri)) if is_local(uri) else uri
+
+
+def copy_tree(source: str, dest: str, say=None) -> tuple[int, int]:
+    """Copy every file under the folder `source` to `dest` (paths or URLs), each written
+    atomically, in sorted order; returns (files, bytes). Files are read one at a time (a
+    model's weights may be gigabytes: one file in memory, never the folder)."""
+    fs, root = _fs(source)
+    if not _io(source, "look up", lambda: fs.isdir(root)):
+        raise FileNotFoundError(f"{source} is not a folder")
+    files = sorted(p for p in _io(source, "list", lambda: fs.find(root)) if not
+                   posixpath.basename(p).startswith(".tmp-"))
+    total = 0
+    for n, path in enumerate(files, 1):
+        rel = posixpath.relpath(path, root) if "://" in source else os.path.relpath(path, root)
+        data = _io(path, "read", lambda path=path: fs.cat_file(path))
+        write_bytes(join(dest, *rel.split(os.sep)), data)
+        total += len(data)
+        if say:
+            say(f"  {n}/{len(files)} {rel} ({len(data) / 1e6:.1f} MB)")
+    return len(files), total
