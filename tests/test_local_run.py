@@ -82,6 +82,10 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path, monkeypatch):
     for run in (run1, run2):  # what made it, and which KFP run it tracks
         assert {k: run.data.tags.get(k) for k in source_tags()} == source_tags()
         assert run.data.tags["kfp.run_id"] == run.data.tags["feda2v.run_key"]
+        # the exit handler's results table, beside the run's state in storage
+        table = storage.read_bytes(stages.report_uri(cfg, run.data.tags["feda2v.run_key"]))
+        assert table.decode().startswith("# FedA2V results (succeeded)")
+        assert "| phase | round | global acc |" in table.decode()
     gen = client.get_metric_history(run1.info.run_id, "train/node_0/generator_loss")
     assert [m.step for m in gen] == [1, 2]
     assert gen[-1].value < gen[0].value

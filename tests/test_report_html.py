@@ -153,3 +153,20 @@ def test_the_accuracy_chart_marks_where_run2_starts():
                                                       h["phase"]) for h in RESULTS[0]["history"]])
             for v, p in (("synthetic", "run2"), ("synthetic_only", "synthetic_only"))]
     assert phase_boundaries(both) == [(2.5, "run1 → run2 / synthetic_only")]
+
+
+def test_the_results_table_needs_only_the_keys_it_fetches():
+    """`feda2v run` and the exit handler fetch only report.result_keys (each metric history is a
+    request, and half a second against a basic-auth MLflow): the table from those alone must be
+    the table from every metric."""
+    from feda2v.evaluation import report
+
+    plan = [("run1", 2), ("run2", 2)]
+    rng = np.random.default_rng(0)
+    keys = report.result_keys(3) + ["eval/node_0/accuracy", "train/node_1/adapter_loss",
+                                    "quality/node_0/dog/memorisation_ratio"]
+    history = {k: [(s, float(rng.random())) for s in range(1, 5)] for k in keys}
+    fetched = {k: v for k, v in history.items() if k in report.result_keys(3)}
+    full = report.results_table(report.results_rows(plan, history, 3))
+    assert report.results_table(report.results_rows(plan, fetched, 3)) == full
+    assert "-" not in full.splitlines()[2]  # every cell filled: the keys are the real ones

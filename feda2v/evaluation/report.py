@@ -26,6 +26,12 @@ def step_labels(plan: list[tuple[str, int]]) -> dict[int, tuple[str, int]]:
     return labels
 
 
+def result_keys(num_clients: int) -> list[str]:
+    """The metrics `results_rows` reads."""
+    return ["eval/global_accuracy", "server/synthetic_samples_total",
+            *(f"train/node_{i}/generator_loss" for i in range(num_clients))]
+
+
 def results_rows(plan: list[tuple[str, int]], history: dict[str, list[tuple[int, float]]],
                  num_clients: int) -> list[dict]:
     def at(key: str, step: int):

@@ -422,8 +422,9 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
         print(f"\nFedA2V ablations finished in {minutes:.1f} min (MLflow parent run {run_id}; "
               f"HTML report under {pipeline_root})")
         return 0
-    _, history = tracking.run_info(cfg, run_id)
-    rows = report.results_rows(plan, history, config_mod.num_clients(cfg))
+    n = config_mod.num_clients(cfg)
+    _, history = tracking.run_info(cfg, run_id, report.result_keys(n))
+    rows = report.results_rows(plan, history, n)
     from feda2v.orchestration.stages import checkpoint_dir
 
     print(f"\nFedA2V {kind} finished in {minutes:.1f} min\n")

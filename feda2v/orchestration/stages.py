@@ -613,6 +613,11 @@ def _log_run_artifacts(cfg: Config, run_id: str, run_key: str, plan, state: str,
         tracking.log_artifact(cfg, run_id, report_file, "report")
 
 
+def report_uri(cfg: Config, run_key: str) -> str:
+    """The results table of a run, written by its exit handler."""
+    return storage.join(runstate.run_dir(cfg, run_key), "report.md")
+
+
 def finish_tracking(config: Config | str, mlflow_run_id: str, run_key: str, state: str,
                     report_path: str, error: str = "") -> str:
     """The pipeline's exit handler: generator losses, results table (Markdown), final adapter
@@ -625,8 +630,9 @@ def finish_tracking(config: Config | str, mlflow_run_id: str, run_key: str, stat
     if "run1" in dict(plan):
         log_generator_losses(cfg, runstate.run_dir(cfg, run_key), run_id,
                              phase_plan_steps(plan, "run1"))
-    _, history = tracking.run_info(cfg, run_id)
-    rows = report.results_rows(plan, history, config_mod.num_clients(cfg))
+    n = config_mod.num_clients(cfg)
+    _, history = tracking.run_info(cfg, run_id, report.result_keys(n))
+    rows = report.results_rows(plan, history, n)
     text = f"# FedA2V results ({state.lower()})\n\n" + report.results_table(rows, markdown=True) + "\n"
     if error:
         text += f"\n{error}\n"
@@ -635,6 +641,8 @@ def finish_tracking(config: Config | str, mlflow_run_id: str, run_key: str, stat
         f.write(text)
     status = tracking.final_status(state)
     try:
+        # Beside the run's state in storage too: a cluster's pipeline root may be out of reach.
+        storage.write_bytes(report_uri(cfg, run_key), text.encode())
         _log_run_artifacts(cfg, run_id, run_key, plan, state, text)
     except Exception:
         status = "FAILED"  # a model that could not be logged or registered fails the run ...
