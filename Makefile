@@ -16,7 +16,7 @@ IMAGE     ?= $(PREFIX)feda2v:$(VERSION)$(if $(COMMIT),-$(COMMIT))$(if $(filter c
 MLFLOW_VERSION := $(shell sed -n 's/^FROM .*mlflow:v//p' docker/Dockerfile.mlflow)
 MLFLOW_IMAGE   ?= $(PREFIX)feda2v-mlflow:$(MLFLOW_VERSION)
 
-.PHONY: help venv demo test test-images bench lint docs image image-mlflow lock push \
+.PHONY: help venv demo test test-images rehearsal bench lint docs image image-mlflow lock push \
 	push-mlflow clean
 
 help:
@@ -30,6 +30,8 @@ help:
 	@echo "make image-mlflow - build docker/Dockerfile.mlflow as \$$MLFLOW_IMAGE"
 	@echo "make lock   - pin the images' dependencies to this venv's versions (docker/constraints.txt)"
 	@echo "make push   - push \$$IMAGE (docker or podman); make push-mlflow: \$$MLFLOW_IMAGE"
+	@echo "make rehearsal - the cluster path on one machine: S3 + MLflow servers, the cluster-shaped"
+	@echo "              YAML, every task in the CPU image (podman)"
 	@echo "make test-images - build (or reuse) the CPU image, run stages and the demo pipeline in it (podman)"
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
@@ -85,6 +87,9 @@ image-mlflow:
 
 push-mlflow:
 	$(ENGINE) push $(MLFLOW_IMAGE)
+
+rehearsal: venv
+	PY=$(BIN)/python docker/rehearsal.sh
 
 clean:
 	rm -rf $(DEMO_DIR)

@@ -12,27 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
-if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v runc >/dev/null; then
-  echo "test-images: installing podman, mmdebstrap and runc"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q podman mmdebstrap runc >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && apt-get install -y -q podman mmdebstrap runc >/dev/null; }
-fi
+# 1. The image, keyed by everything its build reads (docker/cpu-image.sh).
+out=$(docker/cpu-image.sh)
+IMAGE=$(tail -1 <<<"$out")
+build_s=$(sed -n 's/^FEDA2V_CPU_BUILD_S=//p' <<<"$out")
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/podman-containers.conf}
-
-# 1. The image, keyed by everything its build reads.
-key=$(find docker/Dockerfile.cpu pyproject.toml README.md feda2v components pipelines \
-        -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z \
-      | xargs -0 sha256sum | sha256sum | cut -c1-12)
-IMAGE=localhost/feda2v:cpu-$key
-build_s=0
-if podman image exists "$IMAGE"; then
-  echo "test-images: reusing $IMAGE (its inputs have not changed)"
-else
-  start=$(date +%s)
-  ENGINE=podman FLAVOUR=cpu IMAGE=$IMAGE TORCH_PIN=${TORCH_PIN:-} docker/build-image.sh
-  build_s=$(( $(date +%s) - start ))
-fi
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 
 work=$(mktemp -d /tmp/feda2v-images-XXXXXX)

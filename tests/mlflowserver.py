@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(root: Path, extra_args: list[str] = (), extra_env: dict | None = None):
+def run_mlflow_server(root: Path, extra_args: list[str] = (), extra_env: dict | None = None):
     port = _free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
@@ -66,20 +66,27 @@ def _server(root: Path, extra_args: list[str] = (), extra_env: dict | None = Non
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """Yields the tracking URI (http://127.0.0.1:PORT)."""
-    with _server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
 
 
 @pytest.fixture(scope="session")
 def mlflow_auth_server(tmp_path_factory):
     """Yields the tracking URI of a basic-auth server whose admin is ADMIN."""
-    root = tmp_path_factory.mktemp("mlflow-auth-server")
+    with run_mlflow_auth_server(tmp_path_factory.mktemp("mlflow-auth-server")) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def run_mlflow_auth_server(root: Path, admin: tuple[str, str] = ADMIN):
+    """A basic-auth server whose first admin is `admin`; yields its tracking URI. Used by the
+    `mlflow_auth_server` fixture and by `make rehearsal`."""
     (root / "basic_auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{root}/basic_auth.db\nadmin_username = {ADMIN[0]}\n"
+        f"database_uri = sqlite:///{root}/basic_auth.db\nadmin_username = {admin[0]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     env = {"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-           "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+           "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
-    with _server(root, ["--app-name", "basic-auth"], env) as uri:
+    with run_mlflow_server(root, ["--app-name", "basic-auth"], env) as uri:
         yield uri

@@ -10,6 +10,7 @@ Use from a test module with `from s3server import s3_server, s3_env  # noqa: F40
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -137,10 +138,11 @@ def _wait_until_up(proc: subprocess.Popen, server: S3Server, log: Path) -> None:
                        f"\n{_tail(log)}")
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seaweedfs")
-    server_keys = {"access_key": "feda2v-test", "secret_key": uuid.uuid4().hex}
+@contextlib.contextmanager
+def seaweedfs(root: Path, access_key: str = "feda2v-test") -> Iterator[S3Server]:
+    """A SeaweedFS S3 server with its data under `root` and one admin key (secret random),
+    stopped on exit. Used by the `s3_server` fixture and by `make rehearsal`."""
+    server_keys = {"access_key": access_key, "secret_key": uuid.uuid4().hex}
     config = root / "s3-identities.json"
     config.write_text(json.dumps({"identities": [{
         "name": "admin",
@@ -181,6 +183,12 @@ def s3_server(tmp_path_factory):
     finally:
         _stop(proc)
         _remove_sockets(ports)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 def _remove_sockets(ports: dict[str, int]) -> None:
