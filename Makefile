@@ -16,7 +16,7 @@ IMAGE     ?= $(PREFIX)feda2v:$(VERSION)$(if $(COMMIT),-$(COMMIT))$(if $(filter c
 MLFLOW_VERSION := $(shell sed -n 's/^FROM .*mlflow:v//p' docker/Dockerfile.mlflow)
 MLFLOW_IMAGE   ?= $(PREFIX)feda2v-mlflow:$(MLFLOW_VERSION)
 
-.PHONY: help venv demo test test-images rehearsal bench lint docs image image-mlflow lock push \
+.PHONY: help venv demo test test-images rehearsal bench lint docs image image-name image-mlflow lock push \
 	push-mlflow clean
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make docs   - regenerate the README's config-key reference from the code"
 	@echo "make image  - build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE, by default"
 	@echo "              [\$$REGISTRY/]feda2v:VERSION-COMMIT[-cpu] (docker or podman)"
+	@echo "make image-name   - print \$$IMAGE (what make image tags and feda2v compile names)"
 	@echo "make image-mlflow - build docker/Dockerfile.mlflow as \$$MLFLOW_IMAGE"
 	@echo "make lock   - pin the images' dependencies to this venv's versions (docker/constraints.txt)"
 	@echo "make push   - push \$$IMAGE (docker or podman); make push-mlflow: \$$MLFLOW_IMAGE"
@@ -81,6 +82,9 @@ ENGINE = $(shell if docker info >/dev/null 2>&1; then echo docker; else echo pod
 
 push:
 	$(ENGINE) push $(IMAGE)
+
+image-name:
+	@echo $(IMAGE)
 
 image-mlflow:
 	$(ENGINE) build -f docker/Dockerfile.mlflow -t $(MLFLOW_IMAGE) docker

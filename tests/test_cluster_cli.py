@@ -232,6 +232,10 @@ def test_the_default_image_is_what_make_image_tags(monkeypatch, registry):
     assert default_image("cuda") == make_image(**make_vars)
     assert default_image("cpu") == make_image(FLAVOUR="cpu", **make_vars)
     assert default_image("cpu") == default_image("cuda") + "-cpu"
+    printed = subprocess.run(["make", "-s", "image-name", "FLAVOUR=cpu", *(
+        f"{k}={v}" for k, v in make_vars.items())], cwd=ROOT, check=True, capture_output=True,
+        text=True).stdout.strip()
+    assert printed == default_image("cpu")  # what the docs tell a user to pass as --image
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()
     assert commit and commit in default_image("cuda")

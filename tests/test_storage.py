@@ -65,10 +65,13 @@ def test_copy_tree_copies_every_file_and_names_a_missing_source(tmp_path):
     (src / "sub").mkdir(parents=True)
     (src / "config.json").write_text("{}")
     (src / "sub" / "weights.bin").write_bytes(b"\x00" * 1000)
+    (src / ".cache" / "huggingface").mkdir(parents=True)  # hf download's bookkeeping
+    (src / ".cache" / "huggingface" / "x.metadata").write_text("etag")
     seen = []
     files, size = storage.copy_tree(str(src), str(tmp_path / "out"), say=seen.append)
     assert (files, size) == (2, 1002) and len(seen) == 2
     assert (tmp_path / "out" / "sub" / "weights.bin").read_bytes() == b"\x00" * 1000
+    assert not (tmp_path / "out" / ".cache").exists()
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         storage.copy_tree(str(tmp_path / "nothing"), str(tmp_path / "out2"))
 
@@ -85,6 +88,10 @@ def test_models_push_and_data_push_refuse_what_the_pipeline_could_not_read(tmp_p
         assert str(tmp_path / "empty") in err and needs in err
     assert not (tmp_path / "dest").exists()
     (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):  # a download without its weights fails here, not in a pod
+        main(["models", "push", str(tmp_path / "empty"), str(tmp_path / "dest")])
+    assert "*.safetensors" in capsys.readouterr().err
+    (tmp_path / "empty" / "model.safetensors").write_bytes(b"w")
     main(["models", "push", str(tmp_path / "empty"), str(tmp_path / "dest")])
     assert (tmp_path / "dest" / "config.json").read_text() == "{}"
-    assert "Copied 1 files" in capsys.readouterr().out
+    assert "Copied 2 files" in capsys.readouterr().out

@@ -37,24 +37,26 @@ def cmd_models_tiny(a) -> None:
 
 def _push(a, required: tuple[str, ...], what: str) -> None:
     """Copy a local folder to the object store (or another folder) after checking it holds
-    what the pipeline will read from it."""
+    what the pipeline will read from it: each of `required`, a glob pattern or a path."""
+    import glob
     import os
 
-    from feda2v.io import storage
-
-    missing = [r for r in required if not os.path.exists(os.path.join(a.source, r))]
+    missing = [r for r in required if not glob.glob(os.path.join(glob.escape(a.source), r))]
     if not os.path.isdir(a.source) or missing:
         raise FileNotFoundError(f"{a.source} is not {what}: "
                                 + ("no such folder" if not os.path.isdir(a.source) else
-                                   "it has no " + " or ".join(missing)))
+                                   "it has no " + " and no ".join(missing)))
+    from feda2v.io import storage
+
     print(f"Copying {a.source} to {a.dest}")
     files, size = storage.copy_tree(a.source, a.dest, say=None if a.quiet else print)
     print(f"Copied {files} files ({size / 1e6:.1f} MB) to {a.dest}")
 
 
 def cmd_models_push(a) -> None:
-    _push(a, ("config.json",), "a transformers model folder (save_pretrained / "
-          "huggingface-cli download)")
+    _push(a, ("config.json", "*.safetensors"),
+          "a transformers model folder (save_pretrained, or hf download --local-dir with the "
+          "safetensors weights)")
 
 
 def cmd_data_push(a) -> None:
@@ -137,7 +139,7 @@ def register(add) -> None:
     p = models.add_parser("push", help="Copy a model folder to the object store (or another "
                                        "folder), for clusters without hub access.",
                           description="Copy a transformers model folder (what save_pretrained "
-                                      "or `huggingface-cli download --local-dir` wrote) to "
+                                      "or `hf download --local-dir` wrote) to "
                                       "DEST, e.g. s3://feda2v/models/clip-vit-large-patch14/, "
                                       "file by file, each written atomically; the config's "
                                       "models.audio_model / text_model then name DEST.")

@@ -207,16 +207,21 @@ def absolute(uri: str) -> str:
 
 def copy_tree(source: str, dest: str, say=None) -> tuple[int, int]:
     """Copy every file under the folder `source` to `dest` (paths or URLs), each written
-    atomically, in sorted order; returns (files, bytes). Files are read one at a time (a
-    model's weights may be gigabytes: one file in memory, never the folder)."""
+    atomically, in sorted order; returns (files, bytes). Hidden files and folders are left
+    out (`hf download --local-dir` keeps its own bookkeeping in .cache/). Files are read one at
+    a time (a model's weights may be gigabytes: one file in memory, never the folder)."""
     fs, root = _fs(source)
     if not _io(source, "look up", lambda: fs.isdir(root)):
         raise FileNotFoundError(f"{source} is not a folder")
-    files = sorted(p for p in _io(source, "list", lambda: fs.find(root)) if not
-                   posixpath.basename(p).startswith(".tmp-"))
+
+    def relative(path: str) -> str:
+        return posixpath.relpath(path, root) if "://" in source else os.path.relpath(path, root)
+
+    files = sorted(p for p in _io(source, "list", lambda: fs.find(root))
+                   if not any(part.startswith(".") for part in relative(p).split(os.sep)))
     total = 0
     for n, path in enumerate(files, 1):
-        rel = posixpath.relpath(path, root) if "://" in source else os.path.relpath(path, root)
+        rel = relative(path)
         data = _io(path, "read", lambda path=path: fs.cat_file(path))
         write_bytes(join(dest, *rel.split(os.sep)), data)
         total += len(data)
