@@ -1,11 +1,12 @@
 """The Kubernetes manifests under manifests/, checked offline.
 
 Each kustomization is rendered by `render()` below, a small kustomize equivalent for exactly the
-features the manifests use (resources: files and directories; namespace; labels without
-selectors or templates; patches given by path, merged as strategic-merge patches of maps). It
-refuses any other kustomization field, so a manifest change that needs more fails loudly here
-instead of being checked against the wrong output. Where `kubectl` is on PATH, its built-in
-kustomize renders the same directories and the outputs must agree.
+features the manifests and docs/kubeflow.md's overlays use (resources: files and directories;
+namespace; labels without selectors or templates; patches given by path, merged as
+strategic-merge patches of maps; images: name/newName/newTag/digest). It refuses any other
+kustomization field, so a manifest change that needs more fails loudly here instead of being
+checked against the wrong output. Where `kubectl` is on PATH, its built-in kustomize renders the
+same directories and the outputs must agree.
 
 Every rendered object, and each Secret template, is validated against the Kubernetes API schemas
 of K8S_VERSION (kubernetes-validate, strict: unknown fields fail).
@@ -55,7 +56,9 @@ VAR_REF = re.compile(r"\$\((\w+)\)")
 
 # --- the renderer ---------------------------------------------------------------------------
 
-SUPPORTED_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "patches"}
+SUPPORTED_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "patches",
+                    "images"}
+IMAGE_FIELDS = {"name", "newName", "newTag", "digest"}  # not tagSuffix: kustomize applies it twice
 
 
 def load_yaml_documents(path: Path) -> list[dict]:
@@ -115,6 +118,9 @@ def render(directory: Path) -> list[dict]:
         assert len(matches) == 1, f"{directory}/{entry['path']} matches {len(matches)} objects"
         merge_patch(matches[0], patch)
 
+    for entry in kust.get("images", []):  # after the patches, one entry after the other
+        set_image(objects, _image_entry(directory, entry))
+
     if "namespace" in kust:
         for obj in objects:
             if obj["kind"] not in CLUSTER_SCOPED:
@@ -129,6 +135,77 @@ def render(directory: Path) -> list[dict]:
     ids = [object_id(o) for o in objects]
     assert len(ids) == len(set(ids)), f"{directory}: duplicate objects"
     return objects
+
+
+def _image_entry(directory: Path, entry) -> dict:
+    if not isinstance(entry, dict) or not entry.get("name") or set(entry) - IMAGE_FIELDS:
+        raise UnsupportedKustomization(f"{directory}: images entry {entry!r} (supported: a "
+                                       f"name and any of newName, newTag, digest)")
+    for key, value in entry.items():
+        if not isinstance(value, str):  # kustomize refuses them: `newTag: 3.17` is a float
+            raise UnsupportedKustomization(f"{directory}: images entry {entry['name']}: {key} "
+                                           f"must be a string, got {value!r}")
+    return entry
+
+
+def image_matches(image: str, name: str) -> bool:
+    """kustomize 5.5's IsImageMatched (api/internal/image): `name` is used as a regular
+    expression as it is (a dot matches any character), followed by an optional tag and an
+    optional sha256 digest."""
+    return re.fullmatch(name + r"(:[a-zA-Z0-9_.{}-]*)?(@sha256:[a-zA-Z0-9_.{}-]*)?", image) is not None
+
+
+def split_image(image: str) -> tuple[str, str, str]:
+    """kustomize's image.Split: (name, tag, digest); a registry's port is not a tag."""
+    slash = image.find("/")
+    offset = max(0, slash)
+    search = image[offset:]
+    at, colon = search.find("@"), search.find(":")
+    if colon < 0 and at < 0:
+        return image, "", ""
+    if at >= 0 and (at < colon or colon < 0):
+        return image[:offset + at], "", image[offset + at + 1:]
+    if at >= 0:
+        return (image[:offset + colon], image[offset + colon + 1:offset + at],
+                image[offset + at + 1:])
+    return image[:offset + colon], image[offset + colon + 1:], ""
+
+
+def new_image(image: str, entry: dict) -> str:
+    """What one `images:` entry makes of a container's image (kustomize's imageTagUpdater)."""
+    if not image_matches(image, entry["name"]):
+        return image
+    name, tag, digest = split_image(image)
+    name = entry.get("newName") or name
+    if entry.get("newTag") and entry.get("digest"):
+        tag, digest = entry["newTag"], entry["digest"]
+    elif entry.get("newTag"):  # a new tag or digest replaces both the old tag and digest
+        tag, digest = entry["newTag"], ""
+    elif entry.get("digest"):
+        tag, digest = "", entry["digest"]
+    return name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+
+
+def set_image(objects: list[dict], entry: dict) -> None:
+    """kustomize's image transformer: the `image` of every item of any `containers` or
+    `initContainers` list, at any depth of any object but a CustomResourceDefinition (so not
+    ephemeralContainers, nor an `image` key elsewhere)."""
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value)
+                if key in ("containers", "initContainers") and isinstance(value, list):
+                    for item in value:
+                        if isinstance(item, dict) and isinstance(item.get("image"), str):
+                            item["image"] = new_image(item["image"], entry)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for obj in objects:
+        if obj["kind"] != "CustomResourceDefinition":
+            walk(obj)
 
 
 @cache
@@ -226,6 +303,135 @@ def test_renderer_merges_named_lists_and_replaces_the_others():
                                         {"name": "b"}]})
     assert target == {"containers": [{"name": "b"}, {"name": "a", "command": ["z"], "env": [
         {"name": "L", "value": "2"}, {"name": "K", "value": "1"}]}]}
+
+
+# The cases below were rendered with kubectl 1.32's kustomize (v5.5.0); where kubectl is on
+# PATH the test renders them with it again.
+IMAGE_CASES_POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  initContainers:
+    - {name: i, image: "feda2v-mlflow:3.17.2"}
+  containers:
+    - {name: a, image: feda2v-mlflow}
+    - {name: b, image: "feda2v-mlflow@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
+    - {name: c, image: "feda2v-mlflow:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
+    - {name: d, image: "feda2v-mlflowx:1"}
+    - {name: e, image: "docker.io/feda2v-mlflow:1"}
+    - {name: f, image: "localhost:5000/feda2v-mlflow:1"}
+    - {name: g, image: "feda2v-mlflow:1@sha512:abc"}
+    - {name: h, image: "feda2vXmlflow:1"}
+  ephemeralContainers:
+    - {name: x, image: "feda2v-mlflow:1"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: c}
+data: {image: "feda2v-mlflow:1"}
+---
+apiVersion: example.com/v1
+kind: Thing
+metadata: {name: t}
+spec:
+  deep:
+    containers:
+      - {name: z, image: "feda2v-mlflow:9"}
+    initContainers: {image: "feda2v-mlflow:9"}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: things.example.com}
+spec:
+  containers:
+    - {name: y, image: "feda2v-mlflow:9"}
+"""
+SHA_OLD = "sha256:" + "0123456789abcdef" * 4
+SHA_NEW = "sha256:" + "fedcba9876543210" * 4
+UNMATCHED = {"d": "feda2v-mlflowx:1", "e": "docker.io/feda2v-mlflow:1",
+             "f": "localhost:5000/feda2v-mlflow:1", "g": "feda2v-mlflow:1@sha512:abc",
+             "h": "feda2vXmlflow:1", "x": "feda2v-mlflow:1", "y": "feda2v-mlflow:9"}
+IMAGE_CASES = {
+    "new name and tag": (
+        [{"name": "feda2v-mlflow", "newName": "r.example.com/t/feda2v-mlflow",
+          "newTag": "3.17.2"}],
+        dict.fromkeys("iabcz", "r.example.com/t/feda2v-mlflow:3.17.2")),
+    "digest replaces tag and digest": (
+        [{"name": "feda2v-mlflow", "digest": SHA_NEW}],
+        dict.fromkeys("iabcz", f"feda2v-mlflow@{SHA_NEW}")),
+    "tag and digest": (
+        [{"name": "feda2v-mlflow", "newTag": "v2", "digest": SHA_NEW}],
+        dict.fromkeys("iabcz", f"feda2v-mlflow:v2@{SHA_NEW}")),
+    "new name keeps tag and digest": (
+        [{"name": "feda2v-mlflow", "newName": "other"}],
+        {"i": "other:3.17.2", "a": "other", "b": f"other@{SHA_OLD}", "c": f"other:1@{SHA_OLD}",
+         "z": "other:9"}),
+    "entries apply in order": (
+        [{"name": "feda2v-mlflow", "newName": "a/b"}, {"name": "a/b", "newTag": "3"}],
+        dict.fromkeys("iabcz", "a/b:3")),
+    "the name is a regex, a registry port is no tag": (
+        [{"name": "feda2v.mlflow", "newTag": "7"},
+         {"name": "localhost:5000/feda2v-mlflow", "newName": "q"}],
+        {**dict.fromkeys("iabcz", "feda2v-mlflow:7"), "h": "feda2vXmlflow:7", "f": "q:1"}),
+}
+
+
+def _image_case(tmp_path: Path, entries: list[dict]) -> Path:
+    (tmp_path / "objects.yaml").write_text(IMAGE_CASES_POD)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(
+        {"resources": ["objects.yaml"], "images": entries}, sort_keys=False))
+    return tmp_path
+
+
+def _images_by_container(objects: list[dict]) -> dict[str, str]:
+    """{container name: image} of every list of containers in the case's objects."""
+    found = {}
+    for obj in objects:
+        for spec in (obj.get("spec", {}), obj.get("spec", {}).get("deep", {})):
+            for key in ("initContainers", "containers", "ephemeralContainers"):
+                if isinstance(spec.get(key), list):
+                    found |= {item["name"]: item["image"] for item in spec[key]}
+    return found
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_renderer_sets_images_as_kustomize_does(tmp_path, case):
+    entries, changed = IMAGE_CASES[case]
+    directory = _image_case(tmp_path, entries)
+    objects = render(directory)
+    assert _images_by_container(objects) == {**UNMATCHED, **changed}
+    thing = find(objects, "Thing", "t")
+    assert thing["spec"]["deep"]["initContainers"] == {"image": "feda2v-mlflow:9"}  # no list
+    assert find(objects, "ConfigMap", "c")["data"] == {"image": "feda2v-mlflow:1"}
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+        assert sorted(objects, key=object_id) == sorted(
+            (d for d in yaml.safe_load_all(out) if d), key=object_id)
+
+
+def test_renderer_applies_images_after_patches(tmp_path):
+    (tmp_path / "pod.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+        "spec: {containers: [{name: a, image: 'feda2v-mlflow:1'}]}\n")
+    (tmp_path / "patch.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+        "spec: {containers: [{name: a, image: 'feda2v-mlflow:patched'}]}\n")
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [pod.yaml]\npatches: [{path: patch.yaml}]\n"
+        "images: [{name: feda2v-mlflow, newName: r/x}]\n")
+    [pod] = render(tmp_path)
+    assert pod["spec"]["containers"][0]["image"] == "r/x:patched"
+
+
+@pytest.mark.parametrize("entry", [{"name": "feda2v-mlflow", "tagSuffix": "-x"},
+                                   {"newTag": "1"}, {"name": "feda2v-mlflow", "newTag": 3.17}])
+def test_renderer_refuses_image_entries_it_does_not_implement(tmp_path, entry):
+    _image_case(tmp_path, [entry])
+    with pytest.raises(UnsupportedKustomization):
+        render(tmp_path)
 
 
 @pytest.mark.parametrize("name", DEPLOYABLE)

@@ -1,5 +1,6 @@
-"""Every command the READMEs show must exist: feda2v sub-commands and flags (also behind
-`docker run IMAGE`), kfp CLI options, make targets."""
+"""Every command the READMEs and docs/kubeflow.md show must exist: feda2v sub-commands and flags
+(also behind `docker run IMAGE`), kfp CLI options, make targets. (tests/test_kubeflow_doc.py goes
+further for docs/kubeflow.md: it runs its commands.)"""
 
 import re
 import shlex
@@ -10,7 +11,7 @@ import pytest
 from feda2v.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docker/README.md", "manifests/README.md"]
+DOCS = ["README.md", "docker/README.md", "manifests/README.md", "docs/kubeflow.md"]
 
 
 def _code_lines(doc: str):
@@ -75,9 +76,10 @@ INVOCATIONS = list(_feda2v_invocations())
 
 def test_the_readmes_show_feda2v_commands():
     docs = {doc for doc, _, _ in INVOCATIONS}
-    assert {"README.md", "docker/README.md"} <= docs
-    assert any(rest[0] == "submit" for _, _, rest in INVOCATIONS)
-    assert any(rest[0] == "compile" for _, _, rest in INVOCATIONS)
+    assert {"README.md", "docker/README.md", "docs/kubeflow.md"} <= docs
+    for doc in ("README.md", "docs/kubeflow.md"):  # the cluster path, in brief and in full
+        shown = {rest[0] for d, _, rest in INVOCATIONS if d == doc}
+        assert {"compile", "submit"} <= shown, (doc, shown)
 
 
 @pytest.mark.parametrize("doc, line, rest", INVOCATIONS,
