@@ -15,7 +15,7 @@ import torch
 from feda2v.federated import generators
 from feda2v.federated.generators.vae import Posterior
 from feda2v.io import storage
-from feda2v.io.config import Config
+from feda2v.io.config import Config, redact
 from feda2v.io.log import get_logger
 
 log = get_logger()
@@ -218,33 +218,77 @@ def save(uri: str, cfg: Config, vae, opt, client_id: int, round_num: int, class_
                                                               class_names, conditions, extra)))
 
 
+REQUIRED_KEYS = ("round", "generator_type", "generator_state_dict", "dims", "class_names",
+                 "class_conditions")
+
+
 def load(uri: str, cfg: Config, expect: dict[str, int], device: torch.device | None = None,
          ckpt: dict | None = None, with_optimizer: bool = True) -> tuple[Any, Any, dict[str, Any]]:
-    """Load a checkpoint (or use `ckpt`, already read from `uri`) and refuse it when its type
-    or dims disagree with this run. Sampling passes with_optimizer=False (opt is then None)."""
+    """Load a checkpoint (or use `ckpt`, already read from `uri` by storage.load_checkpoint) and
+    refuse it when its type or dims disagree with this run, or it is not a whole checkpoint.
+    Sampling passes with_optimizer=False (opt is then None). Every refusal is a ValueError
+    naming the file."""
+    name = redact(uri)
     ckpt = ckpt if ckpt is not None else storage.load_checkpoint(uri)
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{name}: not a generator checkpoint: it lacks {missing}")
     want_type = cfg.feda2v.generator_type
     if ckpt.get("generator_type") != want_type:
-        raise ValueError(f"{uri}: generator_type is {ckpt.get('generator_type')!r} in the "
+        raise ValueError(f"{name}: generator_type is {ckpt.get('generator_type')!r} in the "
                          f"checkpoint but {want_type!r} in the config")
     dims = ckpt["dims"]
+    bad = [k for k in DIM_KEYS if not isinstance(dims, dict) or type(dims.get(k)) is not int
+           or dims[k] < 1]
+    if bad:
+        raise ValueError(f"{name}: 'dims' lacks a positive whole number for {bad}")
     for key, value in expect.items():
         if dims.get(key) != value:
-            raise ValueError(f"{uri}: {key} is {dims.get(key)} in the checkpoint but {value} "
+            raise ValueError(f"{name}: {key} is {dims.get(key)} in the checkpoint but {value} "
                              "in this run")
-    storage.require_finite(ckpt["generator_state_dict"], uri)
+    _check_conditions(name, ckpt, dims["cond_dim"])
+    if not isinstance(ckpt["generator_state_dict"], dict):
+        raise ValueError(f"{name}: generator_state_dict is not a state dict")  # noqa: TRY004
+    storage.require_finite(ckpt["generator_state_dict"], name)
     vae = generators.GENERATORS[want_type](*(dims[k] for k in DIM_KEYS))
-    vae.load_state_dict(ckpt["generator_state_dict"])
+    try:
+        vae.load_state_dict(ckpt["generator_state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{name}: its generator_state_dict does not fit a {want_type} of its "
+                         f"dims: {_one_line(e)}") from None
     vae.dp_state = ckpt.get("dp")  # the privacy accountant goes on where it stopped
     vae.to(device or torch.device("cpu"))  # before the optimizer, whose state follows the params
     opt = None
     if with_optimizer:
         if not ckpt.get("optimizer_state_dict"):
-            raise ValueError(f"{uri}: a weights-only round snapshot cannot resume training; "
+            raise ValueError(f"{name}: a weights-only round snapshot cannot resume training; "
                              "resume from the latest checkpoint (client_{i}_generator.pt)")
         opt = new_optimizer(cfg, vae)
-        opt.load_state_dict(ckpt["optimizer_state_dict"])
+        try:
+            opt.load_state_dict(ckpt["optimizer_state_dict"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"{name}: its optimizer_state_dict does not fit this "
+                             f"{want_type}: {_one_line(e)}") from None
     return vae, opt, ckpt
+
+
+def _check_conditions(name: str, ckpt: dict, cond_dim: int) -> None:
+    """The checkpoint's class names and conditions: one floating-point condition of cond_dim
+    per class (sampling feeds them to the generator as they are)."""
+    names, cond = ckpt["class_names"], ckpt["class_conditions"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        raise ValueError(f"{name}: 'class_names' is not a non-empty list of names")
+    if not torch.is_tensor(cond) or not cond.is_floating_point():
+        raise ValueError(f"{name}: 'class_conditions' is not a floating-point tensor")
+    if list(cond.shape) != [len(names), cond_dim]:
+        raise ValueError(f"{name}: 'class_conditions' has shape {list(cond.shape)}, expected "
+                         f"{[len(names), cond_dim]} (one condition of cond_dim {cond_dim} per "
+                         "class of class_names)")
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
 
 
 # --- a client's generator over the rounds of Run 1 -------------------------------------------
@@ -375,7 +419,9 @@ def load_for_sampling(cfg: Config, client_id: int, uri: str, x: torch.Tensor):
                                 "generator_checkpoint_dir first, or set "
                                 "feda2v.generator_missing_checkpoint to real_only")
     data = storage.read_bytes(uri)
-    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    # The one checked reader: names the file for a spoilt or pickled checkpoint and refuses NaN
+    # or inf anywhere in it (weights, class conditions, statistics) before it is used.
+    ckpt = storage.load_checkpoint(uri, data)
     expect = expected_dims(cfg, x, 0)
     del expect["cond_dim"]  # the conditions travel inside the checkpoint
     vae, _, ckpt = load(uri, cfg, expect, x.device, ckpt, with_optimizer=False)

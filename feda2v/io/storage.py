@@ -168,20 +168,116 @@ def save_checkpoint(uri: str, checkpoint: dict[str, Any]) -> None:
     write_bytes(uri, buf.getvalue())
 
 
-def load_checkpoint(uri: str) -> dict[str, Any]:
-    """Load a .pt checkpoint without unpickling arbitrary objects (weights_only=True)."""
+def load_checkpoint(uri: str, data: bytes | None = None) -> dict[str, Any]:
+    """Load a .pt checkpoint (its bytes `data` when already read from `uri`) without unpickling
+    arbitrary objects (weights_only=True): the one checked way every checkpoint is read. A file
+    that is truncated, corrupt or not a checkpoint dict, one holding pickled Python objects, and
+    one with NaN or inf in any tensor or number (weights, class conditions, statistics, optimizer
+    state) is refused with one line naming the file (credentials redacted) and the entry."""
     import pickle
+    import warnings
 
     import torch
 
+    from feda2v.io.tracking import redact
+
+    name = redact(uri)
+    data = read_bytes(uri) if data is None else data
+    if not data:
+        raise ValueError(f"{name}: not a readable checkpoint: the file is empty")
     try:
-        return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{uri}: holds pickled Python objects, which feda2v never loads (only "
+        with warnings.catch_warnings():  # torch's notes on a hostile file's pickle protocol
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e) and not _whole_pickle(data):  # spoilt, not Python objects
+            raise ValueError(f"{name}: not a readable checkpoint (truncated, or not a torch .pt "
+                             f"file): {_first_line(e)}") from None
+        raise ValueError(f"{name}: holds pickled Python objects, which feda2v never loads (only "
                          "tensors and plain values); save it again with tensors only") from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{uri}: not a readable checkpoint (truncated, or not a torch .pt "
-                         f"file): {str(e).splitlines()[0]}") from None
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's readers raise anything on a spoilt file
+        # (zip, pickle, struct, index errors): name the file, in one line
+        raise ValueError(f"{name}: not a readable checkpoint (truncated, or not a torch .pt "
+                         f"file): {_first_line(e)}") from None
+    if not isinstance(ckpt, dict):  # a named ValueError, as every refusal of a stored file
+        raise ValueError(f"{name}: not a generator checkpoint (it holds a "  # noqa: TRY004
+                         f"{type(ckpt).__name__}, not the checkpoint dict)")
+    for section, entry, bad in _non_finite(ckpt):
+        where = f" in {section}" if section else ""
+        raise ValueError(f"{name}: '{entry}' holds {bad} non-finite value(s) (NaN or inf){where}; "
+                         "the checkpoint is refused — retrain the generator (Run 1) or restore "
+                         "the file")
+    return ckpt
+
+
+def _whole_pickle(data: bytes) -> bool:
+    """Whether the checkpoint's pickle (data.pkl of the zip format, else the file) is a whole,
+    well-formed opcode stream: then the weights-only reader refused what it holds (Python
+    objects), not a spoilt file. Only parses the opcodes; nothing is unpickled."""
+    import pickletools
+    import zipfile
+
+    stream = data
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            member = next(n for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl")
+            with z.open(member) as f:
+                stream = f.read(64 << 20)
+    except Exception:  # noqa: BLE001, S110 - not a zip: the legacy format begins with pickles
+        pass
+    try:
+        for _ in pickletools.genops(io.BytesIO(stream)):
+            pass
+        return True
+    except Exception:  # noqa: BLE001 - any fault in the opcodes: a spoilt stream
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    """What went wrong, in one line, without torch's advice to load the file unsafely."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if "Weights only load failed" in str(e):
+        after = [line for line in lines[1:] if not line.startswith(("Check the documentation",
+                                                                     "Please file an issue"))]
+        found = [line.split("WeightsUnpickler error:", 1)[-1].strip() for line in lines
+                 if "WeightsUnpickler error:" in line]
+        lines = [f for f in found if f] + [a for a in after if "weights_only" not in a]
+        return lines[0] if lines else "its pickle stream is corrupt"
+    lines = [line.split(". This is an internal miniz error")[0] for line in lines
+             if "weights_only" not in line]
+    return lines[0] if lines else type(e).__name__
+
+
+def _non_finite(ckpt: dict):
+    """(section, entry, count) of every tensor or float holding NaN or inf in a loaded
+    checkpoint, in order: the section is its top-level key, the entry the path below it (a
+    state dict's key: 'decoder.0.weight'), or the top-level key itself with no section
+    ('class_conditions'). The config's copy is left alone (checked where a config is read).
+    Iterative: a deeply nested file gives an answer, not a RecursionError."""
+    import math
+
+    import torch
+
+    stack: list[tuple[tuple[str, ...], Any]] = [((str(k),), v) for k, v in ckpt.items()
+                                                 if k != "config"][::-1]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend([((*path, str(k)), v) for k, v in value.items()][::-1])
+            continue
+        if isinstance(value, (list, tuple)):
+            stack.extend([((*path, str(i)), v) for i, v in enumerate(value)][::-1])
+            continue
+        if torch.is_tensor(value):
+            bad = (int((~torch.isfinite(value)).sum())
+                   if value.is_floating_point() or value.is_complex() else 0)
+        else:
+            bad = int(isinstance(value, float) and not math.isfinite(value))
+        if bad:
+            yield ((path[0], ".".join(path[1:]), bad) if len(path) > 1
+                   else ("", path[0], bad))
 
 
 def write_json(uri: str, value: Any) -> None:
