@@ -6,10 +6,21 @@ from feda2v.cli.common import _config_arg, _override_args, _run_cfg
 from feda2v.cli.pipeline import tracking_uri_text
 
 
+def _preflight(cfg) -> None:
+    """As `feda2v run`: the locations, the tracking server and the dataset's class names are
+    checked before any MLflow run or folder exists."""
+    from feda2v.orchestration import preflight
+
+    preflight.check(cfg, "local")
+
+
 def cmd_experiment(a) -> None:
     from feda2v.evaluation.experiment import VARIANTS, parse_partitions, run_experiment, run_grid
+    from feda2v.io import config as config_mod
     from feda2v.orchestration.local_run import resolve_local_paths
 
+    # A folder under storage_root/experiments and an MLflow run name: refused before any work.
+    config_mod.check_name("--name", a.name)
     cfg = resolve_local_paths(_run_cfg(a))
     variants = a.variants.split(",") if a.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -21,6 +32,7 @@ def cmd_experiment(a) -> None:
         except ValueError:
             raise ValueError(f"--seeds expects comma-separated integers, got {a.seeds!r}") from None
         partitions = parse_partitions(a.partitions or "classes")
+        _preflight(cfg)
         grid = run_grid(cfg, variants, seeds, partitions, a.name)
         print(f"\nAblations over seeds {seeds} and partitions {partitions}:\n")
         print(grid["table"])
@@ -39,6 +51,7 @@ def cmd_experiment(a) -> None:
                              f"{a.epsilons!r}") from None
         if any(e <= 0 for e in epsilons):
             raise ValueError(f"--epsilons must be > 0 (inf = no DP), got {a.epsilons!r}")
+    _preflight(cfg)
     result = run_experiment(cfg, variants, a.name, epsilons=epsilons)
     print(f"\nAblations on the same data and seed ({cfg.seed}):\n")
     print(result["table"])

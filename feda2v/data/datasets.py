@@ -131,6 +131,22 @@ def read_manifest(uri: str, train_folds: list[int], test_folds: list[int],
     return _fraction_split([(full(r["path"]), r["label"]) for r in rows], test_fraction, seed)
 
 
+_SOURCE = {"esc50": "the category column of meta/esc50.csv", "folders": "a class folder",
+           "manifest": "the manifest's label column",
+           "embeddings": "the embeddings file's class_names metadata"}
+
+
+def check_class_names(names, cfg: Config) -> None:
+    """Refuse, naming data.dataset_uri, the first class name read from the dataset that is not
+    safe as an MLflow metric-key segment and a path segment (config_mod.name_error)."""
+    for name in names:
+        error = config_mod.name_error(name)
+        if error:
+            raise ValueError(f"data.dataset_uri {config_mod.redact(cfg.data.dataset_uri)}: class "
+                             f"name from {_SOURCE[cfg.data.format]}: {error}; rename the class "
+                             "or list the classes to use in data.clients / data.classes")
+
+
 def read_items(cfg: Config) -> list[Item]:
     """All usable clips of the configured dataset, restricted to the configured classes."""
     data = cfg.data
@@ -145,7 +161,8 @@ def read_items(cfg: Config) -> list[Item]:
     else:
         raise ValueError(f"data.format {fmt!r} has no clips to list (embeddings are read whole)")
     wanted = config_mod.configured_classes(cfg)
-    if wanted is None:
+    if wanted is None:  # every class of the dataset is used: its names are checked here
+        check_class_names(sorted({i.label for i in items}), cfg)
         return items
     present = {i.label for i in items}
     absent = [c for c in wanted if c not in present]
@@ -161,7 +178,9 @@ def class_names(cfg: Config, items: list[Item] | None = None) -> list[str]:
     if names is not None:
         return names
     if cfg.data.format == "embeddings":
-        return read_embeddings(cfg.data.dataset_uri)[1]["class_names"]
+        names = read_embeddings(cfg.data.dataset_uri)[1]["class_names"]
+        check_class_names(names, cfg)
+        return names
     return sorted({i.label for i in (items if items is not None else read_items(cfg))})
 
 

@@ -314,6 +314,8 @@ def run_experiment(cfg: Config, variants: list[str] | None = None, name: str = "
     """All variants on the same data and seed; returns {results, table, parent_run_id, dir}.
     Each finite ε of `epsilons` adds the synthetic variant with DP-SGD generators at that ε
     (labelled synthetic-dp-eps{ε}); ∞ is the plain synthetic variant."""
+    for part in name.split("/"):  # run_grid nests NAME/PARTITION/seedN; each part one segment
+        config_mod.check_name("the experiment name", part)
     variants = list(variants or VARIANTS)
     private = sorted(e for e in epsilons or [] if e != float("inf"))
     if private and "synthetic" not in variants:
@@ -447,6 +449,9 @@ def run_grid(cfg: Config, variants: list[str], seeds: list[int], partitions: lis
              name: str = "experiment") -> dict:
     """Every variant for every partition and seed, each (partition, seed) an experiment nested
     under one MLflow parent run; returns {table, lines, cells, parent_run_id, dir}."""
+    config_mod.check_name("the experiment name", name)
+    for label in partitions:
+        config_mod.check_name("the partition label", label)
     parent = tracking.create_run(cfg, name)
     tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants),
                                       "feda2v.seeds": ",".join(map(str, seeds)),

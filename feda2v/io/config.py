@@ -84,6 +84,38 @@ def _int_list(v: Any) -> str | None:
     return None
 
 
+# A class name becomes a path segment and, with the characters MLflow refuses replaced
+# (federated/server.py), an MLflow metric-key segment (quality/node_0/<class>/density): real
+# datasets have names like "dog (bark)" or "children's voices". Refused: '/' and '\\' (more
+# segments), a leading '.' or '..' anywhere (hidden or climbing folders, and MLflow refuses a key
+# that normalises to another path), what fsspec reads as a query, fragment, escape or glob
+# ('?', '#', '%', '*', '[', ']'), control characters, and spaces at either end.
+_NAME = re.compile(r"[^/\\?#%*\[\]\x00-\x1f\x7f]+")
+MAX_NAME_LENGTH = 200  # an MLflow key holds 250 characters, the class name sits inside one
+
+
+def name_error(name: Any) -> str | None:
+    """Why `name` is not safe as one MLflow metric-key segment and one path segment, or None."""
+    if not isinstance(name, str) or not name:
+        return f"expected a non-empty name, got {name!r}"
+    if len(name) > MAX_NAME_LENGTH:
+        return (f"{name[:40]!r}… is not a safe name: a name holds at most {MAX_NAME_LENGTH} "
+                f"characters, got {len(name)}")
+    if not _NAME.fullmatch(name) or name.startswith(".") or ".." in name \
+            or name != name.strip():
+        return (f"{name!r} is not a safe name: no '/', '\\', '..', leading '.', '?', '#', "
+                "'%', '*', '[', ']', control characters or outer spaces (a name becomes a path "
+                "segment and part of MLflow keys)")
+    return None
+
+
+def check_name(what: str, name: Any) -> None:
+    """Raise ConfigError naming `what` (a key or an option) unless `name` is a safe segment."""
+    error = name_error(name)
+    if error:
+        raise ConfigError(f"bad value for {what}: {error}")
+
+
 def _client_split(v: Any) -> str | None:
     if not isinstance(v, list) or not v:
         return f"expected a non-empty list of class-name lists (one per client), got {v!r}"
@@ -94,6 +126,9 @@ def _client_split(v: Any) -> str | None:
             return f"client {i}: expected a non-empty list of class names, got {classes!r}"
         if len(set(classes)) != len(classes):
             return f"client {i}: a class is listed twice in {classes!r}"
+        bad = next((e for e in map(name_error, classes) if e), None)
+        if bad:
+            return f"client {i}: {bad}"
     return None
 
 
@@ -101,6 +136,10 @@ def _str_list(v: Any) -> str | None:
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
         return f"expected a list of non-empty strings, got {v!r}"
     return None if len(set(v)) == len(v) else f"a name is listed twice in {v!r}"
+
+
+def _name_list(v: Any) -> str | None:
+    return _str_list(v) or next((e for e in map(name_error, v) if e), None)
 
 
 def _template(v: Any) -> str | None:
@@ -191,7 +230,7 @@ class Data(_Section):
         0.2, _float(0.0, 0.9),
         "Held-out share per class where the data has no folds or splits.")
     classes: list[str] = key(
-        [], _str_list,
+        [], _name_list,
         "Classes to use; empty = the union of data.clients for the classes partition, else "
         "every class in the dataset.")
     partition: str = key(
@@ -437,7 +476,7 @@ def _validate_section(raw: Any, spec: dict[str, Key], where: str,
         if key not in spec:
             errors.append(str(_unknown(key, list(spec), where)))
             continue
-        error = spec[key].check(value)
+        error = spec[key].check(value) or uri_error(value)
         if error:
             errors.append(f"bad value for '{where}{key}': {error}")
             continue
@@ -554,12 +593,39 @@ def loads(text: str) -> Config:
 # (/proc/PID/environ is readable by the owner only).
 
 CREDENTIALS_ENV = "FEDA2V_CREDENTIALS"
-_USERINFO = re.compile(r"//[^/@\s]+@")
+# The userinfo of a URI runs from '//' to the LAST '@' before the path (Python's urllib and
+# urllib3 split there too): a password may hold an unencoded '@', '?', '#' or ':', and each
+# '@' of it must stay hidden. A run of text ends at whitespace; '///' (file:///, sqlite:///)
+# starts a path, not an authority.
+_USERINFO = re.compile(r"(?<!/)//[^/\s]+@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def redact(text: str) -> str:
-    """Drop user:password@ from every URI in `text` before it is logged or printed."""
+    """Drop user:password@ from every URI in `text` before it is logged or printed: all of it,
+    up to the last '@' of the authority."""
     return _USERINFO.sub("//***@", text)
+
+
+def uri_error(value: Any) -> str | None:
+    """Why a URI value cannot be split into userinfo, host and port as the clients would split
+    it (a password with an unencoded '/', '?' or '#'), or None. Never quotes the value: it may
+    hold a password."""
+    if not isinstance(value, str) or not _SCHEME.match(value):
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a host:port that does not parse
+    except ValueError:
+        parts = None
+    userinfo = _USERINFO.match(value, _SCHEME.match(value).end() - 2)
+    if parts is None or ("@" in parts.netloc) != bool(userinfo):
+        return ("its user:password@host:port part does not parse (value not shown: it may "
+                "hold a password); percent-encode '/', '?' and '#' in a user name or password "
+                "(%2F, %3F, %23), and an '@' of a query (%40)")
+    return None
 
 
 def leaves(cfg: dict, prefix: str = ""):

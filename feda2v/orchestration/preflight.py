@@ -13,6 +13,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+from feda2v.io import config as config_mod
 from feda2v.io import storage, tracking
 from feda2v.io.config import Config
 
@@ -129,6 +130,28 @@ def _checks(cfg: Config) -> list[tuple[str, str, callable]]:
     return out
 
 
+def _class_names(cfg: Config) -> None:
+    """The dataset's class names, read now: each must be safe as an MLflow metric-key segment
+    and a path segment, and each configured class must be in the dataset (a task would
+    otherwise find out after the MLflow run and the first tasks)."""
+    from feda2v.data import datasets
+
+    if cfg.data.format != "embeddings":
+        datasets.read_items(cfg)  # checks the names it uses, and that the configured ones exist
+        return
+    try:
+        names = storage.read_meta(cfg.data.dataset_uri).get("class_names")
+    except (ValueError, AttributeError) as e:  # a header that is no JSON object
+        raise ValueError(f"data.dataset_uri {tracking.redact(cfg.data.dataset_uri)}: not a "
+                         f"safetensors embeddings file ({type(e).__name__})") from None
+    if isinstance(names, list):
+        if config_mod.configured_classes(cfg) is None:
+            datasets.check_class_names(names, cfg)
+        return
+    raise ValueError(f"data.dataset_uri {tracking.redact(cfg.data.dataset_uri)}: embeddings "
+                     "file lacks the class_names metadata")
+
+
 def check(cfg: Config, where: str = "local") -> list[str]:
     """Raise on the first location that is wrong; return notes on those not checked.
 
@@ -136,6 +159,7 @@ def check(cfg: Config, where: str = "local") -> list[str]:
     where="cluster": local paths and hosts that do not resolve here are noted, not checked.
     """
     notes: list[str] = []
+    checked = set()
     for key, value, run_check in _checks(cfg):
         if where == "cluster" and storage.is_local(value):
             notes.append(f"{key} {value} is a path on this machine: every pod must see it at "
@@ -145,10 +169,18 @@ def check(cfg: Config, where: str = "local") -> list[str]:
             if not storage.is_local(value):
                 _remote(value, key)
             run_check()
+            checked.add(key)
         except Unseen as e:
             if where == "local":
                 raise ConnectionError(str(e)) from None
             notes.append(f"{e}; not checked")
+    if "data.dataset_uri" in checked:
+        _class_names(cfg)
+    if where == "local" and not cfg.mlflow_tracking_uri:
+        env = os.environ.get("MLFLOW_TRACKING_URI", "")
+        error = config_mod.uri_error(env)
+        if error:
+            raise config_mod.ConfigError(f"bad value for $MLFLOW_TRACKING_URI: {error}")
     uri = cfg.mlflow_tracking_uri  # a cluster's pods get theirs from the ConfigMap otherwise
     if where == "local":
         tracking.check_reachable(tracking.tracking_uri(cfg))
