@@ -407,17 +407,24 @@ def test_ablations_pipeline_nests_under_one_parent_with_an_empty_run_id(make_con
 
 
 @pytest.mark.slow
-def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tmp_path):
+def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tmp_path,
+                                                                 demo_data):
     """Tasks are forked from a pre-imported server: a task's failure must still reach kfp.local
     (exit code through the shim), the exit handler, and `feda2v run`'s exit code."""
-    (tmp_path / "nowhere").mkdir()  # there (the preflight passes), but no ESC-50 inside
+    import shutil
+
+    # Whole enough for the preflight (metadata, class names), but every clip is unreadable:
+    # extraction is the task that fails.
+    shutil.copytree(demo_data, tmp_path / "nowhere")
+    for wav in (tmp_path / "nowhere" / "audio").glob("*.wav"):
+        wav.write_bytes(b"RIFF")
     cfg = make_config(data={"dataset_uri": str(tmp_path / "nowhere")})
     proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config",
                            _write(cfg, tmp_path), "--pipeline", "run1"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Task 'extract' finished with status FAILURE" in proc.stdout + proc.stderr
-    assert "nowhere" in proc.stdout + proc.stderr  # the task's own error, streamed through
+    assert "clips are unreadable" in proc.stdout + proc.stderr  # the task's own error
     client, runs = _runs(cfg)
     assert client.get_run(runs[0].info.run_id).info.status == "FAILED"
 

@@ -199,7 +199,27 @@ def _stop_watchdog(proc) -> None:
     proc.wait(timeout=30)
 
 
-def _start_prefork():
+@contextmanager
+def _task_tmpdir():
+    """A TMPDIR of the run's own for its tasks, removed when the run ends (the prefork server
+    removes it should `feda2v run` be SIGKILLed). kfp.local's task command is
+    `program_path=$(mktemp -d); printf ... > "$program_path/ephemeral_component.py"; ...`
+    (kfp.dsl.component_factory) and nothing removes it: one /tmp/tmp.* folder per task, for ever.
+    This process keeps the temporary folder it had (tempfile caches it in mkdtemp below)."""
+    folder = tempfile.mkdtemp(prefix="feda2v-tasks-")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_prefork(remove: tuple[str, ...] = ()):
     """Pre-imported task processes (feda2v.orchestration.prefork). kfp.local's SubprocessRunner puts
     sys.executable in every task command, so for the run sys.executable is the shim."""
     from feda2v.orchestration import prefork
@@ -207,7 +227,7 @@ def _start_prefork():
     # A short path: Unix socket names are limited to about 100 bytes.
     folder = tempfile.mkdtemp(prefix="feda2v-prefork-")
     shim = os.path.join(prefork.write_shim(folder), "python3")
-    proc, path = prefork.start(folder, dict(os.environ))
+    proc, path = prefork.start(folder, dict(os.environ), remove=(folder, *remove))
     os.environ[prefork.SOCKET_ENV] = path
     os.environ[prefork.PID_ENV] = str(proc.pid)
     real, sys.executable = sys.executable, shim
@@ -334,12 +354,17 @@ def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
     os.environ.update(task_env)
     started = None
     try:
-        # First: the server imports while this process compiles and creates the MLflow run.
-        started = _start_prefork() if prefork and runner == "subprocess" else None
-        return _run(cfg, task_cfg, kind, plan, local_root, pipeline_root, execution, runner,
-                    image)
+        with _task_tmpdir() as task_tmp:
+            try:
+                # First: the server imports while this process compiles and creates the MLflow
+                # run.
+                started = (_start_prefork(remove=(task_tmp,))
+                           if prefork and runner == "subprocess" else None)
+                return _run(cfg, task_cfg, kind, plan, local_root, pipeline_root, execution,
+                            runner, image)
+            finally:
+                _stop_prefork(started)  # before the tasks' TMPDIR goes
     finally:
-        _stop_prefork(started)
         for key in task_env:
             os.environ.pop(key, None)
 

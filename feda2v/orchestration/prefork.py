@@ -10,6 +10,10 @@ reading and writing what kfp.local gives it; only the imports are shared (copy-o
 
 The server is single-threaded (a fork from a multi-threaded process can inherit held locks),
 exits with `feda2v run`, and the shim falls back to the real interpreter when the server is gone.
+It reads every connection without blocking, so a peer that connects and closes, sends a short,
+garbled or oversized request, or says nothing at all is dropped with one line naming it (pid
+and uid from SO_PEERCRED) and never holds up or takes down the other tasks: a request must be
+whole within REQUEST_TIMEOUT_S and at most MAX_REQUEST bytes, with exactly the three streams.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ import time
 SOCKET_ENV = "FEDA2V_PREFORK_SOCKET"
 PID_ENV = "FEDA2V_PREFORK_PID"
 MODULE = "kfp.dsl.executor_main"
+# A request is the task's argv, environment and folder: kilobytes, a few MB at the very most.
+MAX_REQUEST = 64 << 20
+# The shim sends its request the moment it connects; a peer still silent after this is dropped.
+TIMEOUT_ENV = "FEDA2V_PREFORK_REQUEST_TIMEOUT"
+REQUEST_TIMEOUT_S = 30.0
+# Connections still sending their request; past this the oldest (the likely silent one) goes.
+MAX_PENDING = 128
 
 # The shim: stdlib only, run with -I -S so it starts in a few milliseconds.
 SHIM = """#!{python} -IS
@@ -52,8 +63,17 @@ if sys.argv[1:3] == ["-m", {module!r}] and path:
         sys.stdout.flush(); sys.stderr.flush()
         socket.send_fds(s, [struct.pack("!I", len(body))], [0, 1, 2])
         s.sendall(body)
-        code = s.recv(4)
-        sys.exit(struct.unpack("!i", code)[0] if len(code) == 4 else 1)
+        code = b""
+        while len(code) < 4:
+            chunk = s.recv(4 - len(code))
+            if not chunk:
+                break
+            code += chunk
+        if len(code) == 4:
+            sys.exit(struct.unpack("!i", code)[0])
+        sys.stderr.write("feda2v prefork: the task server closed the connection without "
+                         "the task's exit code\\n")
+        sys.exit(1)
 os.execv(REAL, [REAL] + sys.argv[1:])
 """
 
@@ -89,16 +109,94 @@ def _import(name: str) -> None:
         pass
 
 
-def _recv_request(conn: socket.socket):
-    head, fds, _, _ = socket.recv_fds(conn, 4, 3)
-    (size,) = struct.unpack("!I", head)
-    body = b""
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
+class BadRequest(Exception):
+    """What a peer sent (or did not send) that is not a task request; the message says what."""
+
+
+def _peer(conn: socket.socket) -> tuple[str, int | None]:
+    """'pid 123 (python3), uid 1000' from SO_PEERCRED where the system has it; and the uid."""
+    try:
+        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except (AttributeError, OSError):  # not Linux: no SO_PEERCRED
+        return "an unidentified peer", None
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            name = f" ({f.read().strip()})"
+    except OSError:
+        name = ""
+    return f"pid {pid}{name}, uid {uid}", uid
+
+
+def _parse_request(body: bytes) -> dict:
+    try:
+        request = json.loads(body)
+    except ValueError as e:  # also not UTF-8
+        raise BadRequest(f"sent a request that is not JSON ({e})") from None
+    if not (isinstance(request, dict)
+            and isinstance(request.get("argv"), list)
+            and all(isinstance(a, str) for a in request["argv"])
+            and request["argv"][:2] == ["-m", MODULE]
+            and isinstance(request.get("env"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in request["env"].items())
+            and isinstance(request.get("cwd"), str)):
+        raise BadRequest(f"sent a request that is not {{argv: [-m, {MODULE}, ...], env, cwd}}")
+    return request
+
+
+class _Pending:
+    """A connection whose request is still arriving: read without blocking, as it comes."""
+
+    def __init__(self, conn: socket.socket, timeout: float):
+        self.conn = conn
+        self.peer, self.uid = _peer(conn)
+        self.data = bytearray()
+        self.fds: list[int] = []
+        self.deadline = time.monotonic() + timeout
+
+    def read(self):
+        """The request and its three streams once whole; None while more is to come.
+        Raises BadRequest."""
+        try:
+            chunk, fds, flags, _ = socket.recv_fds(self.conn, 1 << 16, 3)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            raise BadRequest(f"could not be read ({e})") from None
+        self.fds.extend(fds)
+        if flags & getattr(socket, "MSG_CTRUNC", 0):
+            raise BadRequest("sent more than 3 file descriptors")
         if not chunk:
-            raise ConnectionError("shim went away")
-        body += chunk
-    return json.loads(body), fds
+            raise BadRequest("closed the connection without sending a request" if not self.data
+                             else f"closed the connection after {len(self.data)} bytes of a request")
+        self.data += chunk
+        if len(self.data) < 4:
+            return None
+        (size,) = struct.unpack("!I", self.data[:4])
+        if size > MAX_REQUEST:
+            raise BadRequest(f"sent a header announcing {size} bytes (the most is {MAX_REQUEST})")
+        if len(self.data) > 4 + size:
+            raise BadRequest(f"sent more than the {size} bytes its header announced")
+        if len(self.data) < 4 + size:
+            return None
+        if len(self.fds) != 3:
+            raise BadRequest(f"sent {len(self.fds)} file descriptors, not the 3 standard streams")
+        return _parse_request(bytes(self.data[4:]))
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+        self.conn.close()
+
+
+def _drop(pending: _Pending, reason: str) -> None:
+    print(f"feda2v prefork: dropped a connection from {pending.peer}: {reason}", file=sys.stderr,
+          flush=True)
+    pending.close()
 
 
 def _run_child(request: dict, fds: list[int]) -> None:
@@ -115,6 +213,8 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if "tempfile" in sys.modules:  # the task's TMPDIR, not the one the server saw first
+            sys.modules["tempfile"].tempdir = None
         argv = request["argv"]  # ["-m", MODULE, *args]
         sys.argv = [MODULE, *argv[2:]]
         runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
@@ -131,9 +231,14 @@ def _run_child(request: dict, fds: list[int]) -> None:
             os._exit(code)
 
 
-def serve(path: str, parent: int) -> None:
+def serve(path: str, parent: int, remove: tuple[str, ...] = ()) -> None:
+    """Serve task requests on `path` until process `parent` is gone; then remove the folders
+    in `remove` (what `feda2v run` would have removed, had it not been SIGKILLed)."""
+    import shutil
+
     # Ctrl-C reaches the whole process group: feda2v run stops the tasks, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    timeout = float(os.environ.get(TIMEOUT_ENV) or REQUEST_TIMEOUT_S)
     for name in CORE:
         _import(name)
     later = list(LATER)
@@ -141,31 +246,76 @@ def serve(path: str, parent: int) -> None:
     tmp = path + ".tmp"
     server.bind(tmp)
     server.listen(64)
+    server.setblocking(False)
     os.rename(tmp, path)  # the shims wait for the final name: ready means imported
     sel = selectors.DefaultSelector()
     sel.register(server, selectors.EVENT_READ)
+    pending: dict[socket.socket, _Pending] = {}  # in arrival order
     running: dict[int, socket.socket] = {}
+
+    def forget(p: _Pending) -> None:
+        sel.unregister(p.conn)
+        del pending[p.conn]
+
     while True:
         ready = sel.select(timeout=0 if later else 0.05)
         if not ready and later:
             _import(later.pop(0))  # idle: warm up the next module for the tasks to come
-        for _key, _ in ready:
-            conn, _ = server.accept()
-            try:
-                request, fds = _recv_request(conn)
-            except (OSError, ValueError):
-                conn.close()
+        for key, _ in ready:
+            if key.fileobj is server:
+                try:
+                    conn, _ = server.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:  # out of file descriptors: the next turn may do better
+                    print(f"feda2v prefork: could not accept a connection: {e}", file=sys.stderr,
+                          flush=True)
+                    continue
+                conn.setblocking(False)
+                p = _Pending(conn, timeout)
+                if p.uid is not None and p.uid != os.getuid():
+                    _drop(p, "another user's process")
+                    continue
+                if len(pending) >= MAX_PENDING:
+                    oldest = next(iter(pending.values()))
+                    forget(oldest)
+                    _drop(oldest, f"{MAX_PENDING} connections were already waiting; "
+                                  "this one was the oldest")
+                pending[conn] = p
+                sel.register(conn, selectors.EVENT_READ)
                 continue
+            p = pending.get(key.fileobj)
+            if p is None:
+                continue
+            try:
+                request = p.read()
+            except BadRequest as e:
+                forget(p)
+                _drop(p, str(e))
+                continue
+            if request is None:
+                continue
+            forget(p)
+            fds, p.fds = p.fds, []
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
                 server.close()
-                conn.close()
+                p.conn.close()
+                for other in pending.values():  # nobody else's streams stay open in a task
+                    other.close()
+                for other in running.values():
+                    other.close()
                 _run_child(request, fds)
             for fd in fds:
                 os.close(fd)
-            running[pid] = conn
+            running[pid] = p.conn
+        now = time.monotonic()
+        for p in [p for p in pending.values() if p.deadline < now]:
+            forget(p)
+            _drop(p, f"sent no whole request within {timeout:g} s"
+                     + (f" ({len(p.data)} bytes came)" if p.data else " (nothing came)"))
         while running:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -176,23 +326,26 @@ def serve(path: str, parent: int) -> None:
             conn = running.pop(pid, None)
             if conn is not None:
                 try:
-                    conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
-                except OSError:
+                    conn.send(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+                except OSError:  # the shim is gone (or not reading): nobody to tell
                     pass
                 conn.close()
         try:
             os.kill(parent, 0)
         except ProcessLookupError:  # feda2v run is gone: so are we (tasks watch it themselves)
+            for folder in remove:
+                shutil.rmtree(folder, ignore_errors=True)
             os._exit(0)
 
 
-def start(folder: str, env: dict) -> tuple[object, str]:
-    """Start the server for a local run; returns (process, socket path)."""
+def start(folder: str, env: dict, remove: tuple[str, ...] = (), stderr=None) -> tuple[object, str]:
+    """Start the server for a local run; returns (process, socket path). The folders in `remove`
+    are removed by the server should this process die without doing so (SIGKILL)."""
     import subprocess
 
     path = os.path.join(folder, "prefork.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "feda2v.orchestration.prefork", path, str(os.getpid())],
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "feda2v.orchestration.prefork", path,
+                             str(os.getpid()), *remove], env=env, stderr=stderr)
     return proc, path
 
 
@@ -206,4 +359,4 @@ def wait_ready(path: str, timeout: float = 120) -> bool:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]))
+    serve(sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3:]))
