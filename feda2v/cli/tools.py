@@ -6,7 +6,7 @@ import json
 import sys
 
 from feda2v.cli.common import _cfg, _config_arg, _print
-from feda2v.data.download import ESC50_URL
+from feda2v.data.download import ESC50_URL, MAX_MEMBER_MB, MAX_RATIO, MAX_UNPACKED_MB
 from feda2v.io import config as config_mod
 
 
@@ -20,7 +20,9 @@ def cmd_data_demo(a) -> None:
 def cmd_data_esc50(a) -> None:
     from feda2v.data.download import download_esc50
 
-    download_esc50(a.out, a.url, a.sha256, verify=not a.no_verify)
+    download_esc50(a.out, a.url, a.sha256, verify=not a.no_verify,
+                   max_unpacked_mb=a.max_unpacked_mb, max_member_mb=a.max_member_mb,
+                   max_ratio=a.max_ratio)
 
 
 def cmd_data_digits(a) -> None:
@@ -106,6 +108,13 @@ def register(add) -> None:
                    "must be the known ESC-50 release, checked by its published MD5)")
     p.add_argument("--no-verify", action="store_true", help="unpack an archive without any "
                    "checksum (a warning names its sha256)")
+    p.add_argument("--max-unpacked-mb", type=float, default=MAX_UNPACKED_MB, help="refuse an "
+                   f"archive that unpacks to more than this many MB (default {MAX_UNPACKED_MB}; "
+                   "ESC-50 is about 900)")
+    p.add_argument("--max-member-mb", type=float, default=MAX_MEMBER_MB, help="refuse an archive "
+                   f"with a member over this many MB (default {MAX_MEMBER_MB}; a clip is 0.44)")
+    p.add_argument("--max-ratio", type=float, default=MAX_RATIO, help="refuse an archive with a "
+                   f"member of 1 MiB or more compressed over this ratio (default {MAX_RATIO})")
 
     p = data.add_parser("digits", help="Write scikit-learn's handwritten digits as an "
                                        "embeddings file (a real dataset, no download).",
