@@ -143,10 +143,20 @@ def _preflight_cluster(a, cfg: Config) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
+def _check_rounds(a, cfg: Config) -> None:
+    """Round execution unrolls every round into the YAML: refuse too many before anything is
+    checked, compiled or started."""
+    error = config_mod.round_execution_error(cfg, a.pipeline or config_mod.pipeline_kind(cfg),
+                                             a.execution)
+    if error:
+        raise config_mod.ConfigError(error)
+
+
 def cmd_compile(a) -> None:
     import pipelines
 
     cfg = _run_cfg(a)
+    _check_rounds(a, cfg)
     options = _cluster_options(a, cfg)
     _preflight_cluster(a, cfg)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
@@ -166,6 +176,7 @@ def cmd_submit(a) -> None:
     from feda2v.orchestration import submit
 
     cfg = _run_cfg(a)
+    _check_rounds(a, cfg)
     options = _cluster_options(a, cfg)
     _preflight_cluster(a, cfg)
     kind = a.pipeline or config_mod.pipeline_kind(cfg)
@@ -203,6 +214,7 @@ def cmd_run(a) -> None:
     from feda2v.orchestration.local_run import run_locally
 
     cfg = _run_cfg(a)
+    _check_rounds(a, cfg)
     if a.image is not None:
         check_reference(a.image)
     sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -36,52 +37,120 @@ class Key:
     doc: str
 
 
-def _int(lo: int | None = None) -> Callable[[Any], str | None]:
+def show(v: Any, limit: int = 60) -> str:
+    """repr(v), cut to `limit` characters: a message quotes a value, never 200 KB of it."""
+    text = repr(v)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _too_big(v: Any, hi: Any, why: str) -> str:
+    return f"{v} is more than the most, {hi} ({why})"
+
+
+def _int(lo: int | None = None, hi: int | None = None, why: str = ""):
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int):
-            return f"expected an integer, got {v!r}"
+            return f"expected an integer, got {show(v)}"
         if lo is not None and v < lo:
-            return f"must be >= {lo}, got {v}"
+            return f"must be >= {lo}, got {show(v)}"
+        if hi is not None and v > hi:
+            return _too_big(show(v), hi, why)
         return None
     return check
 
 
-def _float(lo: float | None = None, hi: float | None = None, strict_lo: bool = False):
+def _float(lo: float | None = None, hi: float | None = None, strict_lo: bool = False,
+           why: str = ""):
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return f"expected a number, got {v!r}"
+            return f"expected a number, got {show(v)}"
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"expected a finite number, got {v}"
         if lo is not None and (v <= lo if strict_lo else v < lo):
-            return f"must be {'>' if strict_lo else '>='} {lo}, got {v}"
+            return f"must be {'>' if strict_lo else '>='} {lo}, got {show(v)}"
         if hi is not None and v > hi:
-            return f"must be <= {hi}, got {v}"
+            return _too_big(show(v), hi, why) if why else f"must be <= {hi}, got {show(v)}"
         return None
     return check
 
 
 def _bool(v: Any) -> str | None:
-    return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
+    return None if isinstance(v, bool) else f"expected true or false, got {show(v)}"
 
 
-def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) else f"expected a string, got {v!r}"
+# String caps: a URI or path, a name (MLflow names and keys hold 250 characters), a prompt.
+MAX_URI = 2048
+MAX_TEXT_NAME = 200
+MAX_PROMPT = 1000
+_WHY_URI = "longer than any URL a browser, S3 or MLflow takes"
+_WHY_NAME = "an MLflow name holds 250 characters"
 
 
-def _nonempty_str(v: Any) -> str | None:
-    return _str(v) or (None if v.strip() else "must not be empty")
+def _text(most: int, why: str, nonempty: bool = False):
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return f"expected a string, got {show(v)}"
+        if len(v) > most:
+            return _too_big(f"a string of {len(v)} characters", f"{most} characters", why)
+        if nonempty and not v.strip():
+            return "must not be empty"
+        return None
+    return check
+
+
+_uri = _text(MAX_URI, _WHY_URI, nonempty=True)
+_optional_uri = _text(MAX_URI, _WHY_URI)
+_name_text = _text(MAX_TEXT_NAME, _WHY_NAME, nonempty=True)
+_optional_name_text = _text(MAX_TEXT_NAME, _WHY_NAME)
 
 
 def _choice(*options: str):
     def check(v: Any) -> str | None:
-        return None if v in options else f"expected one of {list(options)}, got {v!r}"
+        return None if v in options else f"expected one of {list(options)}, got {show(v)}"
     return check
 
 
-def _int_list(v: Any) -> str | None:
-    if not isinstance(v, list) or not v or not all(
-        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v
-    ):
-        return f"expected a non-empty list of positive integers, got {v!r}"
-    return None
+# Upper bounds: generous, but finite, so that a typo (1000000000 rounds) is refused before
+# anything starts. A breach reads "bad value for 'KEY': N is more than the most, M (why)".
+MAX_ROUNDS = 100_000
+_WHY_ROUNDS = "100,000 one-second rounds already take over a day"
+# Round execution unrolls every round into the compiled YAML: 30 + 50 rounds x 50 clients is
+# ~0.99 MB, and KFP refuses pipeline specs much past that.
+MAX_ROUND_EXECUTION_ROUNDS = 80
+MAX_EPOCHS = 10_000
+_WHY_EPOCHS = "10,000 epochs per round is a lifetime of training"
+MAX_BATCH = 65_536
+_WHY_BATCH = "larger than any client's data"
+MAX_SEED = 2**32 - 1
+MAX_LR = 10.0
+_WHY_LR = "AdamW diverges long before this"
+MAX_CLIENTS = 1000
+_WHY_CLIENTS = "each client trains its own adapter and generator every round"
+MAX_CLASSES = 10_000
+_WHY_CLASSES = "more classes than any audio dataset has"
+MAX_FOLD = 1000
+_WHY_FOLDS = "more folds than any dataset has"
+MAX_DIM = 65_536
+_WHY_DIM = "a layer this wide is billions of parameters"
+# The whole config travels on each task's command line (KFP passes it as an argument; Linux
+# allows 128 KB per argument), and a config file is read whole.
+MAX_CONFIG_JSON = 64 * 1024
+MAX_CONFIG_FILE = 1024 * 1024
+# top-level object > section > data.clients > a client's list: 4 levels; more is not a config.
+MAX_DEPTH = 16
+
+
+def _int_list(most: int, longest: int, why: str):
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not v or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v
+        ):
+            return f"expected a non-empty list of positive integers, got {show(v)}"
+        if len(v) > longest:
+            return _too_big(f"a list of {len(v)}", longest, why)
+        big = max(v)
+        return _too_big(big, most, why) if big > most else None
+    return check
 
 
 # A class name becomes a path segment and, with the characters MLflow refuses replaced
@@ -118,14 +187,18 @@ def check_name(what: str, name: Any) -> None:
 
 def _client_split(v: Any) -> str | None:
     if not isinstance(v, list) or not v:
-        return f"expected a non-empty list of class-name lists (one per client), got {v!r}"
+        return f"expected a non-empty list of class-name lists (one per client), got {show(v)}"
+    if len(v) > MAX_CLIENTS:
+        return _too_big(f"{len(v)} clients", MAX_CLIENTS, _WHY_CLIENTS)
     for i, classes in enumerate(v):
         if not isinstance(classes, list) or not classes or not all(
             isinstance(c, str) and c for c in classes
         ):
-            return f"client {i}: expected a non-empty list of class names, got {classes!r}"
+            return f"client {i}: expected a non-empty list of class names, got {show(classes)}"
+        if len(classes) > MAX_CLASSES:
+            return _too_big(f"client {i}: {len(classes)} classes", MAX_CLASSES, _WHY_CLASSES)
         if len(set(classes)) != len(classes):
-            return f"client {i}: a class is listed twice in {classes!r}"
+            return f"client {i}: a class is listed twice in {show(classes)}"
         bad = next((e for e in map(name_error, classes) if e), None)
         if bad:
             return f"client {i}: {bad}"
@@ -134,8 +207,10 @@ def _client_split(v: Any) -> str | None:
 
 def _str_list(v: Any) -> str | None:
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        return f"expected a list of non-empty strings, got {v!r}"
-    return None if len(set(v)) == len(v) else f"a name is listed twice in {v!r}"
+        return f"expected a list of non-empty strings, got {show(v)}"
+    if len(v) > MAX_CLASSES:
+        return _too_big(f"a list of {len(v)}", MAX_CLASSES, _WHY_CLASSES)
+    return None if len(set(v)) == len(v) else f"a name is listed twice in {show(v)}"
 
 
 def _name_list(v: Any) -> str | None:
@@ -143,7 +218,8 @@ def _name_list(v: Any) -> str | None:
 
 
 def _template(v: Any) -> str | None:
-    return _str(v) or (None if "{label}" in v else "must contain '{label}'")
+    return (_text(MAX_PROMPT, "CLIP reads 77 tokens of a prompt")(v)
+            or (None if "{label}" in v else "must contain '{label}'"))
 
 
 def key(default: Any, check: Callable[[Any], str | None], doc: str) -> Any:
@@ -166,19 +242,19 @@ class RunKeys(_Section):
     """The top-level keys of a run config."""
 
     global_rounds: int = key(
-        30, _int(1),
+        30, _int(1, MAX_ROUNDS, _WHY_ROUNDS),
         "Federated rounds of this run (Run 1: 30, Run 2: 50 in the seed).")
     batch_size: int = key(
-        16, _int(1),
+        16, _int(1, MAX_BATCH, _WHY_BATCH),
         "Mini-batch size for adapter training on clients and server.")
     seed: int = key(
-        0, _int(0),
+        0, _int(0, MAX_SEED, "seeds of numpy and most tools are 32-bit"),
         "Random seed for initialisation, shuffling and sampling.")
     local_epochs: int = key(
-        1, _int(1),
+        1, _int(1, MAX_EPOCHS, _WHY_EPOCHS),
         "Adapter epochs per round on each client's real data.")
     learning_rate: float = key(
-        1e-3, _float(0, strict_lo=True),
+        1e-3, _float(0, MAX_LR, strict_lo=True, why=_WHY_LR),
         "Adapter learning rate (AdamW).")
     pipeline: str = key(
         "auto", _choice("auto", "run1", "run2", "end_to_end"),
@@ -189,13 +265,13 @@ class RunKeys(_Section):
         "in-process (rounds and clients are run-time parameters); round = one task per "
         "client per round (silo mode, rounds unrolled).")
     storage_root: str = key(
-        "feda2v-store", _nonempty_str,
+        "feda2v-store", _uri,
         "fsspec URL or path under which embeddings, checkpoints and runs live.")
     experiment_name: str = key(
-        "feda2v", _nonempty_str,
+        "feda2v", _name_text,
         "MLflow experiment name.")
     mlflow_tracking_uri: str = key(
-        "", _str,
+        "", _optional_uri,
         "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else SQLite file mlflow.db under "
         "a local storage_root.")
     mlflow_system_metrics: bool = key(
@@ -203,7 +279,7 @@ class RunKeys(_Section):
         "Log CPU, memory, disk, network (and GPU) use of the federated tasks into their "
         "MLflow run as system/{phase}/… every 10 s.")
     mlflow_register_model: str = key(
-        "", _str,
+        "", _optional_name_text,
         "Register the final global adapter in the MLflow model registry under this name (a "
         "new version per run); empty = log the model without registering it.")
 
@@ -218,13 +294,13 @@ class Data(_Section):
         "manifest (CSV path,label[,fold|split]) or embeddings (safetensors, skips "
         "extraction).")
     dataset_uri: str = key(
-        "data/ESC-50", _nonempty_str,
+        "data/ESC-50", _uri,
         "Dataset root, manifest CSV or embeddings file: path or fsspec URL.")
     train_folds: list[int] = key(
-        [1, 2, 3, 4], _int_list,
+        [1, 2, 3, 4], _int_list(MAX_FOLD, MAX_FOLD, _WHY_FOLDS),
         "Folds used for training (esc50, manifest).")
     test_folds: list[int] = key(
-        [5], _int_list,
+        [5], _int_list(MAX_FOLD, MAX_FOLD, _WHY_FOLDS),
         "Folds held out for evaluation (esc50, manifest).")
     test_fraction: float = key(
         0.2, _float(0.0, 0.9),
@@ -242,16 +318,16 @@ class Data(_Section):
         "Class names owned by each client (partition 'classes'; default: the seed's 3 x 5 "
         "split). A class listed for several clients is split between them.")
     num_clients: int = key(
-        3, _int(1),
+        3, _int(1, MAX_CLIENTS, _WHY_CLIENTS),
         "Clients of the pathological, dirichlet and iid partitions.")
     classes_per_client: int = key(
-        5, _int(1),
+        5, _int(1, MAX_CLASSES, _WHY_CLASSES),
         "Classes per client (pathological partition).")
     dirichlet_alpha: float = key(
-        0.5, _float(0, strict_lo=True),
+        0.5, _float(0, 1e6, strict_lo=True, why="beyond this the partition is IID: use partition iid"),
         "Concentration of the dirichlet partition (small = more skewed).")
     clip_seconds: float = key(
-        5.0, _float(0, strict_lo=True),
+        5.0, _float(0, 600, strict_lo=True, why="a 10-minute clip is already 115 MB per clip of a batch at 48 kHz"),
         "Clips are resampled to the encoder's rate and padded/cropped to this.")
     max_bad_fraction: float = key(
         0.05, _float(0.0, 1.0),
@@ -272,23 +348,23 @@ class Models(_Section):
     """The `models` section: the encoders, and how extraction runs them."""
 
     audio_model: str = key(
-        "MIT/ast-finetuned-audioset-10-10-0.4593", _nonempty_str,
+        "MIT/ast-finetuned-audioset-10-10-0.4593", _uri,
         "Audio encoder (AST or CLAP): hub id, local folder or fsspec URL of a folder (copied "
         "once to the local model cache).")
     text_model: str = key(
-        "openai/clip-vit-large-patch14", _nonempty_str,
+        "openai/clip-vit-large-patch14", _uri,
         "CLIP model for text targets: hub id, local folder or fsspec URL.")
     image_model: str = key(
-        "openai/clip-vit-large-patch14", _nonempty_str,
+        "openai/clip-vit-large-patch14", _uri,
         "CLIP model for image targets (data.targets = images).")
     audio_tokens: int = key(
-        4, _int(1),
+        4, _int(1, 1024, "pooled to more tokens than the encoder has (AST: 1,214) only repeats them"),
         "Encoder tokens are adaptive-average-pooled to this many.")
     extract_batch_size: int = key(
-        16, _int(1),
+        16, _int(1, MAX_BATCH, _WHY_BATCH),
         "Clips per forward pass during extraction.")
     extract_workers: int = key(
-        2, _int(0),
+        2, _int(0, 256, "more processes than a machine has cores"),
         "DataLoader processes decoding audio (0 = in-process).")
     embeddings_dtype: str = key(
         "float32", _choice("float32", "float16"),
@@ -316,42 +392,42 @@ class FedA2V(_Section):
         "Run 2: load checkpoints and send synthetic samples. Both flags true = resume "
         "generator training from checkpoints.")
     generator_checkpoint_dir: str = key(
-        "checkpoints/generators", _nonempty_str,
+        "checkpoints/generators", _uri,
         "Checkpoint folder; relative paths live under storage_root.")
     generator_save_every: int = key(
-        5, _int(1),
+        5, _int(1, MAX_ROUNDS, _WHY_ROUNDS),
         "Keep client_{i}_generator_round_{r}.pt every N rounds.")
     generator_training_epochs: int = key(
-        10, _int(1),
+        10, _int(1, MAX_EPOCHS, _WHY_EPOCHS),
         "Generator epochs per round (Run 1).")
     generator_augmentation: bool = key(
         True, _bool,
         "Add Gaussian noise to generator inputs.")
     generator_augmentation_noise: float = key(
-        0.1, _float(0),
+        0.1, _float(0, 100, why="noise of this std drowns embeddings of norm ~1"),
         "Std of that noise (target stays clean).")
     generator_hidden_dim: int = key(
-        1024, _int(1),
+        1024, _int(1, MAX_DIM, _WHY_DIM),
         "VAE hidden layer width.")
     generator_latent_dim: int = key(
-        256, _int(1),
+        256, _int(1, MAX_DIM, _WHY_DIM),
         "VAE latent dimension.")
     generator_batch_size: int = key(
-        32, _int(1),
+        32, _int(1, MAX_BATCH, _WHY_BATCH),
         "Generator mini-batch size.")
     generator_kl_weight: float = key(
-        0.001, _float(0),
+        0.001, _float(0, 1000, why="beyond this the VAE learns nothing but its prior"),
         "VAE: the KL weight beta reaches at mid-training (the seed: 0.01, under which the "
         "decoder ignores its latent and the samples crowd the class centres).")
     generator_dp_epsilon: float = key(
-        0.0, _float(0),
+        0.0, _float(0, 1000, why="an epsilon this large guarantees nothing; 0 turns DP off"),
         "Differentially private generator training (DP-SGD, Opacus): the ε all of Run 1's "
         "generator steps spend; 0 = off.")
     generator_dp_delta: float = key(
         1e-5, _float(0, 1, strict_lo=True),
         "The δ of that guarantee.")
     generator_dp_max_grad_norm: float = key(
-        1.0, _float(0, strict_lo=True),
+        1.0, _float(0, 1e6, strict_lo=True, why="no clipping at all long before this; set generator_dp_epsilon 0 for no DP"),
         "DP-SGD: per-sample gradient clipping norm.")
     generator_sampling: str = key(
         "auto", _choice("auto", "posterior", "calibrated", "prior"),
@@ -362,17 +438,17 @@ class FedA2V(_Section):
         "prior (the seed). auto: posterior for the VAE, calibrated for the GAN, prior under "
         "DP-SGD (the others read the training rows outside the guarantee).")
     generator_learning_rate: float = key(
-        1e-3, _float(0, strict_lo=True),
+        1e-3, _float(0, MAX_LR, strict_lo=True, why=_WHY_LR),
         "Generator AdamW lr.")
     generator_training_rounds: int = key(
-        30, _int(1),
+        30, _int(1, MAX_ROUNDS, _WHY_ROUNDS),
         "Run 1 rounds inside the end_to_end pipeline (Run 2 then runs global_rounds).")
     generator_missing_checkpoint: str = key(
         "fail", _choice("fail", "real_only"),
         "Run 2 client without a checkpoint: fail the run naming it, or train on real data "
         "only (sending no synthetic samples).")
     synthetic_samples_per_class: int = key(
-        10, _int(1),
+        10, _int(1, 10_000, "10,000 x 768 floats is 30 MB per class, client and round sent to the server"),
         "Synthetic samples per class per round (Run 2).")
     quality_metrics: bool = key(
         True, _bool,
@@ -387,7 +463,7 @@ class FedA2V(_Section):
         False, _bool,
         "Server trains the global adapter on pooled synthetic samples.")
     global_model_train_epochs: int = key(
-        5, _int(1),
+        5, _int(1, MAX_EPOCHS, _WHY_EPOCHS),
         "Epochs of that server-side training per round.")
     global_model_train_mix: float = key(
         0.25, _float(0.0, 1.0),
@@ -399,7 +475,7 @@ class FedA2V(_Section):
         "Server training starts from this round's FedAvg of node adapters (true) or from the "
         "previous global adapter (false).")
     server_real_data_uri: str = key(
-        "", _str,
+        "", _optional_uri,
         "Real embeddings the server may train on (the precomputed-embeddings format); empty "
         "= the server has no real data.")
     global_model_train_real_ratio: float = key(
@@ -407,10 +483,10 @@ class FedA2V(_Section):
         "Share of real samples in the server's training set when it has real data: n_real = "
         "ratio / (1 - ratio) x n_synthetic, drawn with replacement.")
     adapter_hidden_dims: list[int] = key(
-        [1024, 2048], _int_list,
+        [1024, 2048], _int_list(MAX_DIM, 16, _WHY_DIM),
         "Adapter MLP hidden widths.")
     adapter_heads: int = key(
-        8, _int(1),
+        8, _int(1, 1024, "a head per CLIP dimension is the most that divides it"),
         "Attention-pooling heads (must divide the CLIP dimension).")
     optimize_memory_usage: bool = key(
         False, _bool,
@@ -460,9 +536,41 @@ def key_spec(dotted: str) -> Key:
 
 
 def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    if len(key) > MAX_TEXT_NAME:
+        return ConfigError(f"unknown config key {show(where + key)}")
     hint = difflib.get_close_matches(key, known, n=1)
     tip = f" (did you mean '{hint[0]}'?)" if hint else ""
     return ConfigError(f"unknown config key '{where}{key}'{tip}")
+
+
+def depth_error(value: Any) -> str | None:
+    """'nested too deeply …' when `value` nests lists and dicts past MAX_DEPTH, else None;
+    iterative, so that no nesting can exhaust the stack here."""
+    stack = [(value, 1)]
+    while stack:
+        v, level = stack.pop()
+        if isinstance(v, (list, dict)):
+            if level > MAX_DEPTH:
+                return (f"nested too deeply (more than {MAX_DEPTH} levels of lists and "
+                        "objects; a config has 4)")
+            stack.extend((x, level + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return None
+
+
+def parse_json(text: str, what: str) -> Any:
+    """json.loads, with every way it can fail (bad syntax, nesting past the stack, an integer
+    of more than 4,300 digits) one ConfigError that starts with `what`."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{what}: nested too deeply (more than {MAX_DEPTH} levels of lists "
+                          "and objects; a config has 4)") from None
+    except ValueError as e:  # JSONDecodeError, and int() of too many digits
+        raise ConfigError(f"{what}: not valid JSON ({show(str(e), 200)[1:-1]})") from e
+    error = depth_error(value)
+    if error:
+        raise ConfigError(f"{what}: {error}")
+    return value
 
 
 def _validate_section(raw: Any, spec: dict[str, Key], where: str,
@@ -494,6 +602,9 @@ def validate(raw: dict[str, Any] | Config) -> Config:
         raw = raw.to_dict()
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(raw).__name__}")
+    error = depth_error(raw)
+    if error:
+        raise ConfigError(f"the config is {error}")
     errors: list[str] = []
     top = {k: v for k, v in raw.items() if k not in SECTIONS}
     cfg = _validate_section(top, TOP_LEVEL, "", errors)
@@ -502,11 +613,38 @@ def validate(raw: dict[str, Any] | Config) -> Config:
     if len(errors) == 1:
         raise ConfigError(errors[0])
     if errors:
-        raise ConfigError(f"{len(errors)} bad keys:\n  - " + "\n  - ".join(errors))
+        more = f"\n  - … and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise ConfigError(f"{len(errors)} bad keys:\n  - " + "\n  - ".join(errors[:20]) + more)
     typed = Config(**{k: cfg[k] for k in TOP_LEVEL}, data=Data(**cfg["data"]),
                    models=Models(**cfg["models"]), feda2v=FedA2V(**cfg["feda2v"]))
     _check_cross_keys(typed)
+    size = len(typed.to_json().encode())
+    if size > MAX_CONFIG_JSON:
+        raise ConfigError(f"the config is {size / 1024:.0f} KB as JSON, more than the most, "
+                          f"{MAX_CONFIG_JSON // 1024} KB (it travels on each task's command "
+                          "line, and Linux takes 128 KB per argument): shorten its longest "
+                          "values")
     return typed
+
+
+def round_execution_error(cfg: Config, kind: str | None = None,
+                          execution: str | None = None) -> str | None:
+    """Why round execution cannot compile this many rounds (each is unrolled into the YAML),
+    or None. Cheap: meant to run before anything is compiled or started."""
+    kind = kind or pipeline_kind(cfg)
+    if (execution or cfg.execution) != "round" or kind == "ablations":
+        return None
+    f = cfg.feda2v
+    both = kind == "end_to_end" and f.use_generator
+    total = cfg.global_rounds + (f.generator_training_rounds if both else 0)
+    if total <= MAX_ROUND_EXECUTION_ROUNDS:
+        return None
+    what = (f"global_rounds + feda2v.generator_training_rounds = {cfg.global_rounds} + "
+            f"{f.generator_training_rounds} = {total}" if both else f"{total}")
+    return (f"bad value for 'global_rounds': {what} is more than the most, "
+            f"{MAX_ROUND_EXECUTION_ROUNDS}, for 'execution' 'round' (each round is unrolled "
+            "into the compiled pipeline, which KFP refuses past ~1 MB); use 'execution' 'phase', "
+            f"which takes up to {MAX_ROUNDS:,} rounds")
 
 
 def _check_cross_keys(cfg: Config) -> None:
@@ -539,13 +677,14 @@ def _check_cross_keys(cfg: Config) -> None:
 
 def load(path: str | Path) -> Config:
     """Read and validate a JSON config file."""
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_FILE:
+        raise ConfigError(f"{path}: the config file is {size / 1024:.0f} KB, more than the most, "
+                          f"{MAX_CONFIG_FILE // 1024} KB (a config is a few KB)")
     text = Path(path).read_text()
     if not text.strip():
         raise ConfigError(f"{path}: the config file is empty (write {{}} for all defaults)")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    raw = parse_json(text, str(path))
     try:
         return validate(raw)
     except ConfigError as e:
@@ -560,14 +699,20 @@ def override(cfg: Config | dict[str, Any], assignments: list[str]) -> Config:
     for item in assignments:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE, e.g. global_rounds=5")
+            raise ConfigError(f"--param {show(item)}: expected KEY=VALUE, e.g. global_rounds=5")
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
+        except RecursionError:
+            raise ConfigError(f"--param {show(item)}: nested too deeply (more than "
+                              f"{MAX_DEPTH} levels of lists and objects)") from None
+        except ValueError:  # not JSON (or an integer of more than 4,300 digits): a string
             value = text
+        error = depth_error(value)
+        if error:
+            raise ConfigError(f"--param {show(item)}: {error}")
         section, _, name = key.rpartition(".")
         if section and section not in SECTIONS:
-            raise ConfigError(f"--param {item!r}: unknown config section {section!r} (expected "
+            raise ConfigError(f"--param {show(item)}: unknown config section {section!r} (expected "
                               f"one of {sorted(SECTIONS)})")
         (out.setdefault(section, {}) if section else out)[name] = value
     return validate(out)
@@ -584,7 +729,10 @@ def as_config(value: Config | str | dict[str, Any]) -> Config:
 def loads(text: str) -> Config:
     """Validate a config given as JSON text (how stages receive it), with any credentials that
     `withhold_credentials` kept off the command line put back from the environment."""
-    return validate(_restore_credentials(json.loads(text)))
+    if len(text) > MAX_CONFIG_FILE:
+        raise ConfigError(f"the config is {len(text) / 1024:.0f} KB of JSON, more than the most, "
+                          f"{MAX_CONFIG_FILE // 1024} KB")
+    return validate(_restore_credentials(parse_json(text, "the config")))
 
 
 # --- credentials --------------------------------------------------------------------------------
