@@ -86,10 +86,11 @@ def test_nan_in_class_targets_is_refused(tmp_path):
 
 def test_a_diverging_client_round_sends_nothing_and_names_client_and_round():
     cfg = _cfg()
-    cfg = cfg.replace(learning_rate=1e30)  # diverges at once
+    d = _data()
+    huge = ClientData(d.train_x * 1e30, d.train_y, d.test_x, d.test_y)  # overflows at once
     with pytest.raises(ValueError, match=r"client 1, round 4 \(fedavg\): the adapter's training "
                                          r"loss is (nan|inf)"):
-        client_step(cfg, 1, 4, "fedavg", _state(cfg), _data(), TARGETS, NAMES)
+        client_step(cfg, 1, 4, "fedavg", _state(cfg), huge, TARGETS, NAMES)
 
 
 def test_the_server_refuses_a_non_finite_update_naming_the_client():
@@ -118,7 +119,7 @@ def test_a_generator_checkpoint_with_nan_weights_is_refused(tmp_path):
 
 
 def test_a_generator_round_that_diverges_writes_no_checkpoint():
-    cfg = _cfg(generator_learning_rate=1e30)
+    cfg = _cfg(generator_learning_rate=10.0)  # the most a config allows; the conditions overflow
     d = _data()
     with pytest.raises(ValueError, match=r"client 0, generator round 3: the training loss is"):
         generator.generator_round(cfg, 0, 3, None, d.train_x, d.train_y, torch.tensor([0, 1]),
