@@ -210,16 +210,16 @@ def tracking_uri_text(cfg: Config) -> str:
 
 
 def cmd_run(a) -> None:
-    from components.image import check_reference
+    from components.image import check_reference, default_image
     from feda2v.orchestration.local_run import run_locally
 
     cfg = _run_cfg(a)
     _check_rounds(a, cfg)
     if a.image is not None:
         check_reference(a.image)
+    image = (a.image or default_image("cpu")) if a.runner == "docker" else ""
     sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,
-                         a.execution, prefork=not a.no_prefork, runner=a.runner,
-                         image=a.image or ""))
+                         a.execution, prefork=not a.no_prefork, runner=a.runner, image=image))
 
 
 def _cluster_args(p) -> None:

@@ -11,8 +11,6 @@ import urllib.request
 import zipfile
 import zlib
 
-from fsspec.implementations.local import LocalFileSystem
-
 from feda2v.io import storage
 from feda2v.io.config import redact
 from feda2v.io.log import get_logger, progress
@@ -126,33 +124,6 @@ def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: _Limits, done: l
                             f"{info.file_size}", "a lying header")
 
 
-def _write_stream(uri: str, chunks) -> None:
-    """Write `chunks` to `uri` atomically without holding the file in memory: a local file goes
-    to a temporary file beside the target, renamed when complete; a remote object is written
-    through an fsspec file that is committed only when complete (discarded on any error)."""
-    fs, path = storage._fs(uri)
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-        try:
-            os.fchmod(fd, 0o666 & ~storage._umask())
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return
-    # In a transaction an fsspec file is committed only when complete (s3fs: the multipart
-    # upload is completed at the end) and discarded (aborted) on any error.
-    with fs.transaction, fs.open(path, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-
-
 class _Progress:
     """Log `members/total, MB/MB` at most every `every_s` seconds and at the end."""
 
@@ -220,7 +191,7 @@ def download_esc50(out: str, url: str = ESC50_URL, sha256: str = "", verify: boo
                     chunks = _stream(zf, info, limits, done, url)
                     if write:
                         uri = storage.join(out, info.filename[len(prefix):])
-                        storage._io(uri, "write", lambda uri=uri, c=chunks: _write_stream(uri, c))
+                        storage.write_stream(uri, chunks)
                     else:
                         for _ in chunks:
                             pass

@@ -81,10 +81,17 @@ def exists(uri: str) -> bool:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    _io(uri, "write", lambda: _write_bytes(uri, data))
+    _io(uri, "write", lambda: _write_chunks(uri, [data], whole=True))
 
 
-def _write_bytes(uri: str, data: bytes) -> None:
+def write_stream(uri: str, chunks) -> None:
+    """Write the byte chunks of an iterable to `uri` atomically without holding the file in
+    memory (an archive's member): a remote object through an fsspec file committed only when
+    complete (s3fs completes its multipart upload at the end, aborts it on any error)."""
+    _io(uri, "write", lambda: _write_chunks(uri, chunks))
+
+
+def _write_chunks(uri: str, chunks, whole: bool = False) -> None:
     fs, path = _fs(uri)
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path) or "."
@@ -95,14 +102,19 @@ def _write_bytes(uri: str, data: bytes) -> None:
             # shared store stays readable by the others who should read it.
             os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in chunks:
+                    f.write(chunk)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+    elif whole:
+        fs.pipe_file(path, b"".join(chunks))  # one PUT
     else:
-        fs.pipe_file(path, data)
+        with fs.transaction, fs.open(path, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
 
 
 def _umask() -> int:

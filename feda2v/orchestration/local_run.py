@@ -388,9 +388,7 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
 
     options = pipelines.ClusterOptions.local()
     if runner == "docker":
-        from components.image import default_image
-
-        options.image = image or default_image("cpu")
+        options.image = image  # the front resolves the default (components.image)
         os.makedirs(pipeline_root, exist_ok=True)
         task_runner = docker_runner(cfg, pipeline_root, run_id)
         install_container_runner()
