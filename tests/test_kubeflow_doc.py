@@ -46,6 +46,7 @@ from s3server import s3_server  # noqa: F401 - the s3_server fixture
 from test_manifests import (
     K8S_VERSION,
     SECRET_TEMPLATES,
+    assert_kubectl_agrees,
     containers,
     find,
     load_yaml_documents,
@@ -651,12 +652,7 @@ class Walk:
                 kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
             except kubernetes_validate.ValidationError as e:
                 pytest.fail(f"{rest[2]}: {obj['kind']}/{obj['metadata']['name']}: {e.message}")
-        kubectl = shutil.which("kubectl")
-        if kubectl:
-            out = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
-                                 capture_output=True, text=True, timeout=60).stdout
-            assert sorted(objects, key=object_id) == sorted(
-                (d for d in yaml.safe_load_all(out) if d), key=object_id)
+        assert_kubectl_agrees(directory, objects)
         mine = {object_id(o) for o in objects}
         self.applied = [o for o in self.applied if object_id(o) not in mine] + objects
 

@@ -279,6 +279,16 @@ def test_rendered_objects_validate_against_the_kubernetes_schemas(name):
             pytest.fail(f"{label}: {e.message}")
 
 
+def assert_kubectl_agrees(directory: Path, objects: list[dict]) -> None:
+    """Where kubectl is on PATH, its built-in kustomize renders `directory` to `objects`."""
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+        assert sorted(objects, key=object_id) == sorted(
+            (d for d in yaml.safe_load_all(out) if d), key=object_id)
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_renderer_agrees_with_kubectl_kustomize(name):
     kubectl = shutil.which("kubectl")
@@ -404,12 +414,7 @@ def test_renderer_sets_images_as_kustomize_does(tmp_path, case):
     thing = find(objects, "Thing", "t")
     assert thing["spec"]["deep"]["initContainers"] == {"image": "feda2v-mlflow:9"}  # no list
     assert find(objects, "ConfigMap", "c")["data"] == {"image": "feda2v-mlflow:1"}
-    kubectl = shutil.which("kubectl")
-    if kubectl:
-        out = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
-                             capture_output=True, text=True, timeout=60).stdout
-        assert sorted(objects, key=object_id) == sorted(
-            (d for d in yaml.safe_load_all(out) if d), key=object_id)
+    assert_kubectl_agrees(directory, objects)
 
 
 def test_renderer_applies_images_after_patches(tmp_path):
