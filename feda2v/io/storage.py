@@ -81,7 +81,11 @@ def exists(uri: str) -> bool:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    _io(uri, "write", lambda: _write_chunks(uri, [data], whole=True))
+    _io(uri, "write", lambda: _write_bytes(uri, data))
+
+
+def _write_bytes(uri: str, data: bytes) -> None:  # the fault tests' hook
+    _write_chunks(uri, [data], whole=True)
 
 
 def write_stream(uri: str, chunks) -> None:
