@@ -369,6 +369,7 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
         log.info("[Client %d] Initializing %s generator", client_id, f.generator_type)
     for r in range(done + 1, rounds + 1):
         log.info("=== Generator round %d/%d — Client %d ===", r, rounds, client_id)
+        runstate.acquire(published_dir, run_key)  # claim the folder, or renew the heartbeat
         t = conditions(r)
         log.info("[Client %d] Starting generator training mode", client_id)
         state, losses[r] = generator_round(cfg, client_id, r, state, x, y, t["ids"], t["means"])

@@ -21,13 +21,13 @@ import json
 import os
 import time
 
-from feda2v.io import storage
+from feda2v.io import owner, storage
 from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
 LEASE_NAME = "feda2v-lease.json"
-LEASE_SECONDS = 2 * 3600  # a run that died without its exit handler frees the folder after this
+LEASE_SECONDS = 30 * 60  # a holder out of sight that renews no more frees the folder after this
 
 
 def run_dir(cfg: Config, run_key: str) -> str:
@@ -76,13 +76,22 @@ def sha256(data: bytes) -> str:
 
 
 # --- the lease on the shared checkpoint folder ----------------------------------------------
+#
+# A lease is held while its holder lives. Where the holder's process can be seen (same host,
+# same process namespace: `feda2v run` and its tasks, a stage run by hand), a dead holder frees
+# it at once; elsewhere (pods) a heartbeat that is not renewed frees it after LEASE_SECONDS.
+
 
 def _lease_uri(folder: str) -> str:
     return storage.join(folder, LEASE_NAME)
 
 
-def lease_holder(folder: str) -> dict | None:
-    """The live lease on `folder` ({run, expires}), or None when free, released or expired."""
+def _current_owner() -> str:
+    return os.environ.get(owner.OWNER_ENV) or owner.token()
+
+
+def _read_lease(folder: str) -> dict | None:
+    """The lease record on `folder` (None: none, unreadable or released)."""
     uri = _lease_uri(folder)
     if not storage.exists(uri):
         return None
@@ -90,26 +99,43 @@ def lease_holder(folder: str) -> dict | None:
         lease = storage.read_json(uri)
     except (ValueError, OSError):
         return None
-    if lease.get("released") or lease.get("expires", 0) < time.time():
+    return None if not isinstance(lease, dict) or lease.get("released") else lease
+
+
+def lease_holder(folder: str) -> dict | None:
+    """The live lease on `folder` ({run, owner, expires, host}), or None when it is free:
+    released, its owner's process gone, or (owner out of sight) its heartbeat expired."""
+    lease = _read_lease(folder)
+    if lease is None:
         return None
-    return lease
+    alive = owner.alive(str(lease.get("owner", "")))
+    if alive is None:
+        expires = lease.get("expires", 0)
+        alive = isinstance(expires, (int, float)) and expires >= time.time()
+    return lease if alive else None
 
 
 def acquire(folder: str, run_key: str) -> bool:
     """Take or renew the lease on `folder` for `run_key`; False while another live run holds it.
     (On object stores two runs racing within one request can both win; the read-back narrows it.)"""
     holder = lease_holder(folder)
-    if holder is not None and holder["run"] != run_key:
+    if holder is not None and holder.get("run") != run_key:
         return False
-    storage.write_json(_lease_uri(folder), {"run": run_key, "expires": time.time() + LEASE_SECONDS,
+    storage.write_json(_lease_uri(folder), {"run": run_key, "owner": _current_owner(),
+                                           "expires": time.time() + LEASE_SECONDS,
                                            "host": os.uname().nodename})
     return storage.read_json(_lease_uri(folder)).get("run") == run_key
 
 
-def release(folder: str, run_key: str) -> None:
-    holder = lease_holder(folder)
-    if holder is not None and holder["run"] == run_key:
-        storage.write_json(_lease_uri(folder), dict(holder, released=True))
+def release(folder: str, run_key: str = "", owner_token: str = "") -> bool:
+    """Release the lease on `folder` held by `run_key` (or by the process `owner_token`);
+    True when this released it."""
+    lease = _read_lease(folder)  # a dead owner's too: hosts that cannot see it are told
+    if lease is None or not ((run_key and lease.get("run") == run_key)
+                             or (owner_token and lease.get("owner") == owner_token)):
+        return False
+    storage.write_json(_lease_uri(folder), dict(lease, released=True))
+    return True
 
 
 def publish(folder: str, run_key: str, name: str, data: bytes) -> bool:

@@ -27,6 +27,8 @@ import struct
 import sys
 import time
 
+from feda2v.io.owner import pid_alive
+
 SOCKET_ENV = "FEDA2V_PREFORK_SOCKET"
 PID_ENV = "FEDA2V_PREFORK_PID"
 MODULE = "kfp.dsl.executor_main"
@@ -330,9 +332,7 @@ def serve(path: str, parent: int, remove: tuple[str, ...] = ()) -> None:
                 except OSError:  # the shim is gone (or not reading): nobody to tell
                     pass
                 conn.close()
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:  # feda2v run is gone: so are we (tasks watch it themselves)
+        if not pid_alive(parent):  # feda2v run is gone: so are we (tasks watch it themselves)
             for folder in remove:
                 shutil.rmtree(folder, ignore_errors=True)
             os._exit(0)

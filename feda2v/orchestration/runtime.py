@@ -194,14 +194,11 @@ _watching: list[int] = []
 
 def _exit_with_parent(parent: int) -> None:
     # The task may sit below a shell (KFP's `sh -c` launcher), so watch the pid, not getppid().
-    while True:
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            os._exit(137)
-        except PermissionError:
-            pass  # alive, owned by someone else: cannot be ours, but keep waiting
+    from feda2v.io.owner import pid_alive
+
+    while pid_alive(parent):  # a killed parent not yet reaped is a zombie: gone as well
         time.sleep(0.5)
+    os._exit(137)
 
 
 # The keys the data stages (extraction, class targets) read: their output depends on these

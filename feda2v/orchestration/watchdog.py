@@ -1,6 +1,7 @@
 """`python -m feda2v.orchestration.watchdog`: started by `feda2v run`, reads {config, run_id} from stdin and
 waits. "done" means the run ended itself; end of input without it means `feda2v run` was
-killed (SIGKILL leaves no chance to clean up): then the MLflow run is marked KILLED."""
+killed (SIGKILL leaves no chance to clean up): then the MLflow run is marked KILLED and the
+lease the run held on the checkpoint folder is released."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ def main() -> None:
     if rest.strip() == "done":
         return
     time.sleep(2)  # task processes notice their lost parent within a second and exit
-    from feda2v.io import config, tracking
+    from feda2v.io import config, runstate, tracking
+    from feda2v.orchestration.stages import checkpoint_dir
 
-    tracking.end_run(config.validate(job["config"]), job["run_id"], "KILLED")
+    cfg = config.validate(job["config"])
+    try:
+        runstate.release(checkpoint_dir(cfg), owner_token=job.get("owner", ""))
+    finally:
+        tracking.end_run(cfg, job["run_id"], "KILLED")
 
 
 if __name__ == "__main__":
