@@ -14,6 +14,9 @@ from typing import Any
 
 from feda2v.io import storage
 from feda2v.io.config import Config, leaves, redact  # redact: the one rule, also tracking.redact
+from feda2v.io.log import get_logger
+
+log = get_logger()
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -113,9 +116,45 @@ def _client(uri: str):
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     else:
-        client = MlflowClient(tracking_uri=uri)
+        client = _Answering(MlflowClient(tracking_uri=uri), uri)
     _clients[uri] = client
     return client
+
+
+class _Answering:
+    """An MlflowClient whose calls, when the server stops answering mid-run, raise one
+    ConnectionError naming the server and the call (MLflow's own is a 145-line chain)."""
+
+    def __init__(self, client, uri: str):
+        self._inner, self._uri = client, uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except Exception as e:
+                if not _unanswered(e):
+                    raise
+                raise ConnectionError(
+                    f"MLflow tracking server {redact(self._uri)} stopped answering ({name}): "
+                    "is it still running?") from None
+        return call
+
+
+def _unanswered(e: BaseException) -> bool:
+    import requests
+
+    if isinstance(e, (requests.ConnectionError, requests.Timeout)):
+        return True
+    text = str(e)
+    return type(e).__name__ == "MlflowException" and any(
+        s in text for s in ("Max retries exceeded", "Connection refused", "Read timed out",
+                            "Connection aborted", "RemoteDisconnected"))
 
 
 def _experiment_id(cfg: Config, client, uri: str) -> str:
@@ -158,14 +197,47 @@ def _source_tags() -> dict[str, str]:
     return tags
 
 
+OWNER_TAG = "feda2v.owner"  # the process that created the run (feda2v.io.owner)
+
+
 def create_run(cfg: Config, run_name: str, parent_run_id: str = "",
                tags: dict[str, str] | None = None) -> str:
+    """A new run, owned by this process (OWNER_TAG); a top-level one first ends the
+    experiment's stale runs (end_stale_runs)."""
+    from feda2v.io import owner
+
     uri = tracking_uri(cfg)
     client = _client(uri)
-    tags = dict(source_tags(), **(tags or {}),
-                **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}))
+    if not parent_run_id:
+        end_stale_runs(cfg)
+    tags = {**source_tags(), OWNER_TAG: owner.token(), **(tags or {}),
+            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     return client.create_run(_experiment_id(cfg, client, uri), run_name=run_name,
                              tags=tags).info.run_id
+
+
+def end_stale_runs(cfg: Config) -> list[str]:
+    """End FAILED each RUNNING run of the experiment whose owning process is gone from this
+    host (a run killed while the server was down could not end its MLflow run). Returns their
+    ids."""
+    from feda2v.io import owner
+
+    client = _client(tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    if exp is None:
+        return []
+    ended = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        token = run.data.tags.get(OWNER_TAG, "")
+        if token and owner.alive(token) is False:
+            client.set_tag(run.info.run_id, "feda2v.ended_by",
+                           "a later run: the process that ran it was gone")
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+            log.warning("MLflow run %s (%s) was still RUNNING with its process gone: ended FAILED",
+                        run.info.run_id, run.info.run_name)
+    return ended
 
 
 RUN_KEY_TAG = "feda2v.run_key"
@@ -350,6 +422,12 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
+
+
+def set_tags(cfg: Config, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    _client(tracking_uri(cfg)).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def set_status(cfg: Config, run_id: str, status: str) -> None:

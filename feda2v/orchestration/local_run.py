@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 from feda2v.evaluation import report
 from feda2v.io import config as config_mod
-from feda2v.io import storage, tracking
+from feda2v.io import owner, runstate, storage, tracking
 from feda2v.io.config import Config
 from feda2v.io.log import TAG_ENV
 from feda2v.orchestration import preflight
@@ -184,7 +184,8 @@ def _start_watchdog(cfg: Config, run_id: str):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, text=True)
     # The config travels on the pipe, never on a command line (ps shows those to everyone).
-    proc.stdin.write(json.dumps({"config": cfg.to_dict(), "run_id": run_id, "parent": os.getpid()}) + "\n")
+    proc.stdin.write(json.dumps({"config": cfg.to_dict(), "run_id": run_id,
+                                 "parent": os.getpid(), "owner": owner.token()}) + "\n")
     proc.stdin.flush()
     _watchdog_pid = proc.pid
     return proc
@@ -267,7 +268,7 @@ def docker_runner(cfg: Config, pipeline_root: str, run_id: str):
     env = {TAG_ENV: TAG, "HOME": "/tmp", "FEDA2V_MODEL_CACHE": "/tmp/feda2v-models"}
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
                 "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD", config_mod.CREDENTIALS_ENV):
+                "MLFLOW_TRACKING_PASSWORD", config_mod.CREDENTIALS_ENV, owner.OWNER_ENV):
         if key in os.environ:
             env[key] = os.environ[key]
     return local.DockerRunner(
@@ -330,6 +331,7 @@ def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # retries: the error that follows says it
     cfg = resolve_local_paths(cfg)
     execution = execution or cfg.execution
     root = cfg.storage_root
@@ -348,7 +350,10 @@ def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
                 # Client tasks run two at a time (kfp.local's ParallelFor cap): half the cores.
                 runtime.LOCAL_CORES_ENV: str(os.cpu_count() or 1),
                 runtime.LOCAL_PARALLEL_ENV: str(min(2, config_mod.num_clients(cfg))),
-                runtime.PARENT_ENV: str(os.getpid())}
+                runtime.PARENT_ENV: str(os.getpid()),
+                # The lease on the checkpoint folder and the MLflow run name this process as
+                # their owner: gone, it frees them (runstate.lease_holder, tracking.end_stale_runs).
+                owner.OWNER_ENV: owner.token()}
     if withheld:
         task_env[config_mod.CREDENTIALS_ENV] = json.dumps(withheld)
     os.environ.update(task_env)
@@ -369,6 +374,34 @@ def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
             os.environ.pop(key, None)
 
 
+def new_run_name(kind: str) -> str:
+    """`{kind}-{UTC time}-{4 hex}`: two runs started in the same second are told apart."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{kind}-{stamp}-{os.urandom(2).hex()}"
+
+
+def _release_lease(cfg: Config) -> None:
+    """A run that did not reach its exit handler frees the checkpoint folder it held."""
+    from feda2v.orchestration.stages import checkpoint_dir
+
+    try:
+        runstate.release(checkpoint_dir(cfg), owner_token=owner.token())
+    except Exception as e:  # noqa: BLE001 - a dead store must not hide the run's own failure
+        print(f"feda2v run: could not release the lease on {checkpoint_dir(cfg)}: {e}",
+              file=sys.stderr)
+
+
+def _end_run(cfg: Config, run_id: str, status: str) -> bool:
+    """End the MLflow run of a failed or stopped run; False (and one line) when the server is
+    not there to hear it."""
+    try:
+        tracking.end_run(cfg, run_id, status)
+        return True
+    except ConnectionError as e:
+        print(f"feda2v run: {e}", file=sys.stderr)
+        return False
+
+
 def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, pipeline_root: str,
          execution: str, runner: str, image: str) -> int:
     """`cfg` is for this process; the tasks get `task_cfg`, whose credentials travel in their
@@ -378,8 +411,7 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
     import pipelines
 
     root = cfg.storage_root
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_name = f"{kind}-{stamp}"
+    run_name = new_run_name(kind)
     run_id = tracking.create_run(cfg, run_name)
     log_path = os.path.join(local_root, "logs", f"{run_name}-{run_id[:8]}.log")
     print(f"FedA2V {kind}: " + (", ".join(f"{p} x {n} rounds" for p, n in plan) or "variants")
@@ -428,8 +460,10 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        ended = True
         if failure is not None:
-            tracking.end_run(cfg, run_id, status)
+            _release_lease(cfg)
+            ended = _end_run(cfg, run_id, status)
         _stop_watchdog(watchdog)
     minutes = (time.monotonic() - start) / 60
     if failure is not None:
@@ -438,7 +472,9 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
             print(cause, file=sys.stderr)
         print(f"feda2v run: pipeline {status.lower()} after {minutes:.1f} min: "
               f"{ANSI.sub('', str(failure))}\n"
-              f"  MLflow run {run_id} marked {status}\n  full log: {log_path}", file=sys.stderr)
+              f"  MLflow run {run_id} " + (f"marked {status}" if ended else
+                                           "left RUNNING: the next feda2v run ends it FAILED")
+              + f"\n  full log: {log_path}", file=sys.stderr)
         return 130 if status == "KILLED" else 1
     if kind == "ablations":  # the report task printed the table; its runs nest under run_id
         tracking.end_run(cfg, run_id, "FINISHED")

@@ -577,16 +577,21 @@ def log_generator_losses(cfg: Config, run: str, run_id: str, first: int = 1) -> 
         tracking.log_metrics(cfg, run_id, metrics, step)
 
 
-def _log_generators(cfg: Config, run_id: str, tmp: str) -> None:
-    """Each client's latest generator checkpoint, as MLflow artifacts under generators/."""
+def _log_generators(cfg: Config, run_id: str, run_key: str, tmp: str) -> None:
+    """The generator each client trained in this run (its own copy under the run folder, never
+    the shared checkpoint folder another run may have written since), as MLflow artifacts
+    generators/client_{i}_generator.pt, with their sha256 as tags."""
     from feda2v.federated.generator import checkpoint_uri
 
+    run = runstate.run_dir(cfg, run_key)
     for i in range(config_mod.num_clients(cfg)):
-        uri = checkpoint_uri(checkpoint_dir(cfg), i)
+        uri = runstate.generator_state_uri(run, i)
         if storage.exists(uri):
-            local = os.path.join(tmp, os.path.basename(uri))
-            storage.write_bytes(local, storage.read_bytes(uri))
+            data = storage.read_bytes(uri)
+            local = os.path.join(tmp, os.path.basename(checkpoint_uri("", i)))
+            storage.write_bytes(local, data)
             tracking.log_artifact(cfg, run_id, local, "generators")
+            tracking.set_tags(cfg, run_id, {f"generators.client_{i}.sha256": runstate.sha256(data)})
 
 
 def _log_run_artifacts(cfg: Config, run_id: str, run_key: str, plan, state: str,
@@ -607,7 +612,7 @@ def _log_run_artifacts(cfg: Config, run_id: str, run_key: str, plan, state: str,
                      f", registered as {cfg.mlflow_register_model!r}"
                      if cfg.mlflow_register_model else "")
         if "run1" in dict(plan):
-            _log_generators(cfg, run_id, tmp)
+            _log_generators(cfg, run_id, run_key, tmp)
         report_file = os.path.join(tmp, "results.md")
         storage.write_bytes(report_file, text.encode())
         tracking.log_artifact(cfg, run_id, report_file, "report")
