@@ -2,7 +2,6 @@
 JSON are refused at once, in one line naming the key or the file, never a traceback."""
 
 import json
-import random
 import time
 
 import pytest
@@ -182,29 +181,3 @@ def test_cli_compile_refuses_round_execution_past_its_cap(tmp_path, capsys):
                 "--output", str(out)], capsys)
     assert "'global_rounds'" in err and "'execution' 'round'" in err and "most, 80" in err
     assert not out.exists()
-
-
-def _random_json(rng: random.Random, depth: int = 0):
-    pick = rng.randrange(9 if depth < 4 else 6)
-    leaves = [None, True, rng.randint(-10**30, 10**30), rng.uniform(-1e308, 1e308),
-              float(rng.choice(["nan", "inf", "-inf"])),
-              "".join(chr(rng.randrange(0x2FFF)) for _ in range(rng.randrange(12)))]
-    if pick < 6:
-        return leaves[pick]
-    keys = [*config_mod.TOP_LEVEL, *config_mod.SECTIONS, *config_mod.DATA, "x"]
-    if pick == 6:
-        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
-
-
-def test_random_documents_give_a_config_or_a_config_error():
-    """hypothesis is not installed: a seeded random walk over JSON documents instead."""
-    rng = random.Random(21)
-    for _ in range(3000):
-        doc = _random_json(rng)
-        if isinstance(doc, dict) and rng.random() < 0.5:
-            doc = {"data": doc} if rng.random() < 0.5 else {"feda2v": doc}
-        try:
-            config_mod.loads(json.dumps(doc))
-        except ConfigError:
-            pass

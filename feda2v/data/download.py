@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import posixpath
 import tempfile
@@ -114,8 +115,8 @@ def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: _Limits, done: l
                                         " MB unpacked", "--max-unpacked-mb")
                 limits.check_ratio(info, read)
                 yield chunk
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
-            RuntimeError) as e:  # RuntimeError: an encrypted member
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError,
+            RuntimeError, OSError, UnicodeDecodeError) as e:  # RuntimeError: encrypted
         raise ValueError(f"{redact(url)}: archive member {info.filename!r} is corrupt or its "
                          f"header lies about its size ({e}); refusing the archive, nothing of it "
                          "was unpacked") from None
@@ -165,7 +166,10 @@ def download_esc50(out: str, url: str = ESC50_URL, sha256: str = "", verify: boo
         try:
             zf = zipfile.ZipFile(archive)
         except zipfile.BadZipFile:
-            raise ValueError(f"{url}: not a zip archive") from None
+            raise ValueError(f"{redact(url)}: not a zip archive") from None
+        except (OSError, EOFError, NotImplementedError, UnicodeDecodeError) as e:
+            raise ValueError(f"{redact(url)}: not a readable zip archive ({e}); nothing was "
+                             "unpacked") from None
         with zf:
             infos = zf.infolist()
             meta = next((i for i in infos if i.filename.endswith("meta/esc50.csv")), None)

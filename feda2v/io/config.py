@@ -540,7 +540,7 @@ def _unknown(key: str, known: list[str], where: str) -> ConfigError:
         return ConfigError(f"unknown config key {show(where + key)}")
     hint = difflib.get_close_matches(key, known, n=1)
     tip = f" (did you mean '{hint[0]}'?)" if hint else ""
-    return ConfigError(f"unknown config key '{where}{key}'{tip}")
+    return ConfigError(f"unknown config key {where + key!r}{tip}")  # repr: one line, always
 
 
 def depth_error(value: Any) -> str | None:
@@ -681,7 +681,11 @@ def load(path: str | Path) -> Config:
     if size > MAX_CONFIG_FILE:
         raise ConfigError(f"{path}: the config file is {size / 1024:.0f} KB, more than the most, "
                           f"{MAX_CONFIG_FILE // 1024} KB (a config is a few KB)")
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a config is a JSON "
+                          "file") from None
     if not text.strip():
         raise ConfigError(f"{path}: the config file is empty (write {{}} for all defaults)")
     raw = parse_json(text, str(path))

@@ -41,7 +41,7 @@ def _named(uri: str, e: BaseException, doing: str) -> StorageError:
     missing paths, an S3 endpoint that does not answer, credentials refused, a missing bucket."""
     import errno
 
-    from feda2v.io.tracking import redact
+    from feda2v.io.config import redact
 
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     hint = ""
@@ -55,7 +55,9 @@ def _named(uri: str, e: BaseException, doing: str) -> StorageError:
         hint = "; the object store does not answer: check AWS_ENDPOINT_URL"
     elif isinstance(e, FileNotFoundError) and "://" in uri:
         hint = "; check that the bucket exists"
-    out = StorageError(f"cannot {doing} {redact(uri)}: {text}{hint}")
+    shown = redact(uri)
+    shown = shown if shown.isprintable() else repr(shown)[1:-1]  # one line, whatever the name
+    out = StorageError(f"cannot {doing} {shown}: {text}{hint}")
     out.errno, out.__cause__ = code, e
     return out
 
@@ -156,24 +158,57 @@ def save_tensors(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any
     write_bytes(uri, st_save(data, metadata=header))
 
 
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own cap on a header
+
+
 def load_tensors(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, 'feda2v' metadata) of a safetensors file; a file that is not one is a
+    ValueError naming it."""
     from safetensors.torch import load as st_load
 
     raw = read_bytes(uri)
-    header_len = int.from_bytes(raw[:8], "little")
-    return st_load(raw), _feda2v_meta(raw[8 : 8 + header_len])
+    meta = _feda2v_meta(uri, raw[8 : 8 + _header_length(uri, raw[:8])])
+    try:
+        return st_load(raw), meta
+    except Exception as e:  # noqa: BLE001 - SafetensorError is no ValueError
+        raise _unreadable(uri, e) from None
 
 
-def _feda2v_meta(header: bytes) -> dict[str, Any]:
-    return json.loads(json.loads(header).get("__metadata__", {}).get("feda2v", "{}"))
+def _unreadable(uri: str, e: BaseException | str) -> ValueError:
+    from feda2v.io.config import redact
+
+    text = e if isinstance(e, str) else (str(e).splitlines() or [type(e).__name__])[0]
+    return ValueError(f"{redact(uri)}: not a readable safetensors file ({text[:200]})")
+
+
+def _header_length(uri: str, prefix: bytes) -> int:
+    n = int.from_bytes(prefix, "little")
+    if len(prefix) < 8 or n > MAX_HEADER:
+        raise _unreadable(uri, "truncated" if len(prefix) < 8 else f"a header of {n} bytes")
+    return n
+
+
+def _feda2v_meta(uri: str, header: bytes) -> dict[str, Any]:
+    try:
+        top = json.loads(header)
+        meta = json.loads(top.get("__metadata__", {}).get("feda2v", "{}"))
+    except (ValueError, AttributeError, TypeError) as e:  # not JSON, or JSON of another shape
+        raise _unreadable(uri, f"its header: {e}") from None
+    if not isinstance(meta, dict):
+        raise _unreadable(uri, "its 'feda2v' metadata is not an object")
+    return meta
 
 
 def read_meta(uri: str) -> dict[str, Any]:
     """The 'feda2v' header metadata of a safetensors file, reading only its header (a cache
     check should not download a whole embeddings file)."""
     fs, path = _fs(uri)
-    with fs.open(path, "rb") as f:
-        return _feda2v_meta(f.read(int.from_bytes(f.read(8), "little")))
+
+    def read() -> bytes:
+        with fs.open(path, "rb") as f:
+            return f.read(_header_length(uri, f.read(8)))
+
+    return _feda2v_meta(uri, _io(uri, "read", read))
 
 
 def save_checkpoint(uri: str, checkpoint: dict[str, Any]) -> None:
@@ -195,7 +230,7 @@ def load_checkpoint(uri: str, data: bytes | None = None) -> dict[str, Any]:
 
     import torch
 
-    from feda2v.io.tracking import redact
+    from feda2v.io.config import redact
 
     name = redact(uri)
     data = read_bytes(uri) if data is None else data
