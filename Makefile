@@ -24,7 +24,7 @@ help:
 	@echo "make test   - create $(VENV) if needed, install, run the test suite"
 	@echo "make bench  - benchmarks: extraction (CUDA too when present), generator training, run overhead"
 	@echo "make lint   - ruff over the repository"
-	@echo "make docs   - regenerate the README's config-key reference from the code"
+	@echo "make docs   - regenerate docs/configuration.md's config keys from the code"
 	@echo "make image  - build docker/Dockerfile.\$$FLAVOUR (cuda|cpu) as \$$IMAGE, by default"
 	@echo "              [\$$REGISTRY/]feda2v:VERSION-COMMIT[-cpu] (docker or podman)"
 	@echo "make image-name   - print \$$IMAGE (what make image tags and feda2v compile names)"
@@ -64,7 +64,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 docs: venv
-	$(BIN)/python scripts/readme_keys.py
+	$(BIN)/python scripts/doc_keys.py
 
 image:
 	FLAVOUR=$(FLAVOUR) IMAGE=$(IMAGE) TORCH_PIN="$(TORCH_PIN)" docker/build-image.sh

@@ -1,4 +1,4 @@
-"""Every command the READMEs and docs/kubeflow.md show must exist: feda2v sub-commands and flags
+"""Every command the READMEs and the docs/ pages show must exist: feda2v sub-commands and flags
 (also behind `docker run IMAGE`), kfp CLI options, make targets. (tests/test_kubeflow_doc.py goes
 further for docs/kubeflow.md: it runs its commands.)"""
 
@@ -11,12 +11,18 @@ import pytest
 from feda2v.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docker/README.md", "manifests/README.md", "docs/kubeflow.md"]
+# Every docs/ page: each one may tell a user what to type (commands, configuration, results,
+# troubleshooting, kubeflow, ...). CHANGELOG.md is left out: history may name what is gone.
+DOCS = ["README.md", "docker/README.md", "manifests/README.md",
+        *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+SHELL_FENCES = ("", "sh", "bash", "console")  # code blocks read as commands
 
 
 def _code_lines(doc: str):
     text = (ROOT / doc).read_text()
-    for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, re.DOTALL):
+    for lang, block in re.findall(r"```([\w-]*)\n(.*?)```", text, re.DOTALL):
+        if lang not in SHELL_FENCES:
+            continue
         joined = block.replace("\\\n", " ")
         for line in joined.splitlines():
             line = line.split(" #", 1)[0].strip()
@@ -76,7 +82,8 @@ INVOCATIONS = list(_feda2v_invocations())
 
 def test_the_readmes_show_feda2v_commands():
     docs = {doc for doc, _, _ in INVOCATIONS}
-    assert {"README.md", "docker/README.md", "docs/kubeflow.md"} <= docs
+    assert {"README.md", "docker/README.md", "docs/kubeflow.md", "docs/commands.md",
+            "docs/results.md", "docs/troubleshooting.md"} <= docs
     for doc in ("README.md", "docs/kubeflow.md"):  # the cluster path, in brief and in full
         shown = {rest[0] for d, _, rest in INVOCATIONS if d == doc}
         assert {"compile", "submit"} <= shown, (doc, shown)
