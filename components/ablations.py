@@ -13,8 +13,7 @@ def ablation_parent(config_json: str, compiled: str, global_rounds: int,
                     mlflow_run_id: str, run_key: str) -> str:
     """The MLflow parent run every variant nests under: mlflow_run_id, else the run of this KFP
     run (found again by its job id on retries), else a new one."""
-    from feda2v.evaluation import experiment
-    from feda2v.orchestration import runtime
+    from feda2v.orchestration import experiment, runtime
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
@@ -26,8 +25,7 @@ def ablation_finish(config_json: str, compiled: str, global_rounds: int,
                     generator_training_rounds: int, client_ids: list, settings: dict,
                     mlflow_run_id: str, run_key: str, status: dsl.PipelineTaskFinalStatus) -> str:
     """Exit handler: the parent run ends FINISHED, FAILED or KILLED whatever happened."""
-    from feda2v.evaluation import experiment
-    from feda2v.orchestration import runtime
+    from feda2v.orchestration import experiment, runtime
 
     try:
         cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
@@ -46,8 +44,7 @@ def ablation_variant(config_json: str, compiled: str, global_rounds: int,
     as JSON."""
     import json
 
-    from feda2v.evaluation import experiment
-    from feda2v.orchestration import runtime
+    from feda2v.orchestration import experiment, runtime
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
@@ -62,8 +59,7 @@ def ablation_report(config_json: str, compiled: str, global_rounds: int,
                     report: Output[HTML]) -> str:
     """One table (and the HTML report) over all variants, also in the parent run; returns the
     table."""
-    from feda2v.evaluation import experiment
-    from feda2v.orchestration import runtime
+    from feda2v.orchestration import experiment, runtime
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)

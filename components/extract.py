@@ -18,6 +18,6 @@ def data_config(config_json: str, compiled: str, client_ids: list, settings: dic
 def extract(data_config: str, client_id: int, embeddings: Output[Dataset]) -> str:
     """Embed one client's clips: the `embeddings` artifact, and the storage root's cached copy,
     whose URI it returns."""
-    from feda2v.orchestration import stages
+    from feda2v.orchestration import tasks
 
-    return stages.extract_task(data_config, client_id, embeddings)
+    return tasks.extract_task(data_config, client_id, embeddings)

@@ -19,9 +19,9 @@ def federated_phase(config_json: str, compiled: str, global_rounds: int,
     on retry. Reads each client's `embeddings`, the class `targets` (and in Run 2 the
     `synthetic` samples and the Run 1 adapter it `start`s from); writes Run 1's class
     `conditions` for the generator tasks. Returns the final accuracy."""
-    from feda2v.orchestration import runtime, stages
+    from feda2v.orchestration import runtime, tasks
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
-    return stages.federated_phase_task(cfg, phase, run_key, mlflow_run_id, adapter, metrics,
+    return tasks.federated_phase_task(cfg, phase, run_key, mlflow_run_id, adapter, metrics,
                                        conditions, embeddings, targets, synthetic, start)

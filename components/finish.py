@@ -11,7 +11,7 @@ def finish_run(config_json: str, compiled: str, global_rounds: int,
                report: Output[Markdown]) -> str:
     """Exit handler: results table, final adapter and report to MLflow; the MLflow run ends
     FINISHED, FAILED or KILLED whatever stopped the pipeline."""
-    from feda2v.orchestration import runtime, stages
+    from feda2v.orchestration import finish, runtime
 
     error = status.error_message
     try:
@@ -19,4 +19,4 @@ def finish_run(config_json: str, compiled: str, global_rounds: int,
                               client_ids, settings)
     except ValueError as e:  # the run failed on this very check: still close its MLflow run
         cfg, error = config_json, str(e)
-    return stages.finish_tracking(cfg, mlflow_run_id, run_key, status.state, report.path, error)
+    return finish.finish_tracking(cfg, mlflow_run_id, run_key, status.state, report.path, error)

@@ -16,11 +16,11 @@ def train_generator(config_json: str, compiled: str, global_rounds: int,
     artifact. Returns its result as JSON."""
     import json
 
-    from feda2v.orchestration import runtime, stages
+    from feda2v.orchestration import runtime, tasks
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
-    return json.dumps(stages.train_generator_task(cfg, client_id, run_key, checkpoint,
+    return json.dumps(tasks.train_generator_task(cfg, client_id, run_key, checkpoint,
                                                   conditions))
 
 
@@ -34,8 +34,8 @@ def generate(config_json: str, compiled: str, global_rounds: int,
     Returns the checkpoint it used (round, sha256) as JSON."""
     import json
 
-    from feda2v.orchestration import runtime, stages
+    from feda2v.orchestration import runtime, tasks
 
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
-    return json.dumps(stages.generate_task(cfg, client_id, run_key, checkpoint, samples))
+    return json.dumps(tasks.generate_task(cfg, client_id, run_key, checkpoint, samples))

@@ -2,7 +2,7 @@
 docstrings or comments in the per-round bodies: KFP copies them into the YAML once per unrolled
 round. The round tasks resolve their config as every task does (runtime.resolve), with the
 compiled values, the run form's settings and the run key that init_adapter put into the global
-adapter's metadata and every server round passes on (stages.round_context): as task inputs
+adapter's metadata and every server round passes on (tasks.round_context): as task inputs
 they would grow the YAML by a kilobyte a round."""
 
 from typing import Optional
@@ -26,9 +26,9 @@ def init_adapter(config_json: str, compiled: str, settings: dict, run_key: str,
                  client_data_uris: list[str], targets: Input[Dataset],
                  adapter: Output[Model]) -> int:
     """The initial global adapter; its metadata holds what the round tasks resolve with."""
-    from feda2v.orchestration import stages
+    from feda2v.orchestration import tasks
 
-    return stages.init_adapter_task(config_json, compiled, settings, run_key, client_data_uris,
+    return tasks.init_adapter_task(config_json, compiled, settings, run_key, client_data_uris,
                                     targets, adapter)
 
 
@@ -37,7 +37,7 @@ def client_round(config_json: str, client_id: int, round_num: int, phase: str,
                  global_adapter: Input[Model], targets: Input[Dataset],
                  update: Output[Artifact]) -> float:
     a = dict(locals())
-    from feda2v.orchestration.stages import client_round_task
+    from feda2v.orchestration.tasks import client_round_task
     return client_round_task(**a)
 
 
@@ -47,5 +47,5 @@ def server_round(config_json: str, round_num: int, phase: str,
                  mlflow_run_id: str, adapter: Output[Model], metrics: Output[Metrics],
                  ready: Optional[list] = None) -> float:  # noqa: UP045 - KFP reads it
     a = dict(locals())
-    from feda2v.orchestration.stages import server_round_task
+    from feda2v.orchestration.tasks import server_round_task
     return server_round_task(**a)

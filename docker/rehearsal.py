@@ -108,7 +108,8 @@ def _run_in_kfp_local(package: str, image: str, pipeline_root: str) -> None:
     servers are on 127.0.0.1) and no mount but the pipeline root (DockerRunner's own)."""
     from kfp import components, local
 
-    from feda2v.orchestration import local_run
+    from feda2v import patches
+    from feda2v.localrun import docker
 
     env = {k: os.environ[k] for k in POD_ENV_KEYS}
     commands: list[list[str]] = []
@@ -118,11 +119,9 @@ def _run_in_kfp_local(package: str, image: str, pipeline_root: str) -> None:
         mounts = sorted(volumes) + [m["Source"] for m in kwargs.get("mounts") or []]
         outside = [m for m in mounts if os.path.commonpath([m, pipeline_root]) != pipeline_root]
         assert not outside, f"a task would mount {outside}, outside the pipeline root"
-        return local_run.run_container(client, image, command, volumes, **kwargs)
+        return docker.run_container(client, image, command, volumes, **kwargs)
 
-    from kfp.local import docker_task_handler
-
-    docker_task_handler.run_docker_container = counted
+    patches.kfp_local_container_runner(counted)
     local.init(runner=local.DockerRunner(environment=env, network_mode="host",
                                          user=f"{os.getuid()}:{os.getgid()}"),
                pipeline_root=pipeline_root, raise_on_error=True,

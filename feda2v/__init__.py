@@ -1,15 +1,16 @@
 """FedA2V: federated audio-to-visual learning with client-side generators.
 
-The library, by concern (each package's docstring says more):
+The library, by layer (each package's docstring says more); imports only point down:
 
-- data/           datasets, their split over clients (partition), audio decoding
-- encoders/       pretrained audio/CLIP encoders and the per-client embedding extraction
-- federated/      the learning: client.py (a client's round), server.py (aggregation, the
-                  server's training), loop.py (the round loop), task.py (adapter training and
-                  evaluation), generator.py (a client's generator: rounds, checkpoints,
-                  sampling), generators/ (the models behind one interface), dp.py (DP-SGD)
-- evaluation/     quality and privacy metrics, results tables, the HTML report, ablations
-- io/             config (the schema), storage, tracking (MLflow), a run's folder
-- orchestration/  the stage functions KFP tasks call, kfp.local runs, preflight, submission
-- cli.py          the `feda2v` command
+- cli/, localrun/  fronts: the `feda2v` command; the kfp.local runner behind `feda2v run` (the
+                   only library code that imports pipelines/ and components/)
+- orchestration/   stages (one function per pipeline stage), tasks (their KFP artifacts),
+                   finish (the exit handler), runtime, preflight, submit, experiment (ablations)
+- federated/       the learning: client, server, loop, task, adapter, dp, generators/ (the
+                   models behind one interface, their checkpoints, training, calibration,
+                   sampling), the adapter as an MLflow model
+- encoders/, data/ pretrained audio/CLIP encoders and extraction; datasets and their split
+- evaluation/      quality and privacy metrics, results tables, the HTML report
+- io/              config (the schema), storage, tracking (MLflow), a run's folder, owners
+- patches.py       every patch of kfp/MLflow internals (imports nothing of feda2v)
 """

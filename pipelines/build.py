@@ -207,7 +207,7 @@ def build_ablations(cfg: Config, options: ClusterOptions):
     """Fan the ablation variants out (one task each) on shared targets and embeddings. Every
     variant runs its rounds in-process, so the run form is phase execution's: rounds, clients
     and every setting are typed run-time parameters."""
-    from feda2v.evaluation.experiment import VARIANTS
+    from feda2v.orchestration.experiment import VARIANTS
 
     cfg = cfg.replace(execution="phase")  # rounds and clients are run-time parameters here
     t = _Tasks(options)

@@ -1,5 +1,5 @@
 """Bad and hostile input: a clear error naming the file, key or client, nothing poisoned, nothing
-written half. One test per row of the README's "Bad input → what happens" table."""
+written half. One test per row of the "Bad input → what happens" table in docs/bad-input.md."""
 
 import io
 import json
@@ -13,8 +13,8 @@ import torch
 from mlflowserver import mlflow_server  # noqa: F401 - fixture
 from s3server import s3_server  # noqa: F401 - fixture
 
-from feda2v.federated import generator
 from feda2v.federated.client import ClientData, ClientUpdate, client_step
+from feda2v.federated.generators import checkpoints, sampling, training
 from feda2v.federated.server import server_step
 from feda2v.federated.task import new_adapter
 from feda2v.io import config as config_mod
@@ -107,22 +107,22 @@ def test_the_server_refuses_a_non_finite_update_naming_the_client():
 
 def test_a_generator_checkpoint_with_nan_weights_is_refused(tmp_path):
     cfg = _cfg()
-    vae = generator.new_generator(cfg, 4, 16, 16)
+    vae = checkpoints.new_generator(cfg, 4, 16, 16)
     state = vae.state_dict()
     state["decoder.0.weight"][0, 0] = float("nan")
     vae.load_state_dict(state)
     uri = str(tmp_path / "client_0_generator.pt")
-    generator.save(uri, cfg, vae, generator.new_optimizer(cfg, vae), 0, 1, ["dog"],
+    checkpoints.save(uri, cfg, vae, checkpoints.new_optimizer(cfg, vae), 0, 1, ["dog"],
                    torch.zeros(1, 16))
     with pytest.raises(ValueError, match=r"client_0_generator.pt: 'decoder.0.weight' holds 1"):
-        generator.load(uri, cfg, {})
+        checkpoints.load(uri, cfg, {})
 
 
 def test_a_generator_round_that_diverges_writes_no_checkpoint():
     cfg = _cfg(generator_learning_rate=10.0)  # the most a config allows; the conditions overflow
     d = _data()
     with pytest.raises(ValueError, match=r"client 0, generator round 3: the training loss is"):
-        generator.generator_round(cfg, 0, 3, None, d.train_x, d.train_y, torch.tensor([0, 1]),
+        training.generator_round(cfg, 0, 3, None, d.train_x, d.train_y, torch.tensor([0, 1]),
                                   torch.randn(2, 16) * 1e30)
 
 
@@ -637,20 +637,20 @@ def test_labels_outside_the_class_list_are_named(tmp_path):
 
 def test_a_checkpoint_of_another_generator_type_or_size_is_refused(tmp_path):
     cfg = _cfg()
-    vae = generator.new_generator(cfg, 4, 16, 16)
+    vae = checkpoints.new_generator(cfg, 4, 16, 16)
     uri = str(tmp_path / "client_0_generator.pt")
-    generator.save(uri, cfg, vae, generator.new_optimizer(cfg, vae), 0, 1, ["dog"],
+    checkpoints.save(uri, cfg, vae, checkpoints.new_optimizer(cfg, vae), 0, 1, ["dog"],
                    torch.zeros(1, 16))
     with pytest.raises(ValueError, match=r"generator_type is 'vae' in the checkpoint but 'gan'"):
-        generator.load(uri, _cfg(generator_type="gan"), {})
+        checkpoints.load(uri, _cfg(generator_type="gan"), {})
     with pytest.raises(ValueError, match=r"latent_dim is 8 in the checkpoint but 64 in this run"):
-        generator.load(uri, cfg, {"latent_dim": 64})
+        checkpoints.load(uri, cfg, {"latent_dim": 64})
 
 
 def test_run2_without_a_checkpoint_fails_naming_the_client(tmp_path):
     d = _data()
     with pytest.raises(FileNotFoundError, match=r"\[Client 1\] Generator checkpoint not found"):
-        generator.generate_client(_cfg(), 1, d, NAMES, 2, str(tmp_path / "none.pt"),
+        sampling.generate_client(_cfg(), 1, d, NAMES, 2, str(tmp_path / "none.pt"),
                                   str(tmp_path / "out.safetensors"))
     assert not os.path.exists(tmp_path / "out.safetensors")
 

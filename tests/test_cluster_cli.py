@@ -359,7 +359,7 @@ def test_bad_input_is_refused_before_submit_contacts_the_server(kfp_api, capsys,
 
 
 def test_run_refuses_a_bad_image_before_running(capsys, monkeypatch):
-    from feda2v.orchestration import local_run
+    from feda2v.localrun import run as local_run
 
     def run_locally(*args, **kwargs):
         raise AssertionError("the pipeline must not start")

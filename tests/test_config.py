@@ -51,7 +51,7 @@ def test_bad_value_names_the_key(raw, key):
 
 
 def test_auto_sampling_fits_the_rows_only_where_nothing_forbids_it():
-    from feda2v.federated.generator import sampling_mode
+    from feda2v.federated.generators.calibration import sampling_mode
 
     def mode(**f):
         return sampling_mode(config_mod.validate({"feda2v": f}))
@@ -132,8 +132,8 @@ def test_image_targets_need_a_layout_with_images():
 def test_the_config_is_one_typed_object_parsed_once():
     """validate gives a frozen, typed Config (attribute access, one dataclass per section);
     replace() validates its changes; to_json() round-trips; each field's declared type is its
-    default's, and its Key (check and doc) is the one key_spec, the README and the run form
-    read."""
+    default's, and its Key (check and doc) is the one key_spec, the key reference in
+    docs/configuration.md and the run form read."""
     import dataclasses
     import typing
 

@@ -215,7 +215,7 @@ def test_prefork_runs_the_task_command_with_its_streams_and_exit_code(tmp_path):
     import sys
     import time
 
-    from feda2v.orchestration import prefork
+    from feda2v.localrun import prefork
 
     shim = os.path.join(prefork.write_shim(str(tmp_path)), "python3")
     env = dict(os.environ)

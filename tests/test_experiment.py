@@ -7,9 +7,9 @@ import re
 import pytest
 
 from feda2v.cli import main
-from feda2v.evaluation.experiment import VARIANTS, run_experiment
 from feda2v.io import config as config_mod
 from feda2v.io import tracking
+from feda2v.orchestration.experiment import VARIANTS, run_experiment
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_unknown_variant_is_named(tmp_path, capsys):
 
 
 def test_partitions_are_parsed_and_named_when_bad():
-    from feda2v.evaluation.experiment import parse_partitions
+    from feda2v.orchestration.experiment import parse_partitions
 
     assert parse_partitions("classes, dirichlet:0.5,iid,pathological:2") == [
         "classes", "dirichlet:0.5", "iid", "pathological:2"]
@@ -98,7 +98,7 @@ def test_partitions_are_parsed_and_named_when_bad():
 
 
 def test_every_partition_spreads_the_same_classes_over_as_many_clients(make_config):
-    from feda2v.evaluation.experiment import partitioned
+    from feda2v.orchestration.experiment import partitioned
 
     cfg = make_config()
     d = partitioned(cfg, "dirichlet:0.1", 7)
@@ -109,7 +109,12 @@ def test_every_partition_spreads_the_same_classes_over_as_many_clients(make_conf
 
 
 def test_final_accuracy_is_the_mean_of_the_last_rounds_and_lines_pair_the_seeds():
-    from feda2v.evaluation.experiment import final_accuracy, grid_table, rounds_to_target, summarise
+    from feda2v.orchestration.experiment import (
+        final_accuracy,
+        grid_table,
+        rounds_to_target,
+        summarise,
+    )
 
     def result(variant, accs):
         return {"variant": variant, "history": [{"accuracy": a} for a in accs]}

@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from feda2v.federated import generator, generators
+from feda2v.federated import generators
 from feda2v.federated.client import ClientData, client_step
+from feda2v.federated.generators import calibration, checkpoints, sampling, training
 from feda2v.federated.generators.vae import Posterior
 from feda2v.federated.loop import save_conditions
 from feda2v.federated.server import train_global
@@ -56,7 +57,7 @@ def _run1(cfg, tmp_path, data, client=0, rounds=3, key="k1", ckpt_dir=None):
     for r in range(1, rounds + 1):
         save_conditions(run, client_step(cfg, client, r, "run1", _global(cfg), data, TARGETS,
                                          NAMES), r)
-    losses = generator.train_client(cfg, client, run, key, data.train_x, data.train_y, NAMES,
+    losses = training.train_client(cfg, client, run, key, data.train_x, data.train_y, NAMES,
                                     rounds, ckpt_dir or str(tmp_path / "ckpt"))
     return run, losses
 
@@ -72,16 +73,16 @@ def test_run1_trains_and_saves_seed_named_checkpoints(tmp_path):
     _, losses = _run1(cfg, tmp_path, data)
     assert sorted(losses) == [1, 2, 3] and all(v > 0 for v in losses.values())
     assert _files(ckpt_dir) == ["client_0_generator.pt", "client_0_generator_round_2.pt"]
-    ckpt = torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)
+    ckpt = torch.load(checkpoints.checkpoint_uri(ckpt_dir, 0), weights_only=True)
     assert ckpt["round"] == 3 and ckpt["client_id"] == 0 and ckpt["run"] == "k1"
     assert ckpt["generator_type"] == "vae" and ckpt["diffusion_type"] == "flux"
     assert {"generator_state_dict", "optimizer_state_dict"} <= set(ckpt)
     assert ckpt["class_names"] == ["dog", "rooster"]
     assert ckpt["optimizer_state_dict"]["state"]  # optimizer moments saved for resume
-    snapshot = torch.load(generator.checkpoint_uri(ckpt_dir, 0, 2), weights_only=True)
+    snapshot = torch.load(checkpoints.checkpoint_uri(ckpt_dir, 0, 2), weights_only=True)
     assert snapshot["round"] == 2 and snapshot["optimizer_state_dict"] == {}  # weights only
     with pytest.raises(ValueError, match="weights-only round snapshot cannot resume"):
-        generator.load(generator.checkpoint_uri(ckpt_dir, 0, 2), cfg, {})
+        checkpoints.load(checkpoints.checkpoint_uri(ckpt_dir, 0, 2), cfg, {})
 
 
 def test_run1_generators_read_the_class_conditions_they_are_handed(tmp_path):
@@ -98,11 +99,11 @@ def test_run1_generators_read_the_class_conditions_they_are_handed(tmp_path):
         save_conditions(run, client_step(cfg, 0, r, "run1", _global(cfg), data, TARGETS, NAMES), r)
     copy = str(tmp_path / "artifact")
     shutil.move(runstate.conditions_dir(run), copy)
-    losses = generator.train_client(cfg, 0, run, "k1", data.train_x, data.train_y, NAMES, 2,
+    losses = training.train_client(cfg, 0, run, "k1", data.train_x, data.train_y, NAMES, 2,
                                     str(tmp_path / "ckpt"), conditions_folder=copy)
     assert sorted(losses) == [1, 2]
     with pytest.raises(FileNotFoundError):
-        generator.train_client(cfg, 0, str(tmp_path / "runs" / "k2"), "k2", data.train_x,
+        training.train_client(cfg, 0, str(tmp_path / "runs" / "k2"), "k2", data.train_x,
                                data.train_y, NAMES, 2, str(tmp_path / "ckpt2"))
 
 
@@ -115,18 +116,18 @@ def test_run1_resume_continues_the_round_counter(tmp_path):
     resume = _cfg(generator_training_mode=True, use_pretrained_generators=True)
     _run1(resume, tmp_path, data, rounds=1, key="second")
     assert storage_round(str(tmp_path / "ckpt")) == 2
-    assert os.path.exists(generator.checkpoint_uri(str(tmp_path / "ckpt"), 0, 2))
+    assert os.path.exists(checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 0, 2))
 
 
 def storage_round(ckpt_dir):
-    return torch.load(generator.checkpoint_uri(ckpt_dir, 0), weights_only=True)["round"]
+    return torch.load(checkpoints.checkpoint_uri(ckpt_dir, 0), weights_only=True)["round"]
 
 
 def _generate(cfg, tmp_path, data, client=1, rounds=2, source=None):
     out = str(tmp_path / f"synthetic_{client}.safetensors")
-    source = source or generator.checkpoint_uri(str(tmp_path / "ckpt"), client)
-    result = generator.generate_client(cfg, client, data, NAMES, rounds, source, out)
-    return result, generator.load_synthetic(out)
+    source = source or checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), client)
+    result = sampling.generate_client(cfg, client, data, NAMES, rounds, source, out)
+    return result, sampling.load_synthetic(out)
 
 
 def test_run2_samples_with_the_training_conditions(tmp_path):
@@ -134,16 +135,16 @@ def test_run2_samples_with_the_training_conditions(tmp_path):
     data = _data([2, 3])
     _run1(cfg, tmp_path, data, client=1, rounds=1)
     result, loaded = _generate(cfg, tmp_path, data)
-    x, y, quality = generator.synthetic_round(loaded, 2)
+    x, y, quality = sampling.synthetic_round(loaded, 2)
     assert x.shape == (12, 4, 16) and result["checkpoint_round"] == 1
     assert y.tolist() == [2] * 6 + [3] * 6
     assert quality["overall"]["n_synthetic"] > 0  # measured once, sent with the last round
-    assert generator.synthetic_round(loaded, 1)[2] == {}
-    assert not torch.equal(generator.synthetic_round(loaded, 1)[0], x)  # fresh draws per round
-    ckpt = torch.load(generator.checkpoint_uri(str(tmp_path / "ckpt"), 1), weights_only=True)
+    assert sampling.synthetic_round(loaded, 1)[2] == {}
+    assert not torch.equal(sampling.synthetic_round(loaded, 1)[0], x)  # fresh draws per round
+    ckpt = torch.load(checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 1), weights_only=True)
     assert ckpt["class_conditions"].shape == (2, 16)
     update = client_step(cfg, 1, 2, "run2", _global(cfg), data, TARGETS, NAMES,
-                         generator.synthetic_round(loaded, 2))
+                         sampling.synthetic_round(loaded, 2))
     assert torch.equal(update.synthetic_x, x) and update.quality == quality
 
 
@@ -162,15 +163,15 @@ def test_run2_missing_checkpoint_warns_like_the_seed_and_fails_naming_the_client
 def test_checkpoint_with_other_dims_or_type_is_refused(tmp_path):
     cfg = _cfg()
     _run1(cfg, tmp_path, _data([0, 1]), rounds=1)
-    uri = generator.checkpoint_uri(str(tmp_path / "ckpt"), 0)
+    uri = checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 0)
     bigger = _cfg(generator_latent_dim=9)
     with pytest.raises(ValueError, match="latent_dim is 8 in the checkpoint but 9"):
-        generator.load(uri, bigger, {"latent_dim": 9})
+        checkpoints.load(uri, bigger, {"latent_dim": 9})
     ckpt = torch.load(uri, weights_only=True)
     ckpt["generator_type"] = "gan"
     torch.save(ckpt, uri)
     with pytest.raises(ValueError, match="generator_type is 'gan' in the checkpoint but 'vae'"):
-        generator.load(uri, cfg, {})
+        checkpoints.load(uri, cfg, {})
 
 
 def test_global_training_on_synthetic_samples_teaches_unseen_classes():
@@ -192,7 +193,7 @@ def test_run2_missing_checkpoint_can_fall_back_to_real_data(tmp_path):
     cfg = _cfg(generator_missing_checkpoint="real_only")
     data = _data([2, 3])
     result, loaded = _generate(cfg, tmp_path, data)
-    assert result["samples"] == 0 and generator.synthetic_round(loaded, 1) is None
+    assert result["samples"] == 0 and sampling.synthetic_round(loaded, 1) is None
     update = client_step(cfg, 1, 1, "run2", _global(cfg), data, TARGETS, NAMES, None)
     assert update.num_samples == 24 and len(update.synthetic_y) == 0
     assert update.metrics["adapter_loss"] > 0
@@ -203,12 +204,12 @@ def test_gan_generators_follow_the_same_checkpoint_contract(tmp_path):
     data = _data([0, 1])
     _, losses = _run1(cfg, tmp_path, data, client=0, rounds=2)
     assert all(not torch.isnan(torch.tensor(v)) for v in losses.values())
-    ckpt = torch.load(generator.checkpoint_uri(str(tmp_path / "ckpt"), 0), weights_only=True)
+    ckpt = torch.load(checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 0), weights_only=True)
     assert ckpt["generator_type"] == "gan" and ckpt["round"] == 2
     assert set(ckpt["optimizer_state_dict"]) == {"generator", "discriminator"}
     assert any(k.startswith("discriminator.") for k in ckpt["generator_state_dict"])
     _, loaded = _generate(cfg, tmp_path, data, client=0)
-    assert generator.synthetic_round(loaded, 1)[0].shape == (12, 4, 16)
+    assert sampling.synthetic_round(loaded, 1)[0].shape == (12, 4, 16)
     with pytest.raises(ValueError, match="generator_type is 'gan' in the checkpoint but 'vae'"):
         _generate(_cfg(), tmp_path, data, client=0)
 
@@ -224,15 +225,15 @@ def test_a_retried_generator_task_resumes_and_ends_where_an_unbroken_one_does(tm
     try:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="feda2v"):
-            retried = generator.train_client(cfg, 0, run_b, "k1", data.train_x, data.train_y,
+            retried = training.train_client(cfg, 0, run_b, "k1", data.train_x, data.train_y,
                                              NAMES, 3, str(tmp_path / "b" / "ckpt"))
     finally:
         logging.getLogger("feda2v").propagate = False
     assert "Resuming this run's generator after round 2" in caplog.text
     assert "Generator round 1/3" not in caplog.text  # rounds 1-2 are not trained again
     assert retried == pytest.approx(unbroken)
-    a = torch.load(generator.checkpoint_uri(str(tmp_path / "a" / "ckpt"), 0), weights_only=True)
-    b = torch.load(generator.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0), weights_only=True)
+    a = torch.load(checkpoints.checkpoint_uri(str(tmp_path / "a" / "ckpt"), 0), weights_only=True)
+    b = torch.load(checkpoints.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0), weights_only=True)
     assert a["round"] == b["round"] == 3
     assert all(torch.equal(a["generator_state_dict"][k], v)
                for k, v in b["generator_state_dict"].items())
@@ -245,14 +246,14 @@ def test_a_live_run_keeps_the_checkpoint_folder_until_it_ends(tmp_path):
     data = _data([0, 1])
     folder = str(tmp_path / "ckpt")
     _run1(cfg, tmp_path, data, rounds=1, key="alive")
-    mine = torch.load(generator.checkpoint_uri(folder, 0), weights_only=True)
+    mine = torch.load(checkpoints.checkpoint_uri(folder, 0), weights_only=True)
     _run1(cfg, tmp_path, data, rounds=2, key="other")  # while "alive" still holds the lease
-    assert torch.load(generator.checkpoint_uri(folder, 0), weights_only=True)["run"] == "alive"
+    assert torch.load(checkpoints.checkpoint_uri(folder, 0), weights_only=True)["run"] == "alive"
     assert mine["run"] == "alive"
     assert os.path.exists(runstate.generator_state_uri(str(tmp_path / "runs" / "other"), 0))
     runstate.release(folder, "alive")  # the exit handler of "alive"
     _run1(cfg, tmp_path, data, rounds=2, key="later")
-    assert torch.load(generator.checkpoint_uri(folder, 0), weights_only=True)["run"] == "later"
+    assert torch.load(checkpoints.checkpoint_uri(folder, 0), weights_only=True)["run"] == "later"
 
 
 class _Gaussian:
@@ -269,11 +270,11 @@ def test_sampling_temperature_is_calibrated_to_density_one_on_training_rows():
     centres = [torch.zeros(16), torch.full((16,), 5.0)]
     rows = [c + torch.randn(200, 4, 16, generator=g, dtype=torch.float64) for c in centres]
     conditions = torch.stack(centres)
-    found = generator.calibrate_temperature(_Gaussian(), conditions, rows, seed=0)
+    found = calibration.calibrate_temperature(_Gaussian(), conditions, rows, seed=0)
     assert [round(d, 1) for _, d in found] == [1.0, 1.0]
     assert all(1.7 < t < 2.3 for t, _ in found)
     # a class with too few rows to measure keeps the plain prior
-    assert generator.calibrate_temperature(_Gaussian(), conditions[:1], [rows[0][:2]],
+    assert calibration.calibrate_temperature(_Gaussian(), conditions[:1], [rows[0][:2]],
                                            seed=0)[0][0] == 1.0
 
 
@@ -299,13 +300,13 @@ def test_calibrated_vae_samples_spread_like_the_held_out_rows():
                    generator_latent_dim=32, **f)
         state = None
         for r in (1, 2, 3):
-            state, _ = generator.generator_round(cfg, 0, r, state, x[~test], y[~test],
+            state, _ = training.generator_round(cfg, 0, r, state, x[~test], y[~test],
                                                  torch.arange(3), conditions)
         rows = [x[~test][y[~test] == c] for c in range(3)]
-        temps = ([t for t, _ in generator.calibrate_temperature(state[0], conditions, rows, 1)]
+        temps = ([t for t, _ in calibration.calibrate_temperature(state[0], conditions, rows, 1)]
                  if name == "now" else 1.0)
         n = 100
-        samples = generator.sample_per_class(state[0], conditions, n, 2, temps)
+        samples = calibration.sample_per_class(state[0], conditions, n, 2, temps)
         got[name] = quality_report(samples.reshape(-1, 8, 8), torch.arange(3).repeat_interleave(n),
                                    x[~test], y[~test], x[test], y[test], names)["overall"]
     assert got["seed"]["density"] > 2 and "collapsed" in got["seed"]["flags"]
@@ -331,7 +332,7 @@ def test_posterior_sampling_keeps_an_unbalanced_client_on_class():
     x, y = x_all[mine], y_all[mine]
     test = torch.arange(len(y)) % 5 == 0
     counts = torch.bincount(y[~test], minlength=10)
-    assert counts.min() < generator.MIN_CALIBRATION_ROWS < 10 * generator.MIN_CALIBRATION_ROWS < counts.max()  # unbalanced indeed
+    assert counts.min() < calibration.MIN_CALIBRATION_ROWS < 10 * calibration.MIN_CALIBRATION_ROWS < counts.max()  # unbalanced indeed
     classes = [c for c in range(10) if counts[c] > 0]
     conditions = torch.nn.functional.normalize(
         torch.randn(len(classes), 16, generator=torch.Generator().manual_seed(0)), dim=1)
@@ -339,7 +340,7 @@ def test_posterior_sampling_keeps_an_unbalanced_client_on_class():
     cfg = _cfg(generator_training_epochs=20, generator_hidden_dim=256, generator_latent_dim=32)
     state = None
     for r in (1, 2, 3):
-        state, _ = generator.generator_round(cfg, 0, r, state, x[~test], local[~test],
+        state, _ = training.generator_round(cfg, 0, r, state, x[~test], local[~test],
                                              torch.arange(len(classes)), conditions)
     vae = state[0]
     rows = [x[~test][local[~test] == i] for i in range(len(classes))]
@@ -347,9 +348,9 @@ def test_posterior_sampling_keeps_an_unbalanced_client_on_class():
     got = {}
     for mode in ("calibrated", "posterior"):
         post = Posterior.fit(vae, conditions, rows) if mode == "posterior" else None
-        temps = [t for t, _ in generator.calibrate_temperature(vae, conditions, rows, 1,
+        temps = [t for t, _ in calibration.calibrate_temperature(vae, conditions, rows, 1,
                                                                posterior=post)]
-        samples = [generator.sample_per_class(vae, conditions[i:i + 1], len(r), 2 + i,
+        samples = [calibration.sample_per_class(vae, conditions[i:i + 1], len(r), 2 + i,
                                               temps[i], post and post.select(i))[0]
                    for i, r in enumerate(rows)]
         got[mode] = quality_report(torch.cat(samples), y[~test].sort().values,
@@ -367,9 +368,9 @@ def test_posterior_sampling_keeps_an_unbalanced_client_on_class():
     # 2 rows is too small to take part and gets the pooled temperature.
     cut = [r[:8] if i in (0, 2, 4) else r[:2] if i == 6 else r for i, r in enumerate(rows)]
     small = [i for i, r in enumerate(cut)
-             if generator.CROSS_FOLDS <= len(r) < 2 * generator.MIN_CALIBRATION_ROWS]
+             if calibration.CROSS_FOLDS <= len(r) < 2 * calibration.MIN_CALIBRATION_ROWS]
     assert small == [0, 2, 4, 5, 7], [len(r) for r in cut]
-    cal = generator.calibrate_temperature(vae, conditions, cut, 1,
+    cal = calibration.calibrate_temperature(vae, conditions, cut, 1,
                                           posterior=Posterior.fit(vae, conditions, cut))
     assert len({cal[i] for i in small}) == 1
     t, d = cal[0]
@@ -388,22 +389,22 @@ def test_dp_sgd_generators_spend_the_configured_epsilon_and_resume_counting(tmp_
                generator_training_epochs=2)
     data = _data([0, 1])
     _run1(cfg, tmp_path, data, rounds=1)
-    first = torch.load(generator.checkpoint_uri(str(tmp_path / "ckpt"), 0), weights_only=True)
+    first = torch.load(checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 0), weights_only=True)
     spent_1 = dp.epsilon(first["dp"])
     assert 0 < spent_1 < 4.0 and first["dp"]["noise_multiplier"] > 0.5
     _run1(cfg, tmp_path / "b", data, rounds=2)
-    done = torch.load(generator.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0),
+    done = torch.load(checkpoints.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0),
                       weights_only=True)
     assert spent_1 < dp.epsilon(done["dp"]) <= 4.0 + 0.05
     assert len(done["dp"]["history"]) == 1  # one (sigma, rate) entry counting every step
     # a retried task loads the accountant with the weights and goes on from its count
-    uri = generator.checkpoint_uri(str(tmp_path / "ckpt"), 0)
-    vae, _, _ = generator.load(uri, cfg, {"seq_len": 4, "audio_dim": 16})
+    uri = checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 0)
+    vae, _, _ = checkpoints.load(uri, cfg, {"seq_len": 4, "audio_dim": 16})
     assert vae.dp_state == first["dp"]
     out = str(tmp_path / "synthetic.safetensors")
-    generator.generate_client(cfg, 0, data, NAMES, 1,
-                              generator.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0), out)
-    meta = generator.load_synthetic(out)[1]
+    sampling.generate_client(cfg, 0, data, NAMES, 1,
+                              checkpoints.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0), out)
+    meta = sampling.load_synthetic(out)[1]
     assert meta["privacy"]["dp_epsilon"] == pytest.approx(dp.epsilon(done["dp"]))
     assert meta["quality"]["overall"]["dp_epsilon"] == meta["privacy"]["dp_epsilon"]
 
@@ -453,14 +454,14 @@ def test_a_new_generator_needs_only_the_interface(tmp_path, monkeypatch):
     data = _data([0, 1])
     _, losses = _run1(cfg, tmp_path, data, rounds=2)
     assert losses[2] < losses[1]  # {round: mean loss}
-    uri = generator.checkpoint_uri(str(tmp_path / "ckpt"), 0)
+    uri = checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 0)
     ckpt = torch.load(uri, weights_only=True)
     assert ckpt["generator_type"] == "shift"
-    model, _, _ = generator.load_for_sampling(cfg, 0, uri, data.train_x)
+    model, _, _ = sampling.load_for_sampling(cfg, 0, uri, data.train_x)
     assert type(model) is _Shift
     out = str(tmp_path / "synthetic.safetensors")
-    generator.generate_client(cfg, 0, data, NAMES, 2, uri, out)
-    tensors, meta = generator.load_synthetic(out)
+    sampling.generate_client(cfg, 0, data, NAMES, 2, uri, out)
+    tensors, meta = sampling.load_synthetic(out)
     assert meta["sampling"] == "calibrated" and tensors["x"].shape[:2] == (2, 2 * 6)
 
 

@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from feda2v.federated import generator
+from feda2v.federated.generators import checkpoints
 from feda2v.io import config as config_mod
 from feda2v.io import storage
 from feda2v.orchestration import stages
@@ -45,11 +45,11 @@ def _setup(tmp_path, **feda2v):
     storage.save_tensors(stages.embeddings_uri(cfg, 0),
                          {"train_x": x, "train_y": y, "test_x": tx, "test_y": ty})
     torch.manual_seed(0)
-    vae = generator.new_generator(cfg, 4, 8, 16)
+    vae = checkpoints.new_generator(cfg, 4, 8, 16)
     vae.fit_standardisation(x)
     conditions = torch.randn(2, 16, generator=g)
-    uri = generator.checkpoint_uri(stages.checkpoint_dir(cfg), 0)
-    generator.save(uri, cfg, vae, generator.new_optimizer(cfg, vae), 0, 3, NAMES[:2], conditions,
+    uri = checkpoints.checkpoint_uri(stages.checkpoint_dir(cfg), 0)
+    checkpoints.save(uri, cfg, vae, checkpoints.new_optimizer(cfg, vae), 0, 3, NAMES[:2], conditions,
                    {"run": "run1-key", "run_round": 3, "generator_loss": 0.5})
     return cfg, uri
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from feda2v.orchestration import prefork
+from feda2v.localrun import prefork
 
 TIMEOUT_S = 2  # the server's request timeout in these tests
 
@@ -138,7 +138,7 @@ def test_a_silent_peer_holds_up_no_task_and_is_dropped_after_the_timeout(server)
 def test_the_tasks_tmpdir_is_the_runs_own_and_goes_with_it():
     """kfp.local's task command runs `mktemp -d` for its ephemeral_component.py: under
     `feda2v run` that lands in a folder of the run's own, removed when the run ends, however."""
-    from feda2v.orchestration import local_run
+    from feda2v.localrun import run as local_run
 
     before = os.environ.get("TMPDIR")
     with pytest.raises(RuntimeError), local_run._task_tmpdir() as folder:

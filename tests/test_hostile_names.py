@@ -213,7 +213,7 @@ def test_experiment_name_outside_storage_root_is_refused_and_nothing_is_written(
 
 
 def test_the_experiment_functions_refuse_such_names_too(make_config, no_mlflow_run):
-    from feda2v.evaluation.experiment import run_experiment, run_grid
+    from feda2v.orchestration.experiment import run_experiment, run_grid
 
     cfg = make_config()
     with pytest.raises(config_mod.ConfigError, match="the experiment name"):

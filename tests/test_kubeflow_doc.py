@@ -244,9 +244,9 @@ def test_the_readme_sends_cluster_users_to_the_page():
 
 def test_the_page_names_what_the_code_reads():
     from components.image import REGISTRY_ENV
-    from feda2v.federated.generator import checkpoint_uri
+    from feda2v.federated.generators.checkpoints import checkpoint_uri
     from feda2v.io import runstate
-    from feda2v.orchestration import stages, submit
+    from feda2v.orchestration import finish, stages, submit
 
     for name in (submit.TOKEN_ENV, submit.COOKIE_ENV, submit.SA_TOKEN_ENV, submit.SA_TOKEN_PATH,
                  REGISTRY_ENV):
@@ -266,12 +266,12 @@ def test_the_page_names_what_the_code_reads():
         "9", "{r}") + "`" in PAGE_TEXT
     run = rel(runstate.run_dir(cfg, "<run key>"))
     assert f"`{run}/`" in PAGE_TEXT
-    assert stages.report_uri(cfg, "K").endswith("/K/report.md") and "`report.md`" in PAGE_TEXT
+    assert finish.report_uri(cfg, "K").endswith("/K/report.md") and "`report.md`" in PAGE_TEXT
     assert "`" + runstate.round_uri("", "run1", 3).lstrip("/").replace("3", "{r}") + "`" in PAGE_TEXT
     launcher = load_yaml_documents(ROOT / "manifests/kfp-launcher/kfp-launcher-configmap.yaml")[0]
     assert f"`{launcher['data']['defaultPipelineRoot']}`" in PAGE_TEXT
     # the MLflow artifact folders the exit handler logs to
-    source = Path(stages.__file__).read_text()
+    source = Path(finish.__file__).read_text()
     for folder in ("model", "generators", "report"):
         assert f'"{folder}")' in source and f"(`{folder}/`)" in PAGE_TEXT, folder
 

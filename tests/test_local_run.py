@@ -15,7 +15,7 @@ import torch
 from s3server import s3_env, s3_server  # noqa: F401 - fixtures
 
 from feda2v.io import runstate, storage, tracking
-from feda2v.orchestration import stages
+from feda2v.orchestration import finish, stages
 
 
 def _write(cfg, tmp_path, name="config.json"):
@@ -83,7 +83,7 @@ def test_run1_then_run2_under_kfp_local(make_config, tmp_path, monkeypatch):
         assert {k: run.data.tags.get(k) for k in source_tags()} == source_tags()
         assert run.data.tags["kfp.run_id"] == run.data.tags["feda2v.run_key"]
         # the exit handler's results table, beside the run's state in storage
-        table = storage.read_bytes(stages.report_uri(cfg, run.data.tags["feda2v.run_key"]))
+        table = storage.read_bytes(finish.report_uri(cfg, run.data.tags["feda2v.run_key"]))
         assert table.decode().startswith("# FedA2V results (succeeded)")
         assert "| phase | round | global acc |" in table.decode()
     gen = client.get_metric_history(run1.info.run_id, "train/node_0/generator_loss")
@@ -145,7 +145,7 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
     from kfp import local
 
     import pipelines
-    from feda2v.evaluation.experiment import run_experiment
+    from feda2v.orchestration.experiment import run_experiment
 
     cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 2,
                                                "generator_training_mode": True})
@@ -323,7 +323,7 @@ def test_parallel_tasks_leave_print_alone():
 
     from kfp.local import logging_utils
 
-    from feda2v.orchestration import local_run
+    from feda2v import patches
 
     real, kfp_indent = builtins.print, logging_utils.indented_print
 
@@ -339,7 +339,7 @@ def test_parallel_tasks_leave_print_alone():
         assert builtins.print is not real  # the leak, as kfp.local does it
     finally:
         builtins.print = real
-    with local_run._plain_task_print():
+    with patches.kfp_local_plain_print():
         two_tasks()
         assert builtins.print is real
     assert logging_utils.indented_print is kfp_indent
@@ -445,7 +445,7 @@ def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tm
 def test_a_task_container_is_removed_only_after_its_exit_code_is_read():
     """`--runner docker`: podman answers an inspect of an auto-removed container with 500, which
     kfp.local does not expect; our container start reads the exit code, then removes it."""
-    from feda2v.orchestration import local_run
+    from feda2v.localrun import docker
 
     calls = []
 
@@ -467,7 +467,7 @@ def test_a_task_container_is_removed_only_after_its_exit_code_is_read():
             return Container()
 
     client = type("Client", (), {"containers": Containers()})()
-    assert local_run.run_container(client, "localhost/feda2v", ["x"], {}, user="1:1") == 3
+    assert docker.run_container(client, "localhost/feda2v", ["x"], {}, user="1:1") == 3
     assert calls == [("run", "localhost/feda2v:latest", False), "logs", "wait", "remove"]
-    assert local_run.run_container(client, "reg:5000/feda2v:cpu-1", ["x"], {}) == 3
+    assert docker.run_container(client, "reg:5000/feda2v:cpu-1", ["x"], {}) == 3
     assert calls[4] == ("run", "reg:5000/feda2v:cpu-1", False)

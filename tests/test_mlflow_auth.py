@@ -5,6 +5,7 @@ them (or with wrong ones) fails at once, naming the variables and never printing
 import pytest
 from mlflowserver import ADMIN, mlflow_auth_server  # noqa: F401 - fixture
 
+from feda2v.federated import adapter_model
 from feda2v.io import config as config_mod
 from feda2v.io import tracking
 
@@ -34,7 +35,7 @@ def test_with_the_credentials_a_run_logs_params_metrics_and_the_model(
     tracking.log_params(cfg, run_id)
     tracking.log_metrics(cfg, run_id, {"eval/global_accuracy": 0.5}, 1)
     _, path = _adapter_file(tmp_path)
-    tracking.log_adapter_model(cfg, run_id, path)
+    adapter_model.log_adapter_model(cfg, run_id, path)
     tracking.end_run(cfg, run_id, "FINISHED")
     params, history = tracking.run_info(cfg, run_id)
     assert params["global_rounds"] == str(cfg.global_rounds)

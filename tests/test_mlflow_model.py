@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from feda2v.federated import adapter_model
 from feda2v.federated.adapter import Adapter
 from feda2v.io import config as config_mod
 from feda2v.io import tracking
@@ -33,8 +34,8 @@ def test_the_logged_model_has_a_signature_an_example_and_predicts_as_the_adapter
     cfg = _cfg(tmp_path, mlflow_register_model="feda2v-adapter")
     adapter, path = _adapter_file(tmp_path)
     run_id = tracking.create_run(cfg, "model")
-    uri = tracking.log_adapter_model(cfg, run_id, path)
-    uri_again = tracking.log_adapter_model(cfg, run_id, path)  # a second run, a new version
+    uri = adapter_model.log_adapter_model(cfg, run_id, path)
+    uri_again = adapter_model.log_adapter_model(cfg, run_id, path)  # a second run, a new version
 
     assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model leaves no trace
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))  # undone after
@@ -61,7 +62,7 @@ def test_without_a_name_nothing_is_registered(tmp_path):
 
     cfg = _cfg(tmp_path)
     _, path = _adapter_file(tmp_path)
-    tracking.log_adapter_model(cfg, tracking.create_run(cfg, "model"), path)
+    adapter_model.log_adapter_model(cfg, tracking.create_run(cfg, "model"), path)
     uri = tracking.tracking_uri(cfg)
     assert uri.startswith("sqlite:///" + str(tmp_path))  # the last test's store is not kept
     assert "MLFLOW_TRACKING_URI" not in os.environ
@@ -90,7 +91,7 @@ def test_a_model_that_cannot_be_logged_fails_the_run_which_still_ends(tmp_path, 
     """The exit handler logs the adapter as a model; if that fails (a registry that refuses,
     a full artifact store), the MLflow run still ends, FAILED, and the task fails loudly."""
     from feda2v.io import storage
-    from feda2v.orchestration import runtime, stages
+    from feda2v.orchestration import finish, runtime
 
     cfg = config_mod.validate({"storage_root": str(tmp_path / "store"), "global_rounds": 1,
                                "feda2v": {"adapter_hidden_dims": [32], "adapter_heads": 4,
@@ -98,14 +99,14 @@ def test_a_model_that_cannot_be_logged_fails_the_run_which_still_ends(tmp_path, 
                                           "generator_training_mode": False}})
     plan = runtime.plan(cfg)
     adapter, _ = _adapter_file(tmp_path)
-    storage.save_tensors(stages.final_adapter_uri(cfg, "k1", plan), adapter.state_dict(), {})
+    storage.save_tensors(finish.final_adapter_uri(cfg, "k1", plan), adapter.state_dict(), {})
 
     def refuse(*args, **kwargs):
         raise OSError("artifact store full")
 
-    monkeypatch.setattr(tracking, "log_adapter_model", refuse)
+    monkeypatch.setattr(adapter_model, "log_adapter_model", refuse)
     with pytest.raises(OSError, match="artifact store full"):
-        stages.finish_tracking(cfg.to_json(), "", "k1", "SUCCEEDED",
+        finish.finish_tracking(cfg.to_json(), "", "k1", "SUCCEEDED",
                                str(tmp_path / "report.md"))
     client = tracking._client(tracking.tracking_uri(cfg))
     [run] = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)

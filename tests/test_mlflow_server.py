@@ -2,8 +2,8 @@
 
 from mlflowserver import mlflow_server  # noqa: F401 - fixture
 
-from feda2v.evaluation.experiment import run_experiment
 from feda2v.io import tracking
+from feda2v.orchestration.experiment import run_experiment
 
 
 def test_experiment_logs_runs_metrics_and_artifacts_to_a_tracking_server(

@@ -143,7 +143,7 @@ def test_only_extraction_and_class_targets_are_cacheable(make_config, tmp_path, 
 
 
 def test_ablations_fan_out_one_task_per_variant(make_config, tmp_path):
-    from feda2v.evaluation.experiment import VARIANTS
+    from feda2v.orchestration.experiment import VARIANTS
 
     spec, _ = _compile(make_config(), "ablations", tmp_path)
     # Everything runs inside the exit handler that ends the parent MLflow run.
@@ -356,16 +356,16 @@ def test_embeddings_checkpoints_and_samples_are_typed_artifacts(make_config, tmp
 def test_phase_tasks_map_collected_artifacts_by_client():
     from types import SimpleNamespace
 
-    from feda2v.orchestration import stages
+    from feda2v.orchestration import tasks
 
     def art(i, path):
         return SimpleNamespace(metadata={"client_id": float(i)}, path=path)
 
-    assert stages.by_client([art(1, "b"), art(0, "a")], "embeddings", 2) == {0: "a", 1: "b"}
+    assert tasks.by_client([art(1, "b"), art(0, "a")], "embeddings", 2) == {0: "a", 1: "b"}
     with pytest.raises(ValueError, match=r"missing \[1\]"):
-        stages.by_client([art(0, "a")], "embeddings", 2)
+        tasks.by_client([art(0, "a")], "embeddings", 2)
     with pytest.raises(ValueError, match="two embeddings artifacts for client 0"):
-        stages.by_client([art(0, "a"), art(0, "b")], "embeddings", 2)
+        tasks.by_client([art(0, "a"), art(0, "b")], "embeddings", 2)
 
 
 # --- the run form and the task names the KFP UI shows ---------------------------------------
@@ -542,7 +542,7 @@ def test_run_time_settings_reach_the_data_and_ablation_tasks(tmp_path, monkeypat
     """The data stages' config (extraction's cache key) holds a seed, storage root and dataset
     given at run time; an ablation variant runs with the form's values."""
     import components
-    from feda2v.evaluation import experiment
+    from feda2v.orchestration import experiment
 
     cfg = config_mod.validate({"pipeline": "run1", "data": {"partition": "iid",
                                                             "num_clients": 2}})

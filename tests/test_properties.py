@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from feda2v.data import download
-from feda2v.federated import generator
+from feda2v.federated.generators import checkpoints
 from feda2v.io import config as config_mod
 from feda2v.io import storage
 from feda2v.io.config import Config, ConfigError
@@ -325,9 +325,9 @@ def _good_checkpoint() -> bytes:
     """A real (tiny) generator checkpoint, as Run 1 writes it."""
     cfg = config_mod.validate({"feda2v": {"generator_hidden_dim": 16, "generator_latent_dim": 4}})
     torch.manual_seed(0)
-    vae = generator.new_generator(cfg, 2, 4, 8)
-    return generator.checkpoint_bytes(generator.checkpoint_dict(
-        cfg, vae, generator.new_optimizer(cfg, vae), 0, 3, ["dog", "rain"], torch.randn(2, 8)))
+    vae = checkpoints.new_generator(cfg, 2, 4, 8)
+    return checkpoints.checkpoint_bytes(checkpoints.checkpoint_dict(
+        cfg, vae, checkpoints.new_optimizer(cfg, vae), 0, 3, ["dog", "rain"], torch.randn(2, 8)))
 
 
 UNPICKLED: list[str] = []

@@ -83,7 +83,7 @@ def test_a_stage_run_by_hand_writes_where_the_pipeline_reads(make_config, tmp_pa
     import shutil
 
     from feda2v.cli import main
-    from feda2v.orchestration.local_run import resolve_local_paths
+    from feda2v.localrun.run import resolve_local_paths
 
     shutil.copytree(demo_data, tmp_path / "data")
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,8 @@ import pytest
 
 from feda2v.io import config as config_mod
 from feda2v.io import owner, runstate, storage, tracking
-from feda2v.orchestration import local_run, stages
+from feda2v.localrun import run as local_run
+from feda2v.orchestration import finish, stages
 
 
 def _dead_owner() -> str:
@@ -37,7 +38,7 @@ def test_each_run_logs_the_generators_it_trained_not_the_shared_folders(tmp_path
     """Runs a and b trained at once; b published last. a's MLflow run holds a's files."""
     from mlflow.artifacts import download_artifacts
 
-    from feda2v.federated.generator import checkpoint_uri
+    from feda2v.federated.generators.checkpoints import checkpoint_uri
 
     cfg = _cfg(tmp_path)
     mine = {}
@@ -48,7 +49,7 @@ def test_each_run_logs_the_generators_it_trained_not_the_shared_folders(tmp_path
             storage.write_bytes(checkpoint_uri(stages.checkpoint_dir(cfg), i), data)  # b wins
             mine[key, i] = data
     run_id = tracking.create_run(cfg, "a")
-    stages.finish_tracking(cfg.to_json(), run_id, "a", "SUCCEEDED", str(tmp_path / "r.md"))
+    finish.finish_tracking(cfg.to_json(), run_id, "a", "SUCCEEDED", str(tmp_path / "r.md"))
     tags = tracking._client(tracking.tracking_uri(cfg)).get_run(run_id).data.tags
     for i in range(config_mod.num_clients(cfg)):
         local = download_artifacts(run_id=run_id, artifact_path=f"generators/client_{i}_generator.pt",

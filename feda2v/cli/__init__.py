@@ -14,7 +14,7 @@ import os
 import sys
 
 from feda2v.cli import experiment, pipeline, stages, tools
-from feda2v.cli.common import _version
+from feda2v.cli.common import feda2v_version
 from feda2v.io import config as config_mod
 
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FedA2V: federated audio-to-visual learning with client-side generators, "
                     "as Kubeflow Pipelines. `feda2v run` executes a whole pipeline locally; "
                     "the stage sub-commands run one step, as a pipeline task would.")
-    parser.add_argument("--version", action="version", version=f"feda2v {_version()}")
+    parser.add_argument("--version", action="version", version=f"feda2v {feda2v_version()}")
     loud = parser.add_mutually_exclusive_group()
     loud.add_argument("-v", "--verbose", action="store_true",
                       help="debug lines too (tasks of `feda2v run` inherit it)")

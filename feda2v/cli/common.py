@@ -9,44 +9,44 @@ from feda2v.io import config as config_mod
 from feda2v.io.config import Config
 
 
-def _cfg(path: str) -> Config:
+def read_cfg(path: str) -> Config:
     return config_mod.load(path)
 
 
-def _stage_cfg(path: str) -> Config:
+def stage_cfg(path: str) -> Config:
     """Stage commands resolve relative local paths as `feda2v run` does, so that a stage run by
     hand reads and writes exactly where the pipeline's task would."""
-    from feda2v.orchestration.local_run import resolve_local_paths
+    from feda2v.localrun.run import resolve_local_paths
 
     return resolve_local_paths(config_mod.load(path))
 
 
-def _targets_uri(cfg: Config) -> str:
+def default_targets_uri(cfg: Config) -> str:
     from feda2v.io import storage
 
     return storage.join(cfg.storage_root, "class_targets.safetensors")
 
 
-def _data_uris(cfg: Config, given: list[str] | None) -> list[str]:
+def data_uris(cfg: Config, given: list[str] | None) -> list[str]:
     from feda2v.orchestration.stages import embeddings_uri
 
     return given or [embeddings_uri(cfg, i) for i in range(config_mod.num_clients(cfg))]
 
 
-def _print(result) -> None:
+def show(result) -> None:
     print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
 
 
-def _run_cfg(a) -> Config:
+def run_cfg(a) -> Config:
     """The config file with the command line's --param and --register-model applied."""
-    cfg = _cfg(a.config)
+    cfg = read_cfg(a.config)
     assignments = list(a.param or [])
     if getattr(a, "register_model", None):
         assignments.append(f"mlflow_register_model={a.register_model}")
     return config_mod.override(cfg, assignments) if assignments else cfg
 
 
-def _override_args(p, register: bool = True) -> None:
+def override_args(p, register: bool = True) -> None:
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="override a config key for this command, repeatable; a section's key "
                         "dotted (feda2v.generator_type=gan); VALUE is JSON when it parses "
@@ -58,18 +58,18 @@ def _override_args(p, register: bool = True) -> None:
                             "under NAME (same as --param mlflow_register_model=NAME)")
 
 
-def _execution_arg(p) -> None:
+def execution_arg(p) -> None:
     p.add_argument("--execution", choices=["phase", "round"],
                    help="task granularity (default: the config's `execution` key): phase = one "
                         "task per federated phase, rounds in-process; round = one task per "
                         "client per round (silo mode)")
 
 
-def _config_arg(p) -> None:
+def config_arg(p) -> None:
     p.add_argument("--config", required=True, help="run config (JSON, seed format)")
 
 
-def _uris_args(p, data=True, targets=True) -> None:
+def uris_args(p, data=True, targets=True) -> None:
     if data:
         p.add_argument("--data", nargs="+", metavar="URI",
                        help="client embeddings URIs (default: each client's file under "
@@ -79,12 +79,12 @@ def _uris_args(p, data=True, targets=True) -> None:
                                          "storage_root/class_targets.safetensors)")
 
 
-def _run_key_arg(p) -> None:
+def run_key_arg(p) -> None:
     p.add_argument("--run-key", default="", help="run folder under storage_root/runs that holds "
                    "this run's round state (default: manual)")
 
 
-def _round_args(p, mlflow=True) -> None:
+def round_args(p, mlflow=True) -> None:
     p.add_argument("--round", type=int, required=True, help="round number within its phase (1-based)")
     p.add_argument("--step", type=int, help="MLflow step (default: --round)")
     if mlflow:
@@ -92,7 +92,7 @@ def _round_args(p, mlflow=True) -> None:
                                                             "(default: do not log)")
 
 
-def _version() -> str:
+def feda2v_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:

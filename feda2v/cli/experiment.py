@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feda2v.cli.common import _config_arg, _override_args, _run_cfg
+from feda2v.cli.common import config_arg, override_args, run_cfg
 from feda2v.cli.pipeline import tracking_uri_text
 
 
@@ -15,13 +15,13 @@ def _preflight(cfg) -> None:
 
 
 def cmd_experiment(a) -> None:
-    from feda2v.evaluation.experiment import VARIANTS, parse_partitions, run_experiment, run_grid
     from feda2v.io import config as config_mod
-    from feda2v.orchestration.local_run import resolve_local_paths
+    from feda2v.localrun.run import resolve_local_paths
+    from feda2v.orchestration.experiment import VARIANTS, parse_partitions, run_experiment, run_grid
 
     # A folder under storage_root/experiments and an MLflow run name: refused before any work.
     config_mod.check_name("--name", a.name)
-    cfg = resolve_local_paths(_run_cfg(a))
+    cfg = resolve_local_paths(run_cfg(a))
     variants = a.variants.split(",") if a.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -67,7 +67,7 @@ def register(add) -> None:
             "Run the ablations on the same data and seed (FedAvg only, Run 1 -> Run 2 with "
             "synthetic samples, synthetic-only server training, centralized upper bound) and "
             "print one table; also writes an HTML report and logs everything to MLflow.")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--variants", help="comma-separated subset of fedavg,synthetic,"
                                       "synthetic_only,centralized (default: all)")
     p.add_argument("--name", default="experiment", help="folder under storage_root/experiments "
@@ -79,4 +79,4 @@ def register(add) -> None:
     p.add_argument("--epsilons", help="comma-separated ε, e.g. 1,4,8,inf: the synthetic variant "
                    "again with DP-SGD generators at each finite ε; the report plots accuracy "
                    "against ε (inf = without DP)")
-    _override_args(p, register=False)
+    override_args(p, register=False)

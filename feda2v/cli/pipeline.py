@@ -6,7 +6,7 @@ import os
 import re
 import sys
 
-from feda2v.cli.common import _config_arg, _execution_arg, _override_args, _run_cfg, _version
+from feda2v.cli.common import config_arg, execution_arg, feda2v_version, override_args, run_cfg
 from feda2v.io import config as config_mod
 from feda2v.io.config import Config
 
@@ -155,7 +155,7 @@ def _check_rounds(a, cfg: Config) -> None:
 def cmd_compile(a) -> None:
     import pipelines
 
-    cfg = _run_cfg(a)
+    cfg = run_cfg(a)
     _check_rounds(a, cfg)
     options = _cluster_options(a, cfg)
     _preflight_cluster(a, cfg)
@@ -175,7 +175,7 @@ def cmd_submit(a) -> None:
 
     from feda2v.orchestration import submit
 
-    cfg = _run_cfg(a)
+    cfg = run_cfg(a)
     _check_rounds(a, cfg)
     options = _cluster_options(a, cfg)
     _preflight_cluster(a, cfg)
@@ -184,7 +184,7 @@ def cmd_submit(a) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         package = os.path.join(tmp, "pipeline.yaml")
         compile_pipeline(cfg, kind, package, options, a.execution)
-        version = a.version_name or (submit.version_name(package, _version())
+        version = a.version_name or (submit.version_name(package, feda2v_version())
                                 if a.pipeline_name else None)
         # Caching is in the YAML, task by task: kfp's run-level override would reach only the
         # root DAG's tasks, and none with --pipeline-name.
@@ -211,9 +211,9 @@ def tracking_uri_text(cfg: Config) -> str:
 
 def cmd_run(a) -> None:
     from components.image import check_reference, default_image
-    from feda2v.orchestration.local_run import run_locally
+    from feda2v.localrun.run import run_locally
 
-    cfg = _run_cfg(a)
+    cfg = run_cfg(a)
     _check_rounds(a, cfg)
     if a.image is not None:
         check_reference(a.image)
@@ -267,13 +267,13 @@ def _cluster_args(p) -> None:
 
 def register(add) -> None:
     p = add("run", cmd_run, "Run the pipeline locally under kfp.local (same DAG as on a cluster).")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to run (default: the config's `pipeline` key)")
-    _override_args(p)
+    override_args(p)
     p.add_argument("--pipeline-root", help="where kfp.local keeps task artifacts (default: "
                                            "storage_root/kfp-local)")
-    _execution_arg(p)
+    execution_arg(p)
     p.add_argument("--no-prefork", action="store_true",
                    help="start every task as a fresh interpreter (default: tasks are forked "
                         "from one pre-imported process, which saves seconds per task)")
@@ -287,17 +287,17 @@ def register(add) -> None:
 
     p = add("compile", cmd_compile, "Compile the pipeline to a KFP YAML for the UI or "
                                     "`kfp run create`.")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--output", required=True, help="pipeline YAML to write")
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to compile (default: the config's `pipeline` key)")
-    _override_args(p)
-    _execution_arg(p)
+    override_args(p)
+    execution_arg(p)
     _cluster_args(p)
 
     p = add("submit", cmd_submit, "Compile and submit the pipeline to a Kubeflow Pipelines "
                                   "endpoint (kfp.Client).")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. "
                                                  "http://localhost:8080 after a port-forward")
     p.add_argument("--experiment", default="feda2v", help="KFP experiment (default: feda2v)")
@@ -305,8 +305,8 @@ def register(add) -> None:
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
     p.add_argument("--pipeline", choices=["run1", "run2", "end_to_end", "ablations"],
                    help="pipeline to submit (default: the config's `pipeline` key)")
-    _override_args(p)
-    _execution_arg(p)
+    override_args(p)
+    execution_arg(p)
     p.add_argument("--pipeline-name", help="upload the package as a new version of this "
                    "pipeline (created on first use) and run that version; default: a one-off "
                    "package run")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from feda2v.cli.common import _cfg, _config_arg, _print
+from feda2v.cli.common import config_arg, read_cfg, show
 from feda2v.data.download import ESC50_URL, MAX_MEMBER_MB, MAX_RATIO, MAX_UNPACKED_MB
 from feda2v.io import config as config_mod
 
@@ -34,7 +34,7 @@ def cmd_data_digits(a) -> None:
 def cmd_models_tiny(a) -> None:
     from feda2v.encoders.embed import write_tiny_models
 
-    _print(write_tiny_models(a.out, seed=a.seed))
+    show(write_tiny_models(a.out, seed=a.seed))
 
 
 def _push(a, required: tuple[str, ...], what: str) -> None:
@@ -67,7 +67,7 @@ def cmd_data_push(a) -> None:
 
 
 def cmd_config_check(a) -> None:
-    cfg = _cfg(a.config)
+    cfg = read_cfg(a.config)
     print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     print(f"OK: {a.config} is valid (pipeline: {config_mod.pipeline_kind(cfg)})", file=sys.stderr)
 
@@ -159,6 +159,6 @@ def register(add) -> None:
                                                                   metavar="WHAT")
     p = cfgp.add_parser("check", help="Validate a config and print it with defaults filled in.")
     p.set_defaults(func=cmd_config_check)
-    _config_arg(p)
+    config_arg(p)
     p = cfgp.add_parser("keys", help="List every config key with its default and meaning.")
     p.set_defaults(func=cmd_config_keys)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 FAMILIES = {"audio-spectrogram-transformer": "ast", "clap": "clap", "clap_audio_model": "clap"}
 
 
-def _transformers():
+def quiet_transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()  # unused-weight notes when loading a full ClapModel
@@ -37,7 +37,7 @@ def _transformers():
     return transformers
 
 
-def _load(what: str, source: str, loader):
+def load_pretrained(what: str, source: str, loader):
     try:
         return loader(source)
     except OSError as e:
@@ -53,23 +53,23 @@ class AudioBackbone:
     """A pretrained audio encoder that turns waveforms into token sequences [B, T, dim]."""
 
     def __init__(self, source: str, device: torch.device | str):
-        tf = _transformers()
+        tf = quiet_transformers()
         self.source, self.device = source, torch.device(device)
-        model_type = _load("audio model", source, tf.AutoConfig.from_pretrained).model_type
+        model_type = load_pretrained("audio model", source, tf.AutoConfig.from_pretrained).model_type
         if model_type not in FAMILIES:
             raise ValueError(
                 f"audio model {source!r} has model_type {model_type!r}; supported families: AST "
                 "('audio-spectrogram-transformer') and CLAP ('clap' or 'clap_audio_model')")
         self.family = FAMILIES[model_type]
-        self.features = _load("audio feature extractor", source,
+        self.features = load_pretrained("audio feature extractor", source,
                               tf.AutoFeatureExtractor.from_pretrained)
         if self.family == "ast":
             # AST checkpoints are usually ASTForAudioClassification; the classifier head is dropped
-            self.model = _load("audio model", source, tf.ASTModel.from_pretrained)
+            self.model = load_pretrained("audio model", source, tf.ASTModel.from_pretrained)
             self.dim = int(self.model.config.hidden_size)
         else:
             # a full ClapModel checkpoint (model_type "clap") loads its audio tower + projection here
-            self.model = _load("audio model", source, tf.ClapAudioModelWithProjection.from_pretrained)
+            self.model = load_pretrained("audio model", source, tf.ClapAudioModelWithProjection.from_pretrained)
             self.dim = int(self.model.audio_projection.linear2.out_features)
         self.model.to(self.device).eval()
         self.sample_rate = int(self.features.sampling_rate)
@@ -109,7 +109,7 @@ class AudioBackbone:
 def write_tiny_clap(out: str, seed: int = 0) -> str:
     """Save a random-initialised CLAP audio tower with projection (64-d features, 32-d tokens)
     and its feature extractor to `out`, loadable by `AudioBackbone(out)`."""
-    tf = _transformers()
+    tf = quiet_transformers()
     torch.manual_seed(seed)
     # Same layout as clap-htsat-unfused scaled down: 48 kHz, 10 ms hop, repeat-pad to the window,
     # "rand_trunc" (a single mel channel, no fusion). The window is 1 s (101 frames) and the
@@ -134,10 +134,10 @@ def image_embeddings(source: str, images: list[Image.Image],
                      device: torch.device | str) -> torch.Tensor:
     """Pooled, projected CLIP image embeddings (`image_embeds`) of PIL images, [N, D] float32
     on the CPU (like the text targets)."""
-    tf = _transformers()
+    tf = quiet_transformers()
     # AutoImageProcessor picks the CLIPImageProcessor backend that is installed (torchvision or PIL)
-    processor = _load("image processor", source, tf.AutoImageProcessor.from_pretrained)
-    model = _load("image model", source, tf.CLIPVisionModelWithProjection.from_pretrained)
+    processor = load_pretrained("image processor", source, tf.AutoImageProcessor.from_pretrained)
+    model = load_pretrained("image model", source, tf.CLIPVisionModelWithProjection.from_pretrained)
     model.to(torch.device(device)).eval()
     pixels = processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
     return model(**pixels.to(model.device)).image_embeds.float().cpu()
@@ -146,7 +146,7 @@ def image_embeddings(source: str, images: list[Image.Image],
 def write_tiny_clip_vision(out: str, seed: int = 0, projection_dim: int = 64) -> str:
     """Save a random-initialised CLIP vision model with projection (32x32 input, 8x8 patches)
     and its image processor to `out`."""
-    tf = _transformers()
+    tf = quiet_transformers()
     torch.manual_seed(seed)
     size = 32
     config = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

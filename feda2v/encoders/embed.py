@@ -13,8 +13,7 @@ import os
 import numpy as np
 import torch
 
-from feda2v.encoders.backbones import _load
-from feda2v.encoders.backbones import _transformers as _quiet_transformers
+from feda2v.encoders.backbones import load_pretrained, quiet_transformers
 from feda2v.io.log import get_logger, progress
 
 log = get_logger()
@@ -37,7 +36,7 @@ class AudioEncoder:
         from feda2v.encoders.backbones import AudioBackbone
         from feda2v.encoders.model_source import resolve
 
-        _quiet_transformers()
+        quiet_transformers()
         self.source = source
         self.device = pick_device(device)
         self.backbone = AudioBackbone(resolve(source), self.device)
@@ -82,10 +81,10 @@ def text_targets(source: str, prompts: list[str], device: str = "auto") -> torch
     """Pooled, projected CLIP text embeddings, [len(prompts), D_clip]."""
     from feda2v.encoders.model_source import resolve
 
-    tf = _quiet_transformers()
+    tf = quiet_transformers()
     source = resolve(source)
-    tokenizer = _load("text model", source, tf.AutoTokenizer.from_pretrained)
-    model = _load("text model", source, tf.CLIPTextModelWithProjection.from_pretrained)
+    tokenizer = load_pretrained("text model", source, tf.AutoTokenizer.from_pretrained)
+    model = load_pretrained("text model", source, tf.CLIPTextModelWithProjection.from_pretrained)
     dev = pick_device(device)
     model.to(dev).eval()
     batch = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(dev)
@@ -138,7 +137,7 @@ def write_tiny_models(out: str, seed: int = 0, hidden: int = 64, clip_dim: int =
     """Save random-initialised small models of the real architectures under `out`: AST and
     CLAP audio encoders (+ feature extractors), a CLIP text model (+ a byte-level tokenizer built
     offline) and a CLIP vision model; returns their folders."""
-    tf = _quiet_transformers()
+    tf = quiet_transformers()
     torch.manual_seed(seed)
     audio_dir, text_dir = os.path.join(out, "audio"), os.path.join(out, "text")
 

@@ -1,7 +1,7 @@
 """One client's round: the adapter trained from the global one on the client's real data.
 
 Run 1 also returns the round's class conditions (the mean adapter output of each local class),
-which the client's generator trains on (see federated.generator); Run 2 attaches the round's
+which the client's generator trains on (see federated/generators/training.py); Run 2 attaches the round's
 synthetic samples, drawn beforehand from the client's generator.
 """
 

@@ -1,6 +1,6 @@
 """Differentially private generator training: DP-SGD (Abadi et al. 2016) through Opacus.
 
-With feda2v.generator_dp_epsilon = ε > 0, each client trains its VAE with per-sample gradient
+With feda2v.generator_dp_epsilon = ε > 0, each client trains its VAE (generators/vae.py) with per-sample gradient
 clipping (generator_dp_max_grad_norm) and Gaussian noise, on Poisson-sampled batches; the noise
 multiplier is chosen once so that all of Run 1's generator steps together spend (ε, δ) under
 Rényi-DP accounting. The accountant's history travels in the checkpoint (`dp`), so a retried
@@ -46,40 +46,36 @@ def epsilon(state: dict) -> float:
     return float(accountant.get_epsilon(state["delta"])) if state["history"] else 0.0
 
 
-def train_vae(cfg: Config, vae, opt, x: torch.Tensor, cond: torch.Tensor, client_id: int,
-              seed: int, state: dict) -> list[float]:
-    """One round's epochs of DP-SGD on the VAE; `state` (see `plan`) is updated in place.
-    Returns the mean loss of each epoch."""
+def train(cfg: Config, module: torch.nn.Module, opt, rows: int, device: torch.device,
+          client_id: int, seed: int, state: dict, gen: torch.Generator, batch_loss) -> list[float]:
+    """One round's epochs of DP-SGD on `module` over `rows` training rows; `state` (see `plan`)
+    is updated in place. `batch_loss(model, idx, epoch)` is the loss of the batch of row
+    indices `idx`, `model` being the module's per-sample-gradient wrapper; `gen` draws the
+    Poisson batches. Returns the mean loss of each epoch."""
     from opacus import GradSampleModule
     from opacus.accountants import RDPAccountant
     from opacus.optimizers import DPOptimizer
 
-    from feda2v.federated.generators.vae import batch_loss, vae_schedule
-
     f = cfg.feda2v
     epochs = f.generator_training_epochs
-    noise = f.generator_augmentation_noise if f.generator_augmentation else 0.0
     rate, sigma = state["sample_rate"], state["noise_multiplier"]
-    gen = torch.Generator().manual_seed(seed)
-    model = GradSampleModule(vae)
+    model = GradSampleModule(module)
     dp_opt = DPOptimizer(opt, noise_multiplier=sigma, max_grad_norm=f.generator_dp_max_grad_norm,
-                         expected_batch_size=max(1, round(rate * len(x))),
-                         generator=torch.Generator(device=x.device).manual_seed(seed + 1))
+                         expected_batch_size=max(1, round(rate * rows)),
+                         generator=torch.Generator(device=device).manual_seed(seed + 1))
     accountant = RDPAccountant()
     accountant.history = [tuple(h) for h in state["history"]]
-    clean = vae.normalise(x)
     losses = []
     model.train()
     try:
         for epoch in range(epochs):
-            beta, w = vae_schedule(epoch, epochs, beta_max=f.generator_kl_weight)
             total, seen = 0.0, 0
             for _ in range(math.ceil(1 / rate)):
-                idx = (torch.rand(len(x), generator=gen) < rate).nonzero().flatten().to(x.device)
+                idx = (torch.rand(rows, generator=gen) < rate).nonzero().flatten().to(device)
                 accountant.step(noise_multiplier=sigma, sample_rate=rate)
                 if len(idx) == 0:  # about exp(-batch size): nothing to release
                     continue
-                loss = batch_loss(model, vae, x, cond, clean, idx, noise, gen, beta, w)
+                loss = batch_loss(model, idx, epoch)
                 dp_opt.zero_grad()
                 loss.backward()
                 dp_opt.step()
@@ -87,8 +83,8 @@ def train_vae(cfg: Config, vae, opt, x: torch.Tensor, cond: torch.Tensor, client
                 seen += len(idx)
             losses.append(total / max(seen, 1))
     finally:
-        model._close()  # the hooks go; `vae` is the plain module again
-        vae.eval()
+        model._close()  # the hooks go; `module` is the plain module again
+        module.eval()
     state["history"] = [list(h) for h in accountant.history]
     log.info("[Client %d] DP-SGD: noise multiplier %.3f, sample rate %.3f, ε spent %.2f of %.2f "
              "(δ %.0e)", client_id, sigma, rate, epsilon(state), state["target_epsilon"],

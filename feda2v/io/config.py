@@ -839,7 +839,7 @@ def pipeline_kind(cfg: Config) -> str:
 
 
 def describe_keys() -> str:
-    """Every key, its default and its doc, for `feda2v config keys` and the README."""
+    """Every key, its default and its doc, for `feda2v config keys` and docs/configuration.md."""
     lines = []
     for where, spec in [("", TOP_LEVEL), *[(f"{n}.", s) for n, s in SECTIONS.items()]]:
         for key, k in spec.items():

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+TAG = "\u00a7feda2v\u00a7 "  # what `feda2v run` tags its tasks' lines with (set in TAG_ENV)
 TAG_ENV = "FEDA2V_LOG_TAG"
 LEVEL_ENV = "FEDA2V_LOG_LEVEL"  # set by `feda2v -v/-q`; task processes inherit it
 

@@ -347,81 +347,12 @@ def log_artifact(cfg: Config, run_id: str, local_file: str, artifact_path: str |
     _client(tracking_uri(cfg)).log_artifact(run_id, local_file, artifact_path)
 
 
-def log_adapter_model(cfg: Config, run_id: str, adapter_file: str, targets_file: str = "") -> str:
-    """The global adapter as an MLflow model (pyfunc, logged as code from feda2v/io/mlflow_model.py,
-    with the feda2v package beside it) with a signature and an input example, registered under
-    `mlflow_register_model` when that is set. Returns the model URI."""
-    import mlflow
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-    from safetensors.torch import load_file
-
-    from feda2v.io import mlflow_model
-
-    state = load_file(adapter_file)
-    audio_dim = state["mlp.0.weight"].shape[1]
-    # A shape example, not data: a client's real embeddings must not reach the server's store.
-    example = np.random.default_rng(0).standard_normal((2, 4, audio_dim)).astype(np.float32)
-    f = cfg.feda2v
-    conf = {"adapter_hidden_dims": list(f.adapter_hidden_dims),
-            "adapter_heads": f.adapter_heads}
-    f32 = np.dtype(np.float32)
-    # Any batch size and any sequence length: the adapter pools the tokens.
-    signature = ModelSignature(Schema([TensorSpec(f32, (-1, -1, audio_dim))]),
-                               Schema([TensorSpec(f32, (-1, state["query"].shape[-1]))]))
-    _client(tracking_uri(cfg))  # the fail-fast settings and the store lock
+def ready(cfg: Config) -> str:
+    """The tracking URI, its server checked and the client's fail-fast settings applied (for
+    code that must use MLflow's fluent API)."""
     uri = tracking_uri(cfg)
-    with _fluent_store(uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="global_adapter", python_model=mlflow_model.__file__,
-            artifacts=dict(adapter=adapter_file, **({"class_targets": targets_file}
-                                                    if targets_file else {})),
-            code_paths=[_package_dir()], model_config=conf,
-            signature=signature, input_example=example,
-            pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}",
-                              f"safetensors=={_version('safetensors')}", "numpy"],
-            registered_model_name=cfg.mlflow_register_model or None)
-    return info.model_uri
-
-
-@contextlib.contextmanager
-def _fluent_store(uri: str):
-    """Point mlflow's fluent API (which log_model needs) at `uri` for a while, then put back what
-    was there: set_tracking_uri also exports $MLFLOW_TRACKING_URI, which tracking_uri() reads,
-    so a later run in this process (an experiment's next variant, a notebook) would otherwise
-    log into this store."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as service
-
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    # Private, but the only way to restore "never set" rather than pin today's default.
-    saved = (service._tracking_uri, registry._registry_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # the registry lives in the tracking store
-    try:
-        yield
-    finally:
-        service._tracking_uri, registry._registry_uri = saved
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _package_dir() -> str:
-    """The feda2v package folder (shipped beside the logged model, which imports from it)."""
-    from feda2v.io import mlflow_model
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(mlflow_model.__file__)))
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
+    _client(uri)
+    return uri
 
 
 def set_tags(cfg: Config, run_id: str, tags: dict[str, str]) -> None:

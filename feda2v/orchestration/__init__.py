@@ -1,2 +1,3 @@
-"""Running it: the stage functions KFP tasks call, run-time parameters, kfp.local runs
-(prefork, watchdog), preflight checks, submission to a cluster."""
+"""Running it: the stage functions (stages), their KFP artifact adapters (tasks), the exit
+handler (finish), run-time parameters (runtime), preflight checks, submission to a cluster,
+and the experiment runner (ablations, seeds, partitions)."""

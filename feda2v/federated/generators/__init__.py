@@ -1,5 +1,8 @@
-"""The generator models behind one interface (base.py: Generator). Add one by subclassing
-Generator and listing it here; the config's generator_type takes its name."""
+"""A client's generator. The models behind one interface (base.py: Generator; vae.py, gan.py):
+add one by subclassing Generator and listing it here; the config's generator_type takes its
+name. What a client does with one, by job: checkpoints.py (the seed's files, the checked
+loader), training.py (Run 1's rounds), calibration.py (how Run 2 samples), sampling.py (Run 2's
+synthetic samples and their quality)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ read and write embeddings identically.
 To add one: subclass Generator, implement `sample`, `new_optimizer` and `fit`, set `name` (the
 config's generator_type) and `sampling` (what generator_sampling: auto picks for it), and
 register it in GENERATORS (generators/__init__.py). Checkpoints, rounds, sampling, calibration
-and the quality report (federated/generator.py) then work with it unchanged.
+and the quality report (generators/training.py, sampling.py) then work with it unchanged.
 """
 
 from __future__ import annotations

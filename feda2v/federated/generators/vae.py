@@ -72,15 +72,20 @@ class ConditionedVAE(Generator):
         """Input noise (generator_augmentation_noise) perturbs the input only; the
         reconstruction target stays clean. Under DP-SGD (a dp_state set from the checkpoint)
         the epochs run through Opacus instead (federated/dp.py)."""
-        if getattr(self, "dp_state", None) is not None:
-            from feda2v.federated import dp
-
-            return dp.train_vae(cfg, self, opt, x, cond, client_id, seed, self.dp_state)
         f = cfg.feda2v
         epochs, bs = f.generator_training_epochs, f.generator_batch_size
         noise = f.generator_augmentation_noise if f.generator_augmentation else 0.0
         gen = torch.Generator().manual_seed(seed)
         clean = self.normalise(x)
+        if getattr(self, "dp_state", None) is not None:
+            from feda2v.federated import dp
+
+            def loss_of(model, idx, epoch):
+                beta, w = vae_schedule(epoch, epochs, beta_max=f.generator_kl_weight)
+                return batch_loss(model, self, x, cond, clean, idx, noise, gen, beta, w)
+
+            return dp.train(cfg, self, opt, len(x), x.device, client_id, seed, self.dp_state,
+                            gen, loss_of)
         self.train()
         losses = []
         for epoch in range(epochs):

@@ -25,7 +25,7 @@ from feda2v.io import config as config_mod
 from feda2v.io import runstate, storage, tracking
 from feda2v.io.config import Config
 from feda2v.io.log import get_logger
-from feda2v.orchestration import stages
+from feda2v.orchestration import finish, stages
 
 log = get_logger()
 VARIANTS = ("fedavg", "synthetic", "synthetic_only", "centralized")
@@ -58,7 +58,8 @@ def _log(cfg: Config, run_id: str):
 def _generators(cfg: Config, run: str, key: str, fed, rounds_r1: int, rounds_r2: int) -> None:
     """Each client's generator over Run 1's rounds, then its synthetic samples for Run 2's: the
     same stage code as the per-client pipeline tasks."""
-    from feda2v.federated.generator import generate_client, train_client
+    from feda2v.federated.generators.sampling import generate_client
+    from feda2v.federated.generators.training import train_client
 
     for i, data in enumerate(fed.clients):
         train_client(cfg, i, run, key, data.train_x, data.train_y, fed.class_names, rounds_r1,
@@ -119,8 +120,8 @@ def run_variant(cfg: Config, variant: str, root: str, targets_uri: str, run_id: 
         else:
             _, history = run_phase(fed, "run1", r1, 1, init, run, None, _log(vcfg, run_id))
             _generators(vcfg, run, variant, fed, r1, r2)
-        stages.log_generator_losses(vcfg, source, run_id)
-        synthetic = stages._synthetic_source(source, len(fed.clients))
+        finish.log_generator_losses(vcfg, source, run_id)
+        synthetic = stages.synthetic_source(source, len(fed.clients))
         start = stages.phase_start(vcfg, fed, [("run1", r1), (phase, r2)], phase, source)
         _, more = run_phase(fed, phase, r2, r1 + 1, start, run, synthetic, _log(vcfg, run_id))
         history += [dict(h, phase="synthetic_only" if phase == "sample" else h["phase"])
@@ -138,7 +139,7 @@ def run_variant(cfg: Config, variant: str, root: str, targets_uri: str, run_id: 
 
 def _pooled_synthetic(run: str, num_clients: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The last Run 2 round's synthetic samples of every client."""
-    from feda2v.federated.generator import load_synthetic, synthetic_round
+    from feda2v.federated.generators.sampling import load_synthetic, synthetic_round
 
     xs, ys = [], []
     for i in range(num_clients):

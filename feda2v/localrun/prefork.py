@@ -92,13 +92,14 @@ def write_shim(folder: str) -> str:
 
 
 # Imported before the server takes tasks: what every task needs.
-CORE = ("kfp.dsl.executor", "kfp.dsl.kfp_config", "torch", "feda2v.orchestration.stages",
+CORE = ("kfp.dsl.executor", "kfp.dsl.kfp_config", "torch", "feda2v.orchestration.tasks",
         "feda2v.federated.loop")
 # Imported one at a time while tasks run (extraction needs none of them): what some tasks need.
 # torch._dynamo: torch imports it on the first optimizer (1.6 s here); the SQLAlchemy store:
 # what opening MLflow's SQLite store imports (its tables are checked in the task, not here).
 LATER = ("torch._dynamo", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
-         "feda2v.federated.generator", "feda2v.evaluation.metrics", "feda2v.evaluation.experiment",
+         "feda2v.federated.generators.training", "feda2v.federated.generators.sampling",
+         "feda2v.evaluation.metrics", "feda2v.orchestration.experiment",
          "feda2v.encoders.extraction", "transformers")
 
 
@@ -344,7 +345,7 @@ def start(folder: str, env: dict, remove: tuple[str, ...] = (), stderr=None) -> 
     import subprocess
 
     path = os.path.join(folder, "prefork.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "feda2v.orchestration.prefork", path,
+    proc = subprocess.Popen([sys.executable, "-m", "feda2v.localrun.prefork", path,
                              str(os.getpid()), *remove], env=env, stderr=stderr)
     return proc, path
 

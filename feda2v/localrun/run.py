@@ -19,17 +19,18 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
+from feda2v import patches
 from feda2v.evaluation import report
 from feda2v.io import config as config_mod
 from feda2v.io import owner, runstate, storage, tracking
 from feda2v.io.config import Config
-from feda2v.io.log import TAG_ENV
+from feda2v.io.log import TAG, TAG_ENV
+from feda2v.localrun import docker
 from feda2v.orchestration import preflight
 
-TAG = "\u00a7feda2v\u00a7 "
 PYTHON = sys.executable  # the real interpreter (during a run sys.executable is the prefork shim)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -159,28 +160,12 @@ def _stop_tasks_until(unwound: threading.Event) -> None:
         unwound.wait(0.2)
 
 
-@contextmanager
-def _plain_task_print():
-    """kfp.local indents each task's output by swapping builtins.print for a wrapper around the
-    task. With tasks in parallel the swaps interleave and leave wrappers behind, one more layer
-    per task, until a long round-execution run spends its time printing (and a stopped run
-    waits on that). Task output goes to the log file here: leave print alone."""
-    from kfp.local import logging_utils
-
-    original = logging_utils.indented_print
-    logging_utils.indented_print = lambda num_spaces=4: nullcontext()
-    try:
-        yield
-    finally:
-        logging_utils.indented_print = original
-
-
 def _start_watchdog(cfg: Config, run_id: str):
     """A small process that outlives a SIGKILL of this one: when our end of its pipe closes
     without a word, it marks the MLflow run KILLED. (Task processes notice the lost parent
     themselves: feda2v.orchestration.runtime.task_setup.)"""
     global _watchdog_pid
-    proc = subprocess.Popen([PYTHON, "-m", "feda2v.orchestration.watchdog"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([PYTHON, "-m", "feda2v.localrun.watchdog"], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, text=True)
     # The config travels on the pipe, never on a command line (ps shows those to everyone).
@@ -221,9 +206,9 @@ def _task_tmpdir():
 
 
 def _start_prefork(remove: tuple[str, ...] = ()):
-    """Pre-imported task processes (feda2v.orchestration.prefork). kfp.local's SubprocessRunner puts
+    """Pre-imported task processes (feda2v.localrun.prefork). kfp.local's SubprocessRunner puts
     sys.executable in every task command, so for the run sys.executable is the shim."""
-    from feda2v.orchestration import prefork
+    from feda2v.localrun import prefork
 
     # A short path: Unix socket names are limited to about 100 bytes.
     folder = tempfile.mkdtemp(prefix="feda2v-prefork-")
@@ -236,7 +221,7 @@ def _start_prefork(remove: tuple[str, ...] = ()):
 
 
 def _stop_prefork(started) -> None:
-    from feda2v.orchestration import prefork
+    from feda2v.localrun import prefork
 
     if started is None:
         return
@@ -247,80 +232,6 @@ def _stop_prefork(started) -> None:
     os.environ.pop(prefork.SOCKET_ENV, None)
     os.environ.pop(prefork.PID_ENV, None)
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def docker_runner(cfg: Config, pipeline_root: str, run_id: str):
-    """kfp.local's DockerRunner with what our image needs: the host user (files in the mounted
-    folders stay the user's; the image's own user could not write a root-owned pipeline root),
-    every local folder the config names mounted at the same path (DockerRunner mounts only the
-    pipeline root), a writable HOME, the log tag, S3 and MLflow settings, and a label to find
-    the run's containers when it is stopped."""
-    from docker.types import Mount
-    from kfp import local
-
-    paths = {storage.local_path(cfg.storage_root)}
-    if storage.is_local(cfg.data.dataset_uri):
-        paths.add(storage.local_path(cfg.data.dataset_uri))
-    for key in ("audio_model", "text_model", "image_model"):
-        if os.path.isdir(getattr(cfg.models, key)):
-            paths.add(os.path.abspath(getattr(cfg.models, key)))
-    paths = {p for p in paths if os.path.exists(p) and not p.startswith(pipeline_root + os.sep)}
-    env = {TAG_ENV: TAG, "HOME": "/tmp", "FEDA2V_MODEL_CACHE": "/tmp/feda2v-models"}
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD", config_mod.CREDENTIALS_ENV, owner.OWNER_ENV):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return local.DockerRunner(
-        user=f"{os.getuid()}:{os.getgid()}", environment=env, network_mode="host",
-        labels={DOCKER_LABEL: run_id},
-        mounts=[Mount(target=p, source=p, type="bind") for p in sorted(paths)])
-
-
-DOCKER_LABEL = "feda2v.mlflow_run"
-
-
-_CREATING = threading.Lock()
-
-
-def run_container(client, image: str, command: list[str], volumes: dict,
-                  **run_args) -> int:
-    """A task's container, started as kfp.local's DockerRunner does, with two changes for
-    podman's Docker API, which answers some inspects with 500 "no such container" (not the 404
-    kfp.local expects) and so failed 1 `--runner docker` run in 4 here: containers are created
-    one at a time (kfp.local runs a loop's tasks in threads, and an inspect right after a
-    concurrent create lost the container), and a container is removed only after its exit code
-    is read (no auto-removal racing the log stream). Installed by `install_container_runner`."""
-    image = image if ":" in image.rsplit("/", 1)[-1] else f"{image}:latest"
-    with _CREATING:
-        container = client.containers.run(image=image, command=command, detach=True,
-                                          stdout=True, stderr=True, volumes=volumes, **run_args)
-    try:
-        for line in container.logs(stream=True, follow=True):
-            print(line.decode(errors="replace"), end="")
-        return container.wait()["StatusCode"]
-    finally:
-        container.remove(force=True)
-
-
-def install_container_runner() -> None:
-    from kfp.local import docker_task_handler
-
-    docker_task_handler.run_docker_container = run_container
-
-
-def stop_containers(run_id: str) -> int:
-    """Kill the containers of a `--runner docker` run (they are not our child processes)."""
-    import docker
-
-    client = docker.from_env()
-    try:
-        found = client.containers.list(filters={"label": f"{DOCKER_LABEL}={run_id}"})
-        for container in found:
-            container.kill()
-        return len(found)
-    finally:
-        client.close()
 
 
 def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
@@ -422,8 +333,8 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
     if runner == "docker":
         options.image = image  # the front resolves the default (components.image)
         os.makedirs(pipeline_root, exist_ok=True)
-        task_runner = docker_runner(cfg, pipeline_root, run_id)
-        install_container_runner()
+        task_runner = docker.docker_runner(cfg, pipeline_root, run_id)
+        docker.install_container_runner()
         print(f"  every task in:  {options.image}")
     else:
         task_runner = local.SubprocessRunner(use_venv=False)
@@ -443,7 +354,7 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with _filtered_output(log_path), _plain_task_print(), warnings.catch_warnings():
+        with _filtered_output(log_path), patches.kfp_local_plain_print(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 pipeline(mlflow_run_id=run_id)
@@ -456,7 +367,7 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
                 if failure is not None:
                     stop_descendants()
                     if runner == "docker":
-                        stop_containers(run_id)
+                        docker.stop_containers(run_id)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

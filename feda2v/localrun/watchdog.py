@@ -1,4 +1,4 @@
-"""`python -m feda2v.orchestration.watchdog`: started by `feda2v run`, reads {config, run_id} from stdin and
+"""`python -m feda2v.localrun.watchdog`: started by `feda2v run`, reads {config, run_id} from stdin and
 waits. "done" means the run ended itself; end of input without it means `feda2v run` was
 killed (SIGKILL leaves no chance to clean up): then the MLflow run is marked KILLED and the
 lease the run held on the checkpoint folder is released."""
