@@ -18,6 +18,21 @@ from feda2v.io import runstate, storage, tracking
 from feda2v.orchestration import finish, stages
 
 
+@pytest.fixture
+def preforked():
+    """Tasks of an in-process kfp.local run forked from a pre-imported server, as under
+    `feda2v run`: a fresh interpreter per task spends seconds importing torch, kfp and mlflow."""
+    from feda2v.localrun import prefork
+    from feda2v.localrun import run as local_run
+
+    started = local_run._start_prefork()
+    try:
+        prefork.wait_ready(os.environ[prefork.SOCKET_ENV])
+        yield
+    finally:
+        local_run._stop_prefork(started)
+
+
 def _write(cfg, tmp_path, name="config.json"):
     path = str(tmp_path / name)
     with open(path, "w") as f:
@@ -137,7 +152,7 @@ def _final_adapter(root, key, phase, rounds):
 
 
 @pytest.mark.slow
-def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path):
+def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path, preforked):
     """One config and seed, three ways: a phase-execution pipeline compiled for 3 Run 2 rounds
     and other client epochs but run with the run-time parameters global_rounds=1 and
     local_epochs, a round-execution pipeline compiled for 1, and `feda2v experiment`. Same
@@ -200,7 +215,8 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_structural_key_changed_at_run_time_fails_the_first_tasks(make_config, tmp_path):
+def test_a_structural_key_changed_at_run_time_fails_the_first_tasks(make_config, tmp_path,
+                                                                    preforked):
     """The run form's config_json turns generators off, but the DAG has generator tasks: the
     first tasks fail naming the key and its compiled value, the exit handler still ends the
     MLflow run, and nothing was trained."""
@@ -393,7 +409,8 @@ def test_run_with_an_s3_storage_root(make_config, tmp_path, s3_env):  # noqa: F8
 
 
 @pytest.mark.slow
-def test_ablations_pipeline_nests_under_one_parent_with_an_empty_run_id(make_config, tmp_path):
+def test_ablations_pipeline_nests_under_one_parent_with_an_empty_run_id(make_config, tmp_path,
+                                                                       preforked):
     """As on a cluster, where the run form's mlflow_run_id is empty: the pipeline makes its own
     parent run (named by the KFP job), nests the four variants under it, logs the report and the
     table there, and its exit handler ends it."""
