@@ -5,7 +5,9 @@
 - local overhead: wall time of `feda2v run` (phase and round execution) over the wall time of
   the same stage calls in one process (class targets, extraction, Run 1, generators, synthetic
   samples, Run 2, the exit handler's tracking), median of `--repeats` interleaved runs.
-  Extraction is cached after the first (warm-up) run in every case.
+  Extraction is cached after the first (warm-up) run in every case. The inputs the config names
+  and a fresh clone lacks (the demo's .demo/ESC-50 and .demo/models) are written first, by the
+  commands `make demo` runs, and kept for the next time.
 - tasks of a seed-sized end_to_end run (3 clients, 30 + 50 rounds), counted from the compiled
   DAG (a loop body counts once per item).
 - compiled YAML bytes of a phase-execution pipeline at 100 clients, 1000 + 1000 rounds.
@@ -38,8 +40,8 @@ def _wall(cmd: list[str]) -> float:
 IN_PROCESS = """
 import sys, uuid
 from feda2v.io import config as config_mod, tracking
-from feda2v.orchestration import runtime, stages
-from feda2v.orchestration.local_run import resolve_local_paths
+from feda2v.localrun.run import resolve_local_paths
+from feda2v.orchestration import finish, runtime, stages
 cfg = resolve_local_paths(config_mod.load(sys.argv[1]))
 cfg = cfg.replace(pipeline=config_mod.pipeline_kind(cfg))
 key = "bench-" + uuid.uuid4().hex[:8]
@@ -56,8 +58,35 @@ if "run2" in plan:
     for i in range(n):
         stages.generate(cfg, i, key)
     stages.federated_phase(cfg, "run2", key, run_id)
-stages.finish_tracking(cfg, run_id, key, "SUCCEEDED", "/dev/null")
+finish.finish_tracking(cfg, run_id, key, "SUCCEEDED", "/dev/null")
 """
+
+
+def ensure_inputs(config: str) -> None:
+    """Write what `config` reads locally and is missing, as `make demo` does before its run: the
+    procedural dataset (`feda2v data demo`) at data.dataset_uri, the tiny offline models
+    (`feda2v models tiny`) in the folder of models.audio_model / text_model."""
+    from feda2v.encoders.model_source import resolve
+    from feda2v.io import config as config_mod
+    from feda2v.io import storage
+
+    cfg = config_mod.load(os.path.join(ROOT, config))
+    cli = [sys.executable, "-m", "feda2v.cli"]
+    steps = []
+    data = cfg.data.dataset_uri
+    if storage.is_local(data) and not os.path.exists(os.path.join(ROOT, storage.local_path(data))):
+        steps.append([*cli, "data", "demo", "--out", storage.local_path(data)])
+    models = [m for m in (cfg.models.audio_model, cfg.models.text_model)
+              if storage.is_local(m) and os.path.isabs(resolve(m))  # a folder, not a hub id
+              and not os.path.exists(os.path.join(ROOT, storage.local_path(m)))]
+    steps += [[*cli, "models", "tiny", "--out", folder]
+              for folder in sorted({os.path.dirname(storage.local_path(m)) for m in models})]
+    for cmd in steps:
+        print(f"Writing the missing input: {' '.join(cmd[1:])} ({_wall(cmd):.0f} s)")
+    for m in models:
+        if not os.path.exists(os.path.join(ROOT, storage.local_path(m))):
+            sys.exit(f"{config}: `feda2v models tiny` writes audio/, clap/, text/, vision/; "
+                     f"{m} is none of them")
 
 
 def local_overhead(config: str, repeats: int) -> dict[str, float]:
@@ -137,7 +166,7 @@ def checkpoint_bytes(rounds: int = 10) -> tuple[float, float]:
     by Run 2's sampling of `rounds` rounds), counted at the storage layer."""
     import torch
 
-    from feda2v.federated import generator
+    from feda2v.federated.generators import checkpoints, sampling, training
     from feda2v.io import config as config_mod
     from feda2v.io import runstate, storage
 
@@ -168,17 +197,17 @@ def checkpoint_bytes(rounds: int = 10) -> tuple[float, float]:
             for r in range(1, rounds + 1):  # what Run 1's adapter rounds leave for the task
                 real_write_conditions(run, r, torch.randn(2, 768, generator=g))
             written[0] = 0
-            generator.train_client(cfg, 0, run, "bench", x, y, ["a", "b"], rounds,
-                                   os.path.join(tmp, "ckpt"))
+            training.train_client(cfg, 0, run, "bench", x, y, ["a", "b"], rounds,
+                                  os.path.join(tmp, "ckpt"))
             w = written[0] / rounds
             read[0] = 0
 
             class Data:
                 train_x, train_y, test_x, test_y = x, y, x, y
 
-            generator.generate_client(cfg, 0, Data, ["a", "b"], rounds,
-                                      generator.checkpoint_uri(os.path.join(tmp, "ckpt"), 0),
-                                      os.path.join(tmp, "syn.safetensors"))
+            sampling.generate_client(cfg, 0, Data, ["a", "b"], rounds,
+                                     checkpoints.checkpoint_uri(os.path.join(tmp, "ckpt"), 0),
+                                     os.path.join(tmp, "syn.safetensors"))
             r = read[0] / rounds
     finally:
         storage.write_bytes, storage.read_bytes = real_write, real_read
@@ -204,6 +233,7 @@ def main() -> None:
     tasks, yaml_1000, yaml_10 = tasks_and_yaml()
     written, read = checkpoint_bytes()
     if not a.skip_runs:
+        ensure_inputs(a.config)
         print(f"Local runs of {a.config} ({a.repeats} interleaved repeats after a warm-up):")
         t = local_overhead(a.config, a.repeats)
         print(f"local overhead (phase): {t['phase'] / t['in-process']:.2f}x")

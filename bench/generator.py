@@ -14,18 +14,18 @@ import time
 
 import torch
 
-from feda2v.federated import generator
+from feda2v.federated.generators import calibration, checkpoints, training
 from feda2v.io import config as config_mod
 
 
 def throughput(cfg: config_mod.Config, x: torch.Tensor, cond: torch.Tensor, batch: int) -> float:
     cfg = cfg.replace(feda2v={"generator_batch_size": batch})
     torch.manual_seed(0)
-    vae = generator.new_generator(cfg, x.shape[1], x.shape[2], cond.shape[1])
+    vae = checkpoints.new_generator(cfg, x.shape[1], x.shape[2], cond.shape[1])
     vae.fit_standardisation(x)
-    opt = generator.new_optimizer(cfg, vae)
+    opt = checkpoints.new_optimizer(cfg, vae)
     start = time.perf_counter()
-    generator.train_generator(cfg, vae, opt, x, cond, client_id=0, seed=0)
+    training.train_generator(cfg, vae, opt, x, cond, client_id=0, seed=0)
     return len(x) * cfg.feda2v.generator_training_epochs / (time.perf_counter() - start)
 
 
@@ -38,12 +38,12 @@ def calibration_seconds(cfg: config_mod.Config, counts: list[int]) -> float:
     rows = [torch.randn(n, 4, 768, generator=g) for n in counts]
     conditions = torch.randn(len(counts), 768, generator=g)
     torch.manual_seed(0)
-    vae = generator.new_generator(cfg, 4, 768, 768)
+    vae = checkpoints.new_generator(cfg, 4, 768, 768)
     vae.fit_standardisation(torch.cat(rows))
     vae.eval()
     start = time.perf_counter()
     post = Posterior.fit(vae, conditions, rows)
-    generator.calibrate_temperature(vae, conditions, rows, 0, posterior=post)
+    calibration.calibrate_temperature(vae, conditions, rows, 0, posterior=post)
     return time.perf_counter() - start
 
 
