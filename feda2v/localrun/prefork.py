@@ -25,6 +25,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
 from feda2v.io.owner import pid_alive
@@ -234,13 +235,27 @@ def _run_child(request: dict, fds: list[int]) -> None:
             os._exit(code)
 
 
+def _exit_with(parent: int, remove: tuple[str, ...]) -> None:
+    """When `feda2v run` is gone, so are we (its tasks watch it themselves), and so are the
+    folders it would have removed."""
+    import shutil
+
+    while pid_alive(parent):
+        time.sleep(0.2)
+    for folder in remove:
+        shutil.rmtree(folder, ignore_errors=True)
+    os._exit(0)
+
+
 def serve(path: str, parent: int, remove: tuple[str, ...] = ()) -> None:
     """Serve task requests on `path` until process `parent` is gone; then remove the folders
     in `remove` (what `feda2v run` would have removed, had it not been SIGKILLed)."""
-    import shutil
 
     # Ctrl-C reaches the whole process group: feda2v run stops the tasks, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Watched from the start: a feda2v run SIGKILLed while we still import (seconds on a busy
+    # machine) must not leave its folders behind.
+    threading.Thread(target=_exit_with, args=(parent, remove), daemon=True).start()
     timeout = float(os.environ.get(TIMEOUT_ENV) or REQUEST_TIMEOUT_S)
     for name in CORE:
         _import(name)
@@ -333,10 +348,6 @@ def serve(path: str, parent: int, remove: tuple[str, ...] = ()) -> None:
                 except OSError:  # the shim is gone (or not reading): nobody to tell
                     pass
                 conn.close()
-        if not pid_alive(parent):  # feda2v run is gone: so are we (tasks watch it themselves)
-            for folder in remove:
-                shutil.rmtree(folder, ignore_errors=True)
-            os._exit(0)
 
 
 def start(folder: str, env: dict, remove: tuple[str, ...] = (), stderr=None) -> tuple[object, str]:
