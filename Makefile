@@ -52,8 +52,10 @@ demo: venv
 	$(BIN)/feda2v models tiny --out $(DEMO_DIR)/models
 	$(BIN)/feda2v run --config configs/demo.json
 
+# Test files on up to 4 workers (2 on a 2-core box); one file stays on one worker, so its
+# module fixtures are built once. `pytest tests/x.py` by hand runs serially.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: venv
 	$(BIN)/python bench/extraction.py
