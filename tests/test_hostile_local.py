@@ -186,3 +186,25 @@ def test_a_stopped_local_run_leaves_no_ephemeral_component_behind(make_config, t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_fork_server_starts_under_a_long_tmpdir(tmp_path, monkeypatch):
+    """A $TMPDIR too long for a Unix socket's name (pytest-xdist's are) made the fork server
+    die at bind(), and every task fall back to a fresh interpreter, and nothing cleaned up
+    after a SIGKILL: the server's folder moves to /tmp."""
+    import tempfile
+
+    from feda2v.localrun import run as local_run
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    started = local_run._start_prefork()
+    proc, folder, _ = started
+    try:
+        assert len(folder) <= local_run.SOCKET_FOLDER_MAX
+        assert prefork.wait_ready(os.environ[prefork.SOCKET_ENV], timeout=120)
+        assert proc.poll() is None
+    finally:
+        local_run._stop_prefork(started)
+    assert not os.path.exists(folder)

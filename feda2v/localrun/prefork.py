@@ -242,8 +242,16 @@ def _exit_with(parent: int, remove: tuple[str, ...]) -> None:
 
     while pid_alive(parent):
         time.sleep(0.2)
-    for folder in remove:
-        shutil.rmtree(folder, ignore_errors=True)
+    # kfp.local's task shells outlive it by a moment and may still `mktemp -d` in there: sweep
+    # until the folders have stayed gone for a second.
+    gone_since = deadline = time.monotonic()
+    deadline += 10
+    while time.monotonic() < deadline and time.monotonic() - gone_since < 1:
+        if any(os.path.exists(folder) for folder in remove):
+            for folder in remove:
+                shutil.rmtree(folder, ignore_errors=True)
+            gone_since = time.monotonic()
+        time.sleep(0.1)
     os._exit(0)
 
 

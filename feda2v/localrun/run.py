@@ -205,13 +205,19 @@ def _task_tmpdir():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# Unix socket paths hold at most 107 bytes; the server binds FOLDER/prefork.sock.tmp.
+SOCKET_FOLDER_MAX = 107 - len("/prefork.sock.tmp")
+
+
 def _start_prefork(remove: tuple[str, ...] = ()):
     """Pre-imported task processes (feda2v.localrun.prefork). kfp.local's SubprocessRunner puts
     sys.executable in every task command, so for the run sys.executable is the shim."""
     from feda2v.localrun import prefork
 
-    # A short path: Unix socket names are limited to about 100 bytes.
     folder = tempfile.mkdtemp(prefix="feda2v-prefork-")
+    if len(folder) > SOCKET_FOLDER_MAX:  # a long $TMPDIR: the socket could not be bound there
+        os.rmdir(folder)
+        folder = tempfile.mkdtemp(prefix="feda2v-prefork-", dir="/tmp")
     shim = os.path.join(prefork.write_shim(folder), "python3")
     proc, path = prefork.start(folder, dict(os.environ), remove=(folder, *remove))
     os.environ[prefork.SOCKET_ENV] = path
