@@ -27,27 +27,32 @@ def demo_data(tmp_path_factory):
     return str(out)
 
 
+def small_config(root, tiny_models, demo_data, **overrides):
+    """A validated small config storing under `root` (overrides merged per section)."""
+    raw = {
+        "global_rounds": 2, "batch_size": 8, "local_epochs": 3, "seed": 0,
+        "storage_root": str(root / "store"), "experiment_name": "test",
+        "data": {"dataset_uri": demo_data, "clients": TEST_SPLIT, "clip_seconds": 1.0},
+        "models": {"audio_model": tiny_models["audio"], "text_model": tiny_models["text"],
+                   "device": "cpu"},
+        "feda2v": {"generator_training_epochs": 10, "generator_hidden_dim": 64,
+                   "generator_latent_dim": 16, "adapter_hidden_dims": [64, 64],
+                   "synthetic_samples_per_class": 16, "generator_training_rounds": 2,
+                   "global_model_train": True, "global_model_train_epochs": 5},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return config_mod.validate(raw)
+
+
 @pytest.fixture
 def make_config(tmp_path, tiny_models, demo_data):
-    """Return a function building a validated small config (overrides merged per section)."""
+    """Return a function building a validated small config under this test's tmp_path."""
 
-    def make(**overrides) -> dict:
-        raw = {
-            "global_rounds": 2, "batch_size": 8, "local_epochs": 3, "seed": 0,
-            "storage_root": str(tmp_path / "store"), "experiment_name": "test",
-            "data": {"dataset_uri": demo_data, "clients": TEST_SPLIT, "clip_seconds": 1.0},
-            "models": {"audio_model": tiny_models["audio"], "text_model": tiny_models["text"],
-                       "device": "cpu"},
-            "feda2v": {"generator_training_epochs": 10, "generator_hidden_dim": 64,
-                       "generator_latent_dim": 16, "adapter_hidden_dims": [64, 64],
-                       "synthetic_samples_per_class": 16, "generator_training_rounds": 2,
-                       "global_model_train": True, "global_model_train_epochs": 5},
-        }
-        for key, value in overrides.items():
-            if isinstance(value, dict):
-                raw.setdefault(key, {}).update(value)
-            else:
-                raw[key] = value
-        return config_mod.validate(raw)
+    def make(**overrides):
+        return small_config(tmp_path, tiny_models, demo_data, **overrides)
 
     return make

@@ -12,10 +12,14 @@ from feda2v.io import tracking
 from feda2v.orchestration.experiment import VARIANTS, run_experiment
 
 
-@pytest.fixture
-def experiment_result(make_config):
-    cfg = make_config(global_rounds=2, feda2v={"generator_training_rounds": 2,
-                                               "generator_training_mode": True})
+@pytest.fixture(scope="module")
+def experiment_result(tmp_path_factory, tiny_models, demo_data):
+    """One experiment that the three tests below read (it takes 10 s or more)."""
+    from conftest import small_config
+
+    cfg = small_config(tmp_path_factory.mktemp("experiment"), tiny_models, demo_data,
+                       global_rounds=2, feda2v={"generator_training_rounds": 2,
+                                                "generator_training_mode": True})
     return cfg, run_experiment(cfg, name="t")
 
 
