@@ -2,8 +2,9 @@
 
 The library, by layer (each package's docstring says more); imports only point down:
 
-- cli/, localrun/  fronts: the `feda2v` command; the kfp.local runner behind `feda2v run` (the
-                   only library code that imports pipelines/ and components/)
+- cli/             the `feda2v` command: the only library code that imports pipelines/ and
+                   components/
+- localrun/        the kfp.local runner behind `feda2v run` (handed the pipeline by the CLI)
 - orchestration/   stages (one function per pipeline stage), tasks (their KFP artifacts),
                    finish (the exit handler), runtime, preflight, submit, experiment (ablations)
 - federated/       the learning: client, server, loop, task, adapter, dp, generators/ (the

@@ -210,6 +210,7 @@ def tracking_uri_text(cfg: Config) -> str:
 
 
 def cmd_run(a) -> None:
+    import pipelines
     from components.image import check_reference, default_image
     from feda2v.localrun.run import run_locally
 
@@ -218,8 +219,16 @@ def cmd_run(a) -> None:
     if a.image is not None:
         check_reference(a.image)
     image = (a.image or default_image("cpu")) if a.runner == "docker" else ""
-    sys.exit(run_locally(cfg, a.pipeline or config_mod.pipeline_kind(cfg), a.pipeline_root,
-                         a.execution, prefork=not a.no_prefork, runner=a.runner, image=image))
+    kind = a.pipeline or config_mod.pipeline_kind(cfg)
+
+    def build(task_cfg: Config, execution: str):
+        options = pipelines.ClusterOptions.local()
+        if image:
+            options.image = image
+        return pipelines.build(task_cfg, kind, options, execution)
+
+    sys.exit(run_locally(cfg, kind, build, a.pipeline_root, a.execution,
+                         prefork=not a.no_prefork, runner=a.runner, image=image))
 
 
 def _cluster_args(p) -> None:

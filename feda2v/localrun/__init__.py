@@ -5,5 +5,6 @@
 - watchdog.py  ends the MLflow run and frees the lease should `feda2v run` be SIGKILLed
 - docker.py    `--runner docker`: every task in our image
 
-The only library package that imports the fronts (pipelines/, components/).
+The front (`feda2v run`) hands it the pipeline to run: nothing here imports pipelines/ or
+components/.
 """

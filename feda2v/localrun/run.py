@@ -240,9 +240,11 @@ def _stop_prefork(started) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
+def run_locally(cfg: Config, kind: str, build, pipeline_root: str | None = None,
                 execution: str | None = None, prefork: bool = True, runner: str = "subprocess",
                 image: str = "") -> int:
+    """Run pipeline `kind` under kfp.local. `build(task_cfg, execution)` gives the pipeline
+    function (the front builds it: the library does not import pipelines/)."""
 
     from feda2v.orchestration import runtime
 
@@ -282,8 +284,8 @@ def run_locally(cfg: Config, kind: str, pipeline_root: str | None = None,
                 # run.
                 started = (_start_prefork(remove=(task_tmp,))
                            if prefork and runner == "subprocess" else None)
-                return _run(cfg, task_cfg, kind, plan, local_root, pipeline_root, execution,
-                            runner, image)
+                return _run(cfg, task_cfg, kind, build, plan, local_root, pipeline_root,
+                            execution, runner, image)
             finally:
                 _stop_prefork(started)  # before the tasks' TMPDIR goes
     finally:
@@ -319,13 +321,11 @@ def _end_run(cfg: Config, run_id: str, status: str) -> bool:
         return False
 
 
-def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, pipeline_root: str,
-         execution: str, runner: str, image: str) -> int:
+def _run(cfg: Config, task_cfg: Config, kind: str, build, plan: list, local_root: str,
+         pipeline_root: str, execution: str, runner: str, image: str) -> int:
     """`cfg` is for this process; the tasks get `task_cfg`, whose credentials travel in their
     environment (config.CREDENTIALS_ENV), not on their command lines."""
     from kfp import local
-
-    import pipelines
 
     root = cfg.storage_root
     run_name = new_run_name(kind)
@@ -335,16 +335,14 @@ def _run(cfg: Config, task_cfg: Config, kind: str, plan: list, local_root: str, 
           + f", {config_mod.num_clients(cfg)} clients, {execution} execution under kfp.local")
     print(f"  full task log: {log_path}")
 
-    options = pipelines.ClusterOptions.local()
     if runner == "docker":
-        options.image = image  # the front resolves the default (components.image)
         os.makedirs(pipeline_root, exist_ok=True)
         task_runner = docker.docker_runner(cfg, pipeline_root, run_id)
         docker.install_container_runner()
-        print(f"  every task in:  {options.image}")
+        print(f"  every task in:  {image}")
     else:
         task_runner = local.SubprocessRunner(use_venv=False)
-    pipeline = pipelines.build(task_cfg, kind, options, execution)
+    pipeline = build(task_cfg, execution)
     local.init(runner=task_runner, pipeline_root=pipeline_root, raise_on_error=True)
     watchdog = _start_watchdog(cfg, run_id)
     start = time.monotonic()
