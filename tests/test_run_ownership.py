@@ -4,6 +4,7 @@ left RUNNING by a dead process is ended by the next one."""
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -102,6 +103,30 @@ def test_a_lease_whose_owner_is_dead_is_free_at_once(tmp_path, monkeypatch):
     monkeypatch.delenv(owner.OWNER_ENV)
     assert runstate.publish(folder, "rerun", "client_0_generator.pt", b"rerun")
     assert runstate.lease_holder(folder)["run"] == "rerun"
+
+
+def _race(folder: str, key: str, barrier, wins) -> None:
+    barrier.wait()
+    if runstate.acquire(folder, key):
+        wins.put(key)
+    barrier.wait()  # a winner that exited would free the lease (its owner gone) for the next
+
+
+def test_runs_racing_for_a_free_folder_leave_it_to_exactly_one(tmp_path):
+    """Two `feda2v run` whose generator tasks start together once both took the folder (the
+    shared round snapshots then held both runs' files)."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(4):
+        folder = str(tmp_path / f"ckpt{attempt}")
+        barrier, wins = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(folder, f"run{i}", barrier, wins))
+                 for i in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        winners = [wins.get(timeout=5) for _ in range(wins.qsize())]
+        assert len(winners) == 1, (attempt, winners)
 
 
 def test_a_live_owner_holds_the_lease_past_its_heartbeat(tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ runs never overwrite each other's published checkpoints.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -115,27 +117,46 @@ def lease_holder(folder: str) -> dict | None:
     return lease if alive else None
 
 
+@contextlib.contextmanager
+def _exclusive(folder: str):
+    """On a local folder, one process at a time reads and writes the lease (an flock on a
+    sidecar file): without it two runs that both saw the folder free both took it. Object
+    stores have no such lock; there the read-back in `acquire` narrows the race."""
+    if not storage.is_local(folder):
+        yield
+        return
+    path = storage.local_path(_lease_uri(folder)) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def acquire(folder: str, run_key: str) -> bool:
-    """Take or renew the lease on `folder` for `run_key`; False while another live run holds it.
-    (On object stores two runs racing within one request can both win; the read-back narrows it.)"""
-    holder = lease_holder(folder)
-    if holder is not None and holder.get("run") != run_key:
-        return False
-    storage.write_json(_lease_uri(folder), {"run": run_key, "owner": _current_owner(),
-                                           "expires": time.time() + LEASE_SECONDS,
-                                           "host": os.uname().nodename})
-    return storage.read_json(_lease_uri(folder)).get("run") == run_key
+    """Take or renew the lease on `folder` for `run_key`; False while another live run holds it."""
+    with _exclusive(folder):
+        holder = lease_holder(folder)
+        if holder is not None and holder.get("run") != run_key:
+            return False
+        storage.write_json(_lease_uri(folder), {"run": run_key, "owner": _current_owner(),
+                                               "expires": time.time() + LEASE_SECONDS,
+                                               "host": os.uname().nodename})
+        return storage.read_json(_lease_uri(folder)).get("run") == run_key
 
 
 def release(folder: str, run_key: str = "", owner_token: str = "") -> bool:
     """Release the lease on `folder` held by `run_key` (or by the process `owner_token`);
     True when this released it."""
-    lease = _read_lease(folder)  # a dead owner's too: hosts that cannot see it are told
-    if lease is None or not ((run_key and lease.get("run") == run_key)
-                             or (owner_token and lease.get("owner") == owner_token)):
-        return False
-    storage.write_json(_lease_uri(folder), dict(lease, released=True))
-    return True
+    with _exclusive(folder):
+        lease = _read_lease(folder)  # a dead owner's too: hosts that cannot see it are told
+        if lease is None or not ((run_key and lease.get("run") == run_key)
+                                 or (owner_token and lease.get("owner") == owner_token)):
+            return False
+        storage.write_json(_lease_uri(folder), dict(lease, released=True))
+        return True
 
 
 def publish(folder: str, run_key: str, name: str, data: bytes) -> bool:
