@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 from kfp import kubernetes
 
+from feda2v import patches
+
+patches.kfp_cheap_task_setters()
+
 # Tasks that run models: extraction (encoders) and training (adapters, generators).
 GPU_TASKS = ("extract", "federated-phase", "train-generator", "generate", "client-round",
              "server-round", "ablation-variant")
