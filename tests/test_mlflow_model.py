@@ -2,6 +2,7 @@
 gives what the adapter itself gives."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,43 @@ def test_a_model_that_cannot_be_logged_fails_the_run_which_still_ends(tmp_path, 
     [run] = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)
                                 .experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_the_model_ships_the_feda2v_modules_it_imports_and_no_others(tmp_path, monkeypatch):
+    """Loading runs mlflow_model.py, which imports feda2v.federated.adapter: those modules (and
+    their packages) ship with the model, and nothing else of feda2v (one upload per file)."""
+    import ast
+
+    import mlflow
+
+    from feda2v.federated import mlflow_model
+
+    def feda2v_imports(path):
+        tree = ast.parse(Path(path).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                and (n.module or "").startswith("feda2v")} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+            if a.name.startswith("feda2v")}
+
+    needed, todo = set(), [mlflow_model.__file__]
+    while todo:
+        for module in feda2v_imports(todo.pop()) - needed:
+            needed.add(module)
+            rel = module.removeprefix("feda2v").lstrip(".").replace(".", "/")
+            path = os.path.join(adapter_model.package_dir(), rel)
+            todo.append(os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py")
+    files = {"__init__.py"}
+    for module in needed:
+        parts = module.split(".")[1:]
+        files |= {"/".join(parts[:i]) + "/__init__.py" for i in range(1, len(parts))}
+        files.add("/".join(parts) + ".py")
+    assert files == set(adapter_model.MODEL_CODE)
+
+    cfg = _cfg(tmp_path)
+    _, path = _adapter_file(tmp_path)
+    uri = adapter_model.log_adapter_model(cfg, tracking.create_run(cfg, "code"), path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))  # for models:/ URIs
+    local = mlflow.artifacts.download_artifacts(uri)
+    shipped = {os.path.relpath(os.path.join(d, f), os.path.join(local, "code", "feda2v"))
+               for d, _, fs in os.walk(os.path.join(local, "code")) for f in fs}
+    assert shipped == set(adapter_model.MODEL_CODE)
