@@ -150,6 +150,8 @@ def acquire(folder: str, run_key: str) -> bool:
 def release(folder: str, run_key: str = "", owner_token: str = "") -> bool:
     """Release the lease on `folder` held by `run_key` (or by the process `owner_token`);
     True when this released it."""
+    if not storage.exists(_lease_uri(folder)):  # never taken: leave no folder behind either
+        return False
     with _exclusive(folder):
         lease = _read_lease(folder)  # a dead owner's too: hosts that cannot see it are told
         if lease is None or not ((run_key and lease.get("run") == run_key)

@@ -1,0 +1,153 @@
+"""A `feda2v run` that stops early: signals (SIGTERM, SIGKILL) while tasks train, a task that
+fails through the fork server; and what kfp.local's internals would do to such runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_local_run import _runs, _write
+
+from feda2v.io import runstate, storage
+from feda2v.orchestration import stages
+
+
+def _task_processes(parent_pid):
+    """Processes started under `feda2v run` (its tasks carry its pid in their environment)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"FEDA2V_PARENT_PID={parent_pid}".encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_run_stopped_inside_a_client_loop_ends_without_waiting_for_its_tasks(make_config,
+                                                                              tmp_path, sig):
+    """SIGTERM while the generator tasks of a ParallelFor train (for minutes): kfp.local would
+    let them finish before the signal's exception left the loop; the run ends in seconds. The
+    lease the generators took on the checkpoint folder is free at once, on either signal."""
+    cfg = make_config(global_rounds=1, feda2v={"generator_training_mode": True,
+                                               "generator_training_rounds": 1,
+                                               "generator_training_epochs": 10000})
+    path = _write(cfg, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "feda2v.cli", "run", "--config", path,
+                             "--pipeline", "run1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:  # wait until both clients' generator tasks train
+            if "Epoch 10/10000" in line or time.monotonic() > deadline:
+                break
+        assert _task_processes(proc.pid), "no task was running"
+        assert runstate.lease_holder(stages.checkpoint_dir(cfg)) is not None
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == (130 if sig == signal.SIGTERM else -9), out[-3000:]
+    deadline = time.monotonic() + 30
+    while _task_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _task_processes(proc.pid)
+    assert runstate.lease_holder(stages.checkpoint_dir(cfg)) is None  # no 2-hour wait
+    lease = storage.read_json(storage.join(stages.checkpoint_dir(cfg), runstate.LEASE_NAME))
+    deadline = time.monotonic() + 30  # after a SIGKILL the watchdog writes it
+    while not lease.get("released") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        lease = storage.read_json(storage.join(stages.checkpoint_dir(cfg), runstate.LEASE_NAME))
+    assert lease["released"] is True  # for hosts that cannot see the process either
+    client, runs = _runs(cfg)
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+
+
+def test_parallel_tasks_leave_print_alone():
+    """kfp.local swaps builtins.print around each task; two tasks in parallel interleave the
+    swaps and leave a wrapper behind (one more per task, until printing is the run's work).
+    Inside feda2v's local runs print stays as it is."""
+    import builtins
+
+    from kfp.local import logging_utils
+
+    from feda2v import patches
+
+    real, kfp_indent = builtins.print, logging_utils.indented_print
+
+    def two_tasks():
+        a, b = logging_utils.indented_print(), logging_utils.indented_print()
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)
+
+    try:
+        two_tasks()
+        assert builtins.print is not real  # the leak, as kfp.local does it
+    finally:
+        builtins.print = real
+    with patches.kfp_local_plain_print():
+        two_tasks()
+        assert builtins.print is real
+    assert logging_utils.indented_print is kfp_indent
+
+
+@pytest.mark.slow
+def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tmp_path,
+                                                                 demo_data):
+    """Tasks are forked from a pre-imported server: a task's failure must still reach kfp.local
+    (exit code through the shim), the exit handler, and `feda2v run`'s exit code."""
+    import shutil
+
+    # Whole enough for the preflight (metadata, class names), but every clip is unreadable:
+    # extraction is the task that fails.
+    shutil.copytree(demo_data, tmp_path / "nowhere")
+    for wav in (tmp_path / "nowhere" / "audio").glob("*.wav"):
+        wav.write_bytes(b"RIFF")
+    cfg = make_config(data={"dataset_uri": str(tmp_path / "nowhere")})
+    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config",
+                           _write(cfg, tmp_path), "--pipeline", "run1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Task 'extract' finished with status FAILURE" in proc.stdout + proc.stderr
+    assert "clips are unreadable" in proc.stdout + proc.stderr  # the task's own error
+    client, runs = _runs(cfg)
+    assert client.get_run(runs[0].info.run_id).info.status == "FAILED"
+
+
+def test_a_task_container_is_removed_only_after_its_exit_code_is_read():
+    """`--runner docker`: podman answers an inspect of an auto-removed container with 500, which
+    kfp.local does not expect; our container start reads the exit code, then removes it."""
+    from feda2v.localrun import docker
+
+    calls = []
+
+    class Container:
+        def logs(self, stream, follow):
+            calls.append("logs")
+            return iter([b"task output\\n"])
+
+        def wait(self):
+            calls.append("wait")
+            return {"StatusCode": 3}
+
+        def remove(self, force):
+            calls.append("remove")
+
+    class Containers:
+        def run(self, **kwargs):
+            calls.append(("run", kwargs["image"], "auto_remove" in kwargs))
+            return Container()
+
+    client = type("Client", (), {"containers": Containers()})()
+    assert docker.run_container(client, "localhost/feda2v", ["x"], {}, user="1:1") == 3
+    assert calls == [("run", "localhost/feda2v:latest", False), "logs", "wait", "remove"]
+    assert docker.run_container(client, "reg:5000/feda2v:cpu-1", ["x"], {}) == 3
+    assert calls[4] == ("run", "reg:5000/feda2v:cpu-1", False)
