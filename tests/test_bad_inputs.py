@@ -271,7 +271,7 @@ def test_planted_secrets_reach_no_file_object_mlflow_entry_or_command_line(
     """Secrets planted everywhere a user puts one: a password in the MLflow URI, an MLflow
     token and the S3 keys in the environment, a password in a model URL. A whole run writes
     none of them into a log, report, stored object, MLflow param or tag, or any process's
-    command line."""
+    command line. (Also the whole run with an S3 storage root: its objects are checked.)"""
     import subprocess
     import sys
     import threading
@@ -288,7 +288,8 @@ def test_planted_secrets_reach_no_file_object_mlflow_entry_or_command_line(
     cfg = make_config(global_rounds=1, mlflow_tracking_uri=uri,
                       storage_root=f"s3://{bucket}/store", experiment_name="secrets",
                       models={"image_model": "https://feda2v:m0del-secret@models.example/clip/"},
-                      feda2v={"generator_training_rounds": 1, "generator_training_mode": True})
+                      feda2v={"generator_training_rounds": 1, "generator_training_mode": True,
+                              "generator_save_every": 1})
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     seen: set = set()
@@ -297,7 +298,7 @@ def test_planted_secrets_reach_no_file_object_mlflow_entry_or_command_line(
     sampler.start()
     try:
         proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config", str(path),
-                               "--pipeline", "run1"], cwd=tmp_path, capture_output=True,
+                               "--pipeline", "end_to_end"], cwd=tmp_path, capture_output=True,
                               text=True, timeout=600, check=False)
     finally:
         stop.set()
@@ -321,7 +322,10 @@ def test_planted_secrets_reach_no_file_object_mlflow_entry_or_command_line(
     assert runs
     for run in runs:
         places[f"mlflow {run.info.run_id}"] = json.dumps([run.data.params, run.data.tags])
-    assert any(name.startswith("s3://") for name in places)
+    names = {name.rsplit("/", 1)[-1] for name in places if name.startswith("s3://")}
+    assert {"client_0.safetensors", "client_0_generator.pt", "client_1_generator_round_1.pt",
+            "global.safetensors"} <= names, names
+    assert not os.path.exists(tmp_path / "s3:")
     leaks = [name for name, text in places.items() if any(secret in text for secret in secrets)]
     assert leaks == []
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from s3server import s3_env, s3_server  # noqa: F401 - fixtures
 
 from feda2v.io import runstate, storage, tracking
 from feda2v.orchestration import finish, stages
@@ -267,24 +266,26 @@ def test_a_structural_key_changed_at_run_time_fails_the_first_tasks(make_config,
            "with true" in report
 
 
-@pytest.mark.slow
-def test_run_with_an_s3_storage_root(make_config, tmp_path, s3_env):  # noqa: F811
-    """Tensors and checkpoints go through the object store; kfp.local's own folder and the
-    local run's MLflow store stay on disk."""
-    bucket = s3_env
-    cfg = make_config(global_rounds=1, storage_root=f"s3://{bucket}/feda2v",
-                      feda2v={"generator_training_rounds": 1, "generator_training_mode": True,
-                              "generator_save_every": 1})
-    out = _run(_write(cfg, tmp_path), "end_to_end", tmp_path)
-    assert "global acc" in out
-    import s3fs
+def test_with_an_s3_storage_root_kfp_local_and_mlflow_stay_on_disk(make_config, tmp_path,
+                                                                   monkeypatch):
+    """Tensors and checkpoints go to the object store (a whole such run:
+    test_bad_inputs.py's planted secrets); kfp.local's own folder and, without a tracking URI,
+    the run's MLflow store stay in ./.feda2v-local."""
+    from feda2v.localrun.run import local_state
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    names = {p.rsplit("/", 1)[-1] for p in fs.find(f"{bucket}/feda2v")}
-    assert {"client_0.safetensors", "client_0_generator.pt", "client_1_generator_round_1.pt",
-            "global.safetensors"} <= names
-    assert os.path.exists(tmp_path / ".feda2v-local" / "mlflow.db")
-    assert not os.path.exists(tmp_path / "s3:")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_config(storage_root="s3://bucket/feda2v")
+    got, local_root, pipeline_root = local_state(cfg)
+    assert local_root == str(tmp_path / ".feda2v-local")
+    assert pipeline_root == str(tmp_path / ".feda2v-local" / "kfp-local")
+    assert got.mlflow_tracking_uri == f"sqlite:///{tmp_path}/.feda2v-local/mlflow.db"
+    assert got.storage_root == "s3://bucket/feda2v"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert local_state(cfg)[0].mlflow_tracking_uri == cfg.mlflow_tracking_uri  # the env's
+    on_disk, local_root, _ = local_state(make_config())
+    assert local_root == cfg.storage_root.replace("s3://bucket/feda2v", str(tmp_path / "store"))
+    assert on_disk.mlflow_tracking_uri == make_config().mlflow_tracking_uri
 
 
 @pytest.mark.slow

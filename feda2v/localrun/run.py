@@ -240,6 +240,21 @@ def _stop_prefork(started) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def local_state(cfg: Config, pipeline_root: str = "") -> tuple[Config, str, str]:
+    """Where a local run keeps what is not the storage root's: (the config, with local paths
+    made absolute and, for an object-store root without a tracking URI, a SQLite MLflow store;
+    the local folder; kfp.local's pipeline root). With an object-store root that folder is
+    ./.feda2v-local: tensors and checkpoints go to the store, the run's tracking stays here."""
+    cfg = resolve_local_paths(cfg)
+    root = cfg.storage_root
+    local_root = storage.local_path(root) if storage.is_local(root) else os.path.abspath(".feda2v-local")
+    pipeline_root = os.path.abspath(pipeline_root or os.path.join(local_root, "kfp-local"))
+    if not storage.is_local(root) and not (cfg.mlflow_tracking_uri
+                                           or os.environ.get("MLFLOW_TRACKING_URI")):
+        cfg = cfg.replace(mlflow_tracking_uri="sqlite:///" + os.path.join(local_root, "mlflow.db"))
+    return cfg, local_root, pipeline_root
+
+
 def run_locally(cfg: Config, kind: str, build, pipeline_root: str | None = None,
                 execution: str | None = None, prefork: bool = True, runner: str = "subprocess",
                 image: str = "") -> int:
@@ -251,15 +266,9 @@ def run_locally(cfg: Config, kind: str, build, pipeline_root: str | None = None,
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # retries: the error that follows says it
-    cfg = resolve_local_paths(cfg)
     execution = execution or cfg.execution
+    cfg, local_root, pipeline_root = local_state(cfg, pipeline_root)
     root = cfg.storage_root
-    local_root = storage.local_path(root) if storage.is_local(root) else os.path.abspath(".feda2v-local")
-    pipeline_root = os.path.abspath(pipeline_root or os.path.join(local_root, "kfp-local"))
-    if not storage.is_local(root) and not (cfg.mlflow_tracking_uri
-                                           or os.environ.get("MLFLOW_TRACKING_URI")):
-        # Tensors and checkpoints go to the object store; the local run's tracking stays local.
-        cfg = cfg.replace(mlflow_tracking_uri="sqlite:///" + os.path.join(local_root, "mlflow.db"))
     preflight.check(cfg, "local")
     task_cfg, withheld = config_mod.withhold_credentials(cfg)
     if not storage.is_local(root):
