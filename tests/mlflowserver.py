@@ -100,3 +100,48 @@ def run_mlflow_auth_server(root: Path, admin: tuple[str, str] = ADMIN):
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
     with run_mlflow_server(root, ["--app-name", "basic-auth"], env) as uri:
         yield uri
+
+
+class TcpProxy:
+    """127.0.0.1:port forwarding to `target` (host, port) until stop(): then every connection
+    is cut and new ones are refused, as when a server dies, while the server behind lives on."""
+
+    def __init__(self, target: tuple[str, int]):
+        import threading
+
+        self.target, self._conns, self._lock = target, [], threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self.target)
+            except OSError:
+                return
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept() and stops listening (Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from mlflowserver import mlflow_server  # noqa: F401 - fixture
 
 from feda2v.io import config as config_mod
 from feda2v.io import owner, runstate, storage, tracking
@@ -199,19 +200,21 @@ def test_ended_runs_are_left_as_they_are(tmp_path, status):
 # --- 3: the MLflow server dies mid-run ----------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_run_whose_mlflow_server_dies_fails_in_one_line_and_is_ended_later(make_config,
-                                                                             tmp_path):
+def test_a_run_whose_mlflow_server_dies_fails_in_one_line_and_is_ended_later(
+        make_config, tmp_path, mlflow_server):  # noqa: F811
     """The server goes while the federated phase logs its rounds: the user reads which server
-    stopped answering and that the pipeline failed, no traceback; once the store is back, the
-    next run ends the one left RUNNING."""
+    stopped answering and that the pipeline failed, no traceback; once the server is back, the
+    next run ends the one left RUNNING. (The run talks to the server through a proxy that
+    dies; the server behind it lives on, standing for the server back.)"""
     import json
+    from urllib.parse import urlparse
 
-    from mlflowserver import run_mlflow_server
+    from mlflowserver import TcpProxy
 
-    store = tmp_path / "mlflow"
-    store.mkdir()
-    with run_mlflow_server(store) as uri:
-        cfg = make_config(global_rounds=40, mlflow_tracking_uri=uri,
+    proxy = TcpProxy(("127.0.0.1", urlparse(mlflow_server).port))
+    uri = f"http://127.0.0.1:{proxy.port}"
+    try:
+        cfg = make_config(global_rounds=40, mlflow_tracking_uri=uri, experiment_name="dying",
                           feda2v={"use_generator": False, "generator_training_mode": False})
         path = tmp_path / "config.json"
         path.write_text(json.dumps(cfg.to_dict()))
@@ -223,6 +226,8 @@ def test_a_run_whose_mlflow_server_dies_fails_in_one_line_and_is_ended_later(mak
             seen.append(line)
             if "=== Round 3/40" in line:
                 break
+    finally:
+        proxy.stop()
     try:
         out = "".join(seen) + proc.communicate(timeout=120)[0]
     finally:
@@ -233,10 +238,8 @@ def test_a_run_whose_mlflow_server_dies_fails_in_one_line_and_is_ended_later(mak
     assert f"MLflow tracking server {uri} stopped answering" in out
     assert "feda2v run: pipeline failed" in out
     assert "left RUNNING: the next feda2v run ends it FAILED" in out
-    # The server's store, back (read directly: a server restart costs 15 s and shows nothing more).
-    back = f"sqlite:///{store}/mlflow.db"
-    cfg = cfg.replace(mlflow_tracking_uri=back)
-    client = tracking._client(back)
+    cfg = cfg.replace(mlflow_tracking_uri=mlflow_server)  # the server, back
+    client = tracking._client(mlflow_server)
     exp = client.get_experiment_by_name(cfg.experiment_name)
     [run] = client.search_runs([exp.experiment_id])
     assert run.info.status == "RUNNING"
