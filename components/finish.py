@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Markdown, Output
+from kfp.dsl import HTML, ClassificationMetrics, Markdown, Output
 
 from components.image import IMAGE
 
@@ -8,10 +8,12 @@ from components.image import IMAGE
 def finish_run(config_json: str, compiled: str, global_rounds: int,
                generator_training_rounds: int, client_ids: list, settings: dict, run_key: str,
                mlflow_run_id: str, status: dsl.PipelineTaskFinalStatus,
-               report: Output[Markdown]) -> str:
-    """Exit handler: results table, final adapter and report to MLflow; the MLflow run ends
-    FINISHED, FAILED or KILLED whatever stopped the pipeline."""
-    from feda2v.orchestration import finish, runtime
+               report: Output[Markdown], figures: Output[HTML],
+               confusion: Output[ClassificationMetrics]) -> str:
+    """Exit handler: results table, final adapter and report to MLflow; the report with its
+    figures as an HTML artifact and the final adapter's confusion matrix for the KFP UI; the
+    MLflow run ends FINISHED, FAILED or KILLED whatever stopped the pipeline."""
+    from feda2v.orchestration import runtime, tasks
 
     error = status.error_message
     try:
@@ -19,4 +21,5 @@ def finish_run(config_json: str, compiled: str, global_rounds: int,
                               client_ids, settings)
     except ValueError as e:  # the run failed on this very check: still close its MLflow run
         cfg, error = config_json, str(e)
-    return finish.finish_tracking(cfg, mlflow_run_id, run_key, status.state, report.path, error)
+    return tasks.finish_task(cfg, mlflow_run_id, run_key, status.state, report, figures,
+                             confusion, error)

@@ -9,11 +9,11 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_generator(config_json: str, compiled: str, global_rounds: int,
                     generator_training_rounds: int, client_ids: list, settings: dict, client_id: int,
-                    run_key: str, checkpoint: Output[Model],
+                    run_key: str, mlflow_run_id: str, checkpoint: Output[Model],
                     conditions: Optional[Input[Dataset]] = None) -> str:  # noqa: UP045 - KFP reads it
     """One client's generator over every Run 1 round, from the Run 1 phase's class
     `conditions`; checkpoints under the seed's names, the latest also as the `checkpoint`
-    artifact. Returns its result as JSON."""
+    artifact; each round's loss to MLflow as the round ends. Returns its result as JSON."""
     import json
 
     from feda2v.orchestration import runtime, tasks
@@ -21,7 +21,7 @@ def train_generator(config_json: str, compiled: str, global_rounds: int,
     cfg = runtime.resolve(config_json, compiled, global_rounds, generator_training_rounds,
                           client_ids, settings)
     return json.dumps(tasks.train_generator_task(cfg, client_id, run_key, checkpoint,
-                                                  conditions))
+                                                  conditions, mlflow_run_id))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -147,7 +147,7 @@ def _phase_dag(t: _Tasks, plan, common: dict, mlflow_run_id, run2_from_run1: boo
     if "run1" in phases:
         last = run1 = phase_task("run1")
         with dsl.ParallelFor(ids, name="generators") as i:
-            trained = t(c.train_generator(**keyed, client_id=i,
+            trained = t(c.train_generator(**keyed, client_id=i, mlflow_run_id=mlflow_run_id,
                                           conditions=last.outputs["conditions"]))
             if "run2" in phases:
                 sampled = t(c.generate(**keyed, client_id=i,
@@ -187,7 +187,8 @@ def _round_dag(t: _Tasks, plan, common: dict, mlflow_run_id, run2_from_run1: boo
                 update.set_display_name(f"client-{phase}-round-{r}").after(before or last)
                 trained = None
                 if phase == "run1" and r == rounds:
-                    trained = t(c.train_generator(**keyed, client_id=i)).after(update)
+                    trained = t(c.train_generator(**keyed, client_id=i,
+                                                  mlflow_run_id=mlflow_run_id)).after(update)
             ready = {"ready": dsl.Collected(trained.outputs["Output"])} if trained else {}
             server = t(c.server_round(**run, round_num=r, phase=phase,
                                       updates=dsl.Collected(update.outputs["update"]),

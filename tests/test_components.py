@@ -16,13 +16,22 @@ import os
 
 import pytest
 import torch
-from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Model, PipelineTaskFinalStatus
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Markdown,
+    Metrics,
+    Model,
+    PipelineTaskFinalStatus,
+)
 from safetensors.torch import load_file
 
 import components
 from feda2v.io import config as config_mod
 from feda2v.io import runstate, storage, tracking
-from feda2v.orchestration import runtime
+from feda2v.orchestration import runtime, stages
 
 CLIENTS = [0, 1]
 SPLIT = [["dog", "rooster"], ["rain", "siren"]]  # conftest's TEST_SPLIT
@@ -129,7 +138,7 @@ def chain(env):
     for i in CLIENTS:
         ckpt = _art(Model, root, f"train-generator-{i}", "checkpoint")
         out["trained"].append(json.loads(components.train_generator.python_func(
-            **common, client_id=i, run_key=KEY, checkpoint=ckpt,
+            **common, client_id=i, run_key=KEY, mlflow_run_id="", checkpoint=ckpt,
             conditions=_input(out["run1"]["conditions"]))))
         out["checkpoints"].append(ckpt)
     out["samples"], out["generated"] = [], []
@@ -274,6 +283,16 @@ def test_federated_phase_names_a_missing_or_doubled_client_artifact(env, chain):
 def test_train_generator_publishes_each_clients_checkpoint(env, chain):
     cfg = env["cfg"]
     run = runstate.run_dir(cfg, KEY)
+    from mlflow.tracking import MlflowClient
+
+    # Each round's loss reached the pipeline run's MLflow run as the round ended: before Run 2.
+    client, run_id = MlflowClient(tracking.tracking_uri(cfg)), _mlflow_run_by_key(cfg, KEY).info.run_id
+    run2_first = min(m.timestamp for m in client.get_metric_history(run_id, "eval/global_accuracy")
+                     if m.step == 2)
+    for i, result in enumerate(chain["trained"]):
+        losses = client.get_metric_history(run_id, f"train/node_{i}/generator_loss")
+        assert [(m.step, m.value) for m in losses] == [(1, result["generator_loss"])]
+        assert losses[0].timestamp <= run2_first
     for i, (result, art) in enumerate(zip(chain["trained"], chain["checkpoints"])):
         assert result["client_id"] == i and result["rounds"] == 1
         assert isinstance(result["generator_loss"], float)
@@ -325,7 +344,7 @@ def test_generator_tasks_fail_for_a_client_the_config_lacks(env, chain):
     ckpt = _art(Model, env["root"], "train-generator-bad", "checkpoint")
     with pytest.raises(ValueError, match="client 3 does not exist: the config has 2 clients"):
         components.train_generator.python_func(
-            **env["common"], client_id=3, run_key=KEY, checkpoint=ckpt,
+            **env["common"], client_id=3, run_key=KEY, mlflow_run_id="", checkpoint=ckpt,
             conditions=_input(chain["run1"]["conditions"]))
     assert not os.path.exists(ckpt.path) and ckpt.metadata == {}
     samples = _art(Dataset, env["root"], "generate-bad", "samples")
@@ -337,11 +356,18 @@ def test_generator_tasks_fail_for_a_client_the_config_lacks(env, chain):
 
 # --- exit handler -------------------------------------------------------------------------------
 
+def _finish_outputs(env, task: str):
+    return (_art(HTML, env["root"], task, "figures"),
+            _art(ClassificationMetrics, env["root"], task, "confusion"))
+
+
 def test_finish_run_reports_and_ends_the_mlflow_run_finished(env, chain):
     cfg = env["cfg"]
     report = _art(Markdown, env["root"], "finish-run", "report")
+    figures, confusion = _finish_outputs(env, "finish-run")
     text = components.finish_run.python_func(**env["common"], run_key=KEY, mlflow_run_id="",
-                                             status=_status("SUCCEEDED"), report=report)
+                                             status=_status("SUCCEEDED"), report=report,
+                                             figures=figures, confusion=confusion)
     with open(report.path) as f:
         assert f.read() == text
     assert text.startswith("# FedA2V results (succeeded)")
@@ -361,19 +387,47 @@ def test_finish_run_reports_and_ends_the_mlflow_run_finished(env, chain):
     assert generators == {"generators/client_0_generator.pt", "generators/client_1_generator.pt"}
     assert run.data.tags["generators.client_1.sha256"] == chain["checkpoints"][1].metadata[
         "sha256"]
+    # The report with its figures: the HTML artifact (images inside), the same files in
+    # MLflow and under the run folder; the confusion matrix as KFP draws it.
+    with open(figures.path) as f:
+        page = f.read()
+    # (quality metrics are off here: no client draws its projection; test_local_run's do)
+    assert page.count('<img src="data:image/png;base64,') == 5 and "No client drew one" in page
+    for title in ("Accuracy", "Losses", "Partition", "confusion matrix", "Real vs synthetic"):
+        assert title in page, title
+    in_mlflow = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    pngs = {p for p in in_mlflow if p.endswith(".png")}
+    assert pngs == {"report/accuracy.png", "report/generator_loss.png",
+                    "report/adapter_loss.png", "report/partition.png", "report/confusion.png"}
+    assert {"report/report.html", "report/partition.json", "report/confusion.json"} <= in_mlflow
+    assert storage.read_bytes(storage.join(runstate.run_dir(cfg, KEY), "report",
+                                           "report.html")).decode() == page
+    matrix = confusion.metadata["confusionMatrix"]
+    assert [c for c in matrix["annotationSpecs"]] == [{"displayName": n}
+                                                     for g in SPLIT for n in g]
+    rows = [r["row"] for r in matrix["rows"]]
+    test_rows = sum(len(storage.load_tensors(stages.embeddings_uri(cfg, i))[0]["test_y"])
+                    for i in CLIENTS)
+    assert sum(map(sum, rows)) == test_rows
+    accuracy = client.get_metric_history(run.info.run_id, "eval/global_accuracy")[-1].value
+    assert sum(rows[i][i] for i in range(len(rows))) / test_rows == pytest.approx(accuracy)
     # A retried exit handler finds the ended run and leaves it FINISHED.
     again = _art(Markdown, env["root"], "finish-run-retry", "report")
     components.finish_run.python_func(**env["common"], run_key=KEY, mlflow_run_id="",
-                                      status=_status("SUCCEEDED"), report=again)
+                                      status=_status("SUCCEEDED"), report=again,
+                                      **dict(zip(("figures", "confusion"),
+                                                 _finish_outputs(env, "finish-run-retry"))))
     assert _mlflow_run(cfg, run.info.run_id).info.status == "FINISHED"
 
 
 def test_finish_run_ends_a_failed_run_failed_with_its_error(env):
     cfg = env["cfg"]
     report = _art(Markdown, env["root"], "finish-failed", "report")
+    figures, confusion = _finish_outputs(env, "finish-failed")
     text = components.finish_run.python_func(
         **env["common"], run_key="job-failed", mlflow_run_id="",
-        status=_status("FAILED", "task run1 failed: pod evicted"), report=report)
+        status=_status("FAILED", "task run1 failed: pod evicted"), report=report,
+        figures=figures, confusion=confusion)
     assert text.startswith("# FedA2V results (failed)") and "pod evicted" in text
     with open(report.path) as f:
         assert f.read() == text
@@ -392,8 +446,10 @@ def test_finish_run_closes_the_run_when_the_config_check_itself_failed(env):
     cfg = env["cfg"]
     bad = dict(env["common"], config_json=cfg.replace(pipeline="run1").to_json())
     report = _art(Markdown, env["root"], "finish-bad-config", "report")
+    figures, confusion = _finish_outputs(env, "finish-bad-config")
     text = components.finish_run.python_func(**bad, run_key="job-bad-config", mlflow_run_id="",
-                                             status=_status("FAILED"), report=report)
+                                             status=_status("FAILED"), report=report,
+                                             figures=figures, confusion=confusion)
     assert "'pipeline' is \"run1\" in config_json but the pipeline was compiled with " \
            "\"end_to_end\"" in text
     assert _mlflow_run_by_key(cfg, "job-bad-config").info.status == "FAILED"

@@ -227,6 +227,21 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path,
                 runstate.conditions_uri(runstate.run_dir(cfg, keys[1]), i, r))
         samples = _artifacts(root, i, "generate", "samples")[0]
         assert storage.read_meta(str(samples))["source"] == str(checkpoint)
+    # Each run's report: the figures beside the HTML under the run folder and in MLflow; the
+    # generator losses logged live (before Run 2's first round), by the generator tasks.
+    for run_id, key in zip((round_run.info.run_id, phase_id), keys):
+        folder = os.path.join(store, "runs", key, "report")
+        assert {"report.html", "accuracy.png", "generator_loss.png", "partition.png",
+                "confusion.png", "projection_client_0.png",
+                "projection_client_1.png"} <= set(os.listdir(folder))
+        page = Path(folder, "report.html").read_text()
+        assert page.count('<img src="data:image/png;base64,') == 7  # 5 + a client's each
+        pngs = [a.path for a in client.list_artifacts(run_id, "report") if a.path.endswith(".png")]
+        assert len(pngs) >= 4
+        loss = client.get_metric_history(run_id, "train/node_0/generator_loss")
+        run2 = [m.timestamp for m in client.get_metric_history(run_id, "eval/global_accuracy")
+                if m.step == 3]
+        assert [m.step for m in loss] == [1, 2] and loss[0].timestamp < run2[0]
     phase = client.get_run(phase_id)
     assert phase.info.status == "FINISHED"
     assert phase.data.params["global_rounds"] == "1"  # MLflow records what took effect

@@ -505,6 +505,7 @@ def test_run_time_settings_reach_the_round_execution_tasks(tmp_path, monkeypatch
         monkeypatch.setattr(stages, stage, fake)
 
     capture("init_adapter", {"parameters": 5})
+    capture("ensure_targets", "")  # the targets' copy for the exit handler
     capture("client_round", {"adapter_loss": 0.5})
     capture("server_round", {"accuracy": 0.25})
 
@@ -572,3 +573,19 @@ def test_run_time_settings_reach_the_data_and_ablation_tasks(tmp_path, monkeypat
         11, "s3://bucket/root", "/data/other", 4)
     assert (got.global_rounds, got.feda2v.generator_training_rounds) == (4, 1)
     assert config_mod.num_clients(got) == 3
+
+
+@pytest.mark.parametrize("execution", ["phase", "round"])
+def test_the_exit_handler_gives_the_kfp_ui_an_html_report_and_a_confusion_matrix(
+        make_config, tmp_path, execution):
+    cfg = make_config(global_rounds=1, execution=execution,
+                      feda2v={"generator_training_rounds": 1})
+    spec, _ = _compile(cfg, "end_to_end", tmp_path)
+    outputs = spec["components"]["comp-finish-run"]["outputDefinitions"]["artifacts"]
+    assert outputs["figures"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["confusion"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+    # The generator tasks log their losses live: they are handed the run form's MLflow run.
+    generator = [t for c in [spec["root"], *spec["components"].values()]
+                 for t in c.get("dag", {}).get("tasks", {}).values()
+                 if t["componentRef"]["name"].startswith("comp-train-generator")]
+    assert generator and all("mlflow_run_id" in t["inputs"]["parameters"] for t in generator)

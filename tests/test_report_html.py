@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from feda2v.evaluation.report_html import pca_2d, write_report
+from feda2v.evaluation.figures import pca_2d
+from feda2v.evaluation.report_html import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

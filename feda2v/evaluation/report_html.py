@@ -14,10 +14,9 @@ import itertools
 import os
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
+from feda2v.evaluation import figures
 from feda2v.evaluation.metrics import CONSISTENCY_SHARE, MEMORISATION_THRESHOLD, SPREAD_RANGE
 
 _QUALITY_COLUMNS = [
@@ -27,7 +26,7 @@ _QUALITY_COLUMNS = [
     ("frechet_real_baseline", "Fréchet real baseline"),
     ("cosine_to_real_mean", "cosine to real mean"), ("k", "k"), ("dp_epsilon", "DP ε"),
 ]
-_EXPLAINED = (
+QUALITY_EXPLAINED = (
     "Measured by each client against its held-out rows, which the generator never saw. "
     "<strong>density</strong> and <strong>coverage</strong> (Naeem et al. 2020): about 1 and close to 1 when the "
     "synthetic samples follow the real distribution; density well above 1 means samples crowd "
@@ -40,7 +39,7 @@ _EXPLAINED = (
     f"below {MEMORISATION_THRESHOLD}: flagged as memorised). Fréchet distance next to the "
     "training-vs-held-out baseline; the seed's cosine to the class mean is shown, not judged "
     "on: noise and other classes pass it.")
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}
+CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left}
@@ -54,33 +53,6 @@ def _fmt(value, spec: str = ".3f") -> str:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(value)
     return format(float(value), spec)
-
-
-def _as_2d(x) -> np.ndarray:
-    """Tensor or array, [N, F] or [N, S, D] -> float64 [N, F] (a sequence is one point)."""
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"expected [N, F] or [N, S, D], got shape {x.shape}")
-    # Explicit width instead of -1: reshape(0, -1) is ambiguous for an empty set.
-    return x.reshape(len(x), int(np.prod(x.shape[1:])))
-
-
-def pca_2d(x) -> np.ndarray:
-    """Project samples onto their first two principal components -> [N, 2].
-
-    Columns beyond the data's rank (one feature, or fewer than three samples) are zeros.
-    """
-    x = _as_2d(x)
-    centred = x - x.mean(axis=0) if len(x) else x
-    out = np.zeros((len(x), 2))
-    if len(x) == 0:
-        return out
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    comps = vt[:2]
-    out[:, :len(comps)] = centred @ comps.T
-    return out
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -155,48 +127,12 @@ def _privacy_plot(points: list[tuple[float, float]], path: str) -> str:
     return _save(fig, path)
 
 
-def _labels(y, n: int, n_classes: int, name: str) -> np.ndarray:
-    y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y, dtype=np.int64).reshape(-1)
-    if len(y) != n:
-        raise ValueError(f"{name}: {n} samples but {len(y)} labels")
-    if len(y) and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"{name} labels must lie in [0, {n_classes})")
-    return y
-
-
 def _projection_plot(proj: dict, path: str) -> str:
-    real, syn = _as_2d(proj["real_x"]), _as_2d(proj["synthetic_x"])
-    if real.shape[1] != syn.shape[1]:
-        raise ValueError(f"real has {real.shape[1]} features, synthetic {syn.shape[1]}")
-    names = list(proj["class_names"])
-    real_y = _labels(proj["real_y"], len(real), len(names), "real_y")
-    syn_y = _labels(proj["synthetic_y"], len(syn), len(names), "synthetic_y")
-    # One fit on both sets, so real and synthetic points share the same axes.
-    xy = pca_2d(np.concatenate([real, syn]))
-    real_xy, syn_xy = xy[:len(real)], xy[len(real):]
-    fig = Figure(figsize=(7, 6))
-    ax = fig.add_subplot()
-    # ESC-50 has 50 classes: past tab20, sample a continuous map so colours stay distinct.
-    n = len(names)
-    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
-    colours = [cmap(i) if n <= 20 else cmap(i / max(n - 1, 1)) for i in range(n)]
-    handles = []
-    for c, name in enumerate(names):
-        r, s = real_xy[real_y == c], syn_xy[syn_y == c]
-        if len(r):
-            ax.scatter(r[:, 0], r[:, 1], marker="o", s=18, alpha=0.6, color=colours[c])
-        if len(s):
-            ax.scatter(s[:, 0], s[:, 1], marker="x", s=28, color=colours[c])
-        if len(r) or len(s):
-            handles.append(Line2D([], [], color=colours[c], marker="s", ls="", label=name))
-    handles += [Line2D([], [], color="grey", marker="o", ls="", label="real"),
-                Line2D([], [], color="grey", marker="x", ls="", label="synthetic")]
-    # Outside the axes: with many classes an inside legend would hide the points.
-    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1),
-              ncol=1 + len(handles) // 26)
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="PCA of real (o) vs synthetic (x) embeddings")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    data = figures.projection_png(proj["real_x"], proj["real_y"], proj["synthetic_x"],
+                                  proj["synthetic_y"], list(proj["class_names"]))
+    with open(path, "wb") as f:
+        f.write(data)
+    return base64.b64encode(data).decode("ascii")
 
 
 def _results_table(results: list[dict]) -> str:
@@ -223,15 +159,18 @@ def _quality_cell(key: str, value) -> str:
 
 
 def _health_cell(entry: dict) -> str:
+    """The verdicts; from MLflow only their number is known (quality/…/flags)."""
     flags = entry.get("flags")
     if flags is None:
         return "<td>–</td>"
+    if isinstance(flags, (int, float)):
+        flags = [] if flags == 0 else [f"{int(flags)} flag(s)"]
     if not flags:
         return '<td class="pass">pass</td>'
     return f'<td class="fail">{html.escape(", ".join(flags))}</td>'
 
 
-def _quality_section(client, quality: dict) -> str:
+def quality_section(client, quality: dict) -> str:
     title = f"<h3>Client {html.escape(str(client))}</h3>"
     if not quality:
         return f"{title}<p>No synthetic samples were produced for this client.</p>"
@@ -252,7 +191,7 @@ def _quality_section(client, quality: dict) -> str:
             f"{''.join(rows)}</table>")
 
 
-def _img(b64: str, alt: str) -> str:
+def img_tag(b64: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
 
 
@@ -271,13 +210,13 @@ def write_report(out_dir: str, results: list[dict], quality: dict[int, dict],
     who = " · ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in (identity or {}).items())
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="identity">{who}</p>' if who else "",
              "<h2>Ablation results</h2>",
-             _results_table(results), _img(_accuracy_plot(results, paths["accuracy_png"]),
+             _results_table(results), img_tag(_accuracy_plot(results, paths["accuracy_png"]),
                                            "accuracy per variant")]
     parts.append("<h2>Synthetic sample quality</h2>")
-    parts.append(f"<p>{_EXPLAINED}</p>")
+    parts.append(f"<p>{QUALITY_EXPLAINED}</p>")
     if not quality:
         parts.append("<p>No quality report was computed.</p>")
-    parts += [_quality_section(client, per_class) for client, per_class in quality.items()]
+    parts += [quality_section(client, per_class) for client, per_class in quality.items()]
     points = privacy_points(results)
     if points:
         paths["privacy_png"] = os.path.join(out_dir, "privacy.png")
@@ -288,14 +227,14 @@ def write_report(out_dir: str, results: list[dict], quality: dict[int, dict],
                   "measured ε is in the quality tables as dp_epsilon); ∞ is the generator "
                   "trained without DP.</p>"),
                   f"<table><tr><th>ε</th><th>final accuracy</th></tr>{rows}</table>",
-                  _img(_privacy_plot(points, paths["privacy_png"]), "accuracy against ε")]
+                  img_tag(_privacy_plot(points, paths["privacy_png"]), "accuracy against ε")]
     if projection is not None:
         paths["projection_png"] = os.path.join(out_dir, "projection.png")
         parts += ["<h2>Real vs synthetic embeddings (PCA)</h2>",
-                  _img(_projection_plot(projection, paths["projection_png"]), "PCA projection")]
+                  img_tag(_projection_plot(projection, paths["projection_png"]), "PCA projection")]
     paths["html"] = os.path.join(out_dir, "report.html")
     doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
-           f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+           f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     with open(paths["html"], "w", encoding="utf-8") as f:
         f.write(doc)
     return paths

@@ -64,11 +64,15 @@ def adapter_outputs(adapter: Adapter, x: torch.Tensor, batch_size: int = 256) ->
 
 
 @torch.no_grad()
+def zero_shot_predictions(adapter: Adapter, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The class whose target is nearest by cosine to adapter(x), per row."""
+    out = F.normalize(adapter_outputs(adapter, x), dim=-1)
+    return (out @ F.normalize(targets.to(out.device), dim=-1).T).argmax(dim=1)
+
+
 def zero_shot_accuracy(adapter: Adapter, x: torch.Tensor, y: torch.Tensor,
                        targets: torch.Tensor) -> float:
-    """Cosine of adapter(x) against every class target, argmax, compared with y."""
+    """Zero-shot predictions compared with y."""
     if len(x) == 0:
         raise ValueError("cannot evaluate on zero samples")
-    out = F.normalize(adapter_outputs(adapter, x), dim=-1)
-    pred = (out @ F.normalize(targets.to(out.device), dim=-1).T).argmax(dim=1)
-    return (pred.cpu() == y.cpu()).float().mean().item()
+    return (zero_shot_predictions(adapter, x, targets).cpu() == y.cpu()).float().mean().item()

@@ -9,6 +9,8 @@ first try finished. Layout:
     generators/client_{i}.pt                     client i's generator, resume state (optimizer)
     generators/client_{i}.json                   its per-round losses
     synthetic/client_{i}.safetensors             Run 2 synthetic samples of every round
+    report/                                      the exit handler's report (HTML, figures);
+                                                 projection_client_{i}.png from client i's task
 
 The shared `generator_checkpoint_dir` (seed file names) is written under a lease, so two live
 runs never overwrite each other's published checkpoints.
@@ -59,6 +61,11 @@ def generator_state_uri(run: str, client_id: int) -> str:
 
 def generator_losses_uri(run: str, client_id: int) -> str:
     return storage.join(run, "generators", f"client_{client_id}.json")
+
+
+def projection_uri(run: str, client_id: int) -> str:
+    """Client i's picture of its real vs synthetic embeddings (drawn by its generation task)."""
+    return storage.join(run, "report", f"projection_client_{client_id}.png")
 
 
 def synthetic_uri(run: str, client_id: int) -> str:

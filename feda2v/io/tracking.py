@@ -376,3 +376,27 @@ def run_info(cfg: Config, run_id: str, keys=None,
     for key in run.data.metrics if keys is None else set(keys) & set(run.data.metrics):
         history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
     return dict(run.data.params), history
+
+
+def run_record(cfg: Config, run_id: str) -> dict:
+    """One run's name, status, params, tags and latest metric values (one request)."""
+    run = _client(tracking_uri(cfg)).get_run(run_id)
+    return {"run_id": run_id, "name": run.info.run_name, "status": run.info.status,
+            "params": dict(run.data.params), "tags": dict(run.data.tags),
+            "metrics": dict(run.data.metrics)}
+
+
+def download_artifact(cfg: Config, run_id: str, path: str, dst: str) -> str | None:
+    """The run's artifact `path` downloaded under `dst` (its local path), or None when the run
+    has no such artifact."""
+    client = _client(tracking_uri(cfg))
+    folder, _, name = path.rpartition("/")
+    if name not in {a.path.rpartition("/")[2] for a in client.list_artifacts(run_id, folder or None)}:
+        return None
+    return client.download_artifacts(run_id, path, dst)
+
+
+def list_artifacts(cfg: Config, run_id: str, folder: str) -> list[str]:
+    """The paths of the files directly under the run's artifact `folder`."""
+    return [a.path for a in _client(tracking_uri(cfg)).list_artifacts(run_id, folder)
+            if not a.is_dir]

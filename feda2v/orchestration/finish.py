@@ -1,20 +1,22 @@
-"""The pipeline's exit handler: generator losses, the results table, the final adapter (as a
-file and an MLflow model), the generators and the report into the run's MLflow run, which it
-ends FINISHED, FAILED or KILLED whatever happened before."""
+"""The pipeline's exit handler: the results table, the final adapter (as a file and an MLflow
+model), the generators and the report (HTML and figures: evaluation.run_report) into the run's
+MLflow run, which it ends FINISHED, FAILED or KILLED whatever happened before."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import tempfile
 
-from feda2v.evaluation import report
+from feda2v.evaluation import report, run_report
 from feda2v.federated import adapter_model
 from feda2v.io import config as config_mod
 from feda2v.io import runstate, storage, tracking
 from feda2v.io.config import Config
 from feda2v.io.log import get_logger
-from feda2v.orchestration import runtime
-from feda2v.orchestration.stages import checkpoint_dir, phase_plan_steps, targets_uri
+from feda2v.orchestration import runtime, stages
+from feda2v.orchestration.stages import checkpoint_dir, targets_uri
 
 log = get_logger()
 
@@ -84,18 +86,73 @@ def report_uri(cfg: Config, run_key: str) -> str:
     return storage.join(runstate.run_dir(cfg, run_key), "report.md")
 
 
+def report_dir(cfg: Config, run_key: str) -> str:
+    """The run's HTML report and its figures (and the clients' projections), in storage."""
+    return storage.join(runstate.run_dir(cfg, run_key), run_report.FOLDER)
+
+
+def _report_inputs(cfg: Config, run_key: str, plan, state: str, tmp: str) -> list[str]:
+    """What the report draws that is not a metric, as files under `tmp` to log: the partition
+    (from the clients' embeddings), the confusion matrix of the final adapter (a run that
+    succeeded) and the projections the clients' generation tasks drew."""
+    files = []
+    if all(storage.exists(stages.embeddings_uri(cfg, i))
+           for i in range(config_mod.num_clients(cfg))):
+        files.append(os.path.join(tmp, run_report.PARTITION))
+        with open(files[-1], "w") as f:
+            json.dump(stages.partition_counts(cfg), f)
+    adapter, targets = final_adapter_uri(cfg, run_key, plan), targets_uri(cfg, run_key)
+    if state == "SUCCEEDED" and storage.exists(adapter) and storage.exists(targets):
+        matrix = stages.confusion(cfg, adapter, targets)
+        storage.write_json(storage.join(report_dir(cfg, run_key), run_report.CONFUSION), matrix)
+        files.append(os.path.join(tmp, run_report.CONFUSION))
+        with open(files[-1], "w") as f:
+            json.dump(matrix, f)
+    run = runstate.run_dir(cfg, run_key)
+    for i in range(config_mod.num_clients(cfg)):
+        if storage.exists(runstate.projection_uri(run, i)):
+            files.append(os.path.join(tmp, os.path.basename(runstate.projection_uri(run, i))))
+            storage.write_bytes(files[-1], storage.read_bytes(runstate.projection_uri(run, i)))
+    return files
+
+
+def write_report(cfg: Config, run_id: str, run_key: str, plan, state: str,
+                 html_path: str = "") -> dict[str, str]:
+    """Log the report's inputs, render the report from the MLflow run (what `feda2v report`
+    renders), log its HTML and figures, and keep them under the run folder (and at
+    `html_path`, the KFP HTML artifact). Returns {name: path in storage}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for file in _report_inputs(cfg, run_key, plan, state, tmp):
+            tracking.log_artifact(cfg, run_id, file, run_report.FOLDER)
+        out = os.path.join(tmp, "out")
+        paths = run_report.render(run_report.collect(cfg, run_id), out)
+        stored = {}
+        for name, path in paths.items():
+            tracking.log_artifact(cfg, run_id, path, run_report.FOLDER)
+            stored[name] = storage.join(report_dir(cfg, run_key), os.path.basename(path))
+            storage.write_bytes(stored[name], storage.read_bytes(path))
+        if html_path:
+            os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
+            storage.write_bytes(html_path, storage.read_bytes(paths["html"]))
+    return stored
+
+
+def confusion_of(cfg: Config, run_key: str) -> dict | None:
+    """The confusion matrix the exit handler computed ({"classes", "matrix"}), or None."""
+    uri = storage.join(report_dir(cfg, run_key), run_report.CONFUSION)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
 def finish_tracking(config: Config | str, mlflow_run_id: str, run_key: str, state: str,
-                    report_path: str, error: str = "") -> str:
-    """The pipeline's exit handler: generator losses, results table (Markdown), final adapter
-    and report to MLflow; the MLflow run ends FINISHED, FAILED or KILLED whatever happened
-    before; the run's lease on the checkpoint folder is released."""
+                    report_path: str, error: str = "", html_path: str = "") -> str:
+    """The pipeline's exit handler: results table (Markdown), final adapter and the report
+    (HTML and figures, also at `html_path`) to MLflow; the MLflow run ends FINISHED, FAILED
+    or KILLED whatever happened before; the run's lease on the checkpoint folder is released.
+    (The generator tasks logged their losses as each round ended.)"""
     cfg = config_mod.as_config(config)
     plan = runtime.plan(cfg)
     runstate.release(checkpoint_dir(cfg), run_key)
     run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
-    if "run1" in dict(plan):
-        log_generator_losses(cfg, runstate.run_dir(cfg, run_key), run_id,
-                             phase_plan_steps(plan, "run1"))
     n = config_mod.num_clients(cfg)
     _, history = tracking.run_info(cfg, run_id, report.result_keys(n))
     rows = report.results_rows(plan, history, n)
@@ -110,6 +167,14 @@ def finish_tracking(config: Config | str, mlflow_run_id: str, run_key: str, stat
         # Beside the run's state in storage too: a cluster's pipeline root may be out of reach.
         storage.write_bytes(report_uri(cfg, run_key), text.encode())
         _log_run_artifacts(cfg, run_id, run_key, plan, state, text)
+        try:
+            figures = write_report(cfg, run_id, run_key, plan, state, html_path)
+            log.info("[Server] Report with %d figures: %s", len(figures) - 1, figures["html"])
+        except (OSError, ValueError) as e:  # the numbers are logged: a figure must not fail it
+            log.warning("[Server] The HTML report could not be drawn: %s", e)
+            if html_path:
+                storage.write_bytes(html_path, f"<p>The report could not be drawn: "
+                                               f"{html.escape(str(e))}</p>".encode())
     except Exception:
         status = "FAILED"  # a model that could not be logged or registered fails the run ...
         raise

@@ -288,20 +288,33 @@ def federated_phase(config: Config | str, phase: str, run_key: str, mlflow_run_i
 
 
 def train_generator(config: Config | str, client_id: int, run_key: str,
-                    conditions_folder: str = "") -> dict:
+                    conditions_folder: str = "", mlflow_run_id: str | None = None) -> dict:
     """Stage: one client's generator over all Run 1 rounds, from the class conditions its
     adapter rounds wrote (under the run folder, or their copy in `conditions_folder`);
-    checkpoints under the seed's names."""
+    checkpoints under the seed's names. With an `mlflow_run_id` (empty: the pipeline run's,
+    found by its run key) each round's loss is logged as it ends, as the seed's
+    train/node_{i}/generator_loss at the round's global step."""
     from feda2v.federated.generators.training import train_client
 
     cfg = config_mod.as_config(config)
     runtime.task_setup(parallel=True)
     client_id = check_client(cfg, client_id)
-    rounds = dict(runtime.plan(cfg))["run1"]
+    plan = runtime.plan(cfg)
+    rounds = dict(plan)["run1"]
     data = client_data(cfg, client_id)
     names = _class_names(cfg)
+    on_round = None
+    if mlflow_run_id is not None:
+        run_id = tracking.ensure_run(cfg, mlflow_run_id, run_key, report.phases_param(plan))
+        first = phase_plan_steps(plan, "run1")
+
+        def on_round(r: int, loss: float) -> None:
+            tracking.log_metrics(cfg, run_id, {f"train/node_{client_id}/generator_loss": loss},
+                                 first + r - 1)
+
     losses = train_client(cfg, client_id, runstate.run_dir(cfg, run_key), run_key, data.train_x,
-                          data.train_y, names, rounds, checkpoint_dir(cfg), conditions_folder)
+                          data.train_y, names, rounds, checkpoint_dir(cfg), conditions_folder,
+                          on_round)
     return {"client_id": client_id, "rounds": len(losses),
             "generator_loss": losses[max(losses)] if losses else None}
 
@@ -327,7 +340,8 @@ def generate(config: Config | str, client_id: int, run_key: str, source: str = "
             log.warning("[Client %d] %s is being written by live run %s", client_id,
                         checkpoint_dir(cfg), holder["run"])
     return generate_client(cfg, client_id, client_data(cfg, client_id), _class_names(cfg),
-                           plan[phase], source, runstate.synthetic_uri(run, client_id))
+                           plan[phase], source, runstate.synthetic_uri(run, client_id),
+                           runstate.projection_uri(run, client_id))
 
 
 # --- round execution (silo mode): one task per client round and per server round ------------
@@ -404,6 +418,36 @@ def server_round(config: Config | str, round_num: int, phase: str, update_uris: 
     return {"accuracy": accuracy, "synthetic_samples": metrics.get("server/synthetic_samples_total", 0),
             **({"global_train_loss": metrics["server/global_train_loss"]}
                if "server/global_train_loss" in metrics else {})}
+
+
+def partition_counts(cfg: Config) -> dict:
+    """Who holds what: {"classes": names, "train": [[rows of each class] per client], "test":
+    the same for the held-out rows}, from the clients' embeddings (labels only)."""
+    names = _class_names(cfg)
+    out = {"classes": names, "train": [], "test": []}
+    for i in range(config_mod.num_clients(cfg)):
+        t, _ = storage.load_tensors(embeddings_uri(cfg, i))
+        for part in ("train", "test"):
+            y = t[f"{part}_y"].long()
+            out[part].append(torch.bincount(y, minlength=len(names))[:len(names)].tolist())
+    return out
+
+
+def confusion(cfg: Config, adapter_uri: str, targets_uri: str) -> dict:
+    """The adapter's zero-shot predictions on every client's held-out rows, as a confusion
+    matrix: {"classes": names, "matrix": [[count of true row, predicted column]]}."""
+    from feda2v.federated.task import adapter_from_state, device_of, zero_shot_predictions
+
+    adapter = adapter_from_state(cfg, _load_adapter(adapter_uri)).to(device_of(cfg))
+    targets, names = _load_targets(targets_uri)
+    matrix = torch.zeros(len(names), len(names), dtype=torch.long)
+    for i in range(config_mod.num_clients(cfg)):
+        d = client_data(cfg, i)
+        if len(d.test_y):
+            pred = zero_shot_predictions(adapter, d.test_x, targets.to(device_of(cfg)))
+            matrix.index_put_((d.test_y.cpu().long(), pred.cpu()),
+                              torch.ones(len(pred), dtype=torch.long), accumulate=True)
+    return {"classes": names, "matrix": matrix.tolist()}
 
 
 def evaluate(config: Config | str, adapter_uri: str, targets_uri: str,

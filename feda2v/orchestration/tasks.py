@@ -79,13 +79,14 @@ def federated_phase_task(config: Config | str, phase: str, run_key: str, mlflow_
 
 
 def train_generator_task(config: Config | str, client_id: int, run_key: str, checkpoint,
-                         conditions=None) -> dict:
+                         conditions=None, mlflow_run_id: str = "") -> dict:
     """The body of the generator-training task: from the Run 1 phase's `conditions` artifact
     where given; the trained generator (the seed's latest checkpoint, with its optimizer) also
     as the `checkpoint` Model artifact."""
     cfg = config_mod.as_config(config)
     result = stages.train_generator(cfg, client_id, run_key,
-                             conditions.path if conditions is not None else "")
+                                    conditions.path if conditions is not None else "",
+                                    mlflow_run_id)
     own = runstate.generator_state_uri(runstate.run_dir(cfg, run_key), result["client_id"])
     publish_artifact(own, checkpoint.path, checkpoint.metadata, result["client_id"],
                      generator_type=cfg.feda2v.generator_type,
@@ -121,6 +122,7 @@ def init_adapter_task(config_json: str, compiled: str, settings: dict, run_key: 
     cfg = runtime.resolve(config_json, compiled, settings=settings)
     adapter.metadata[ROUND_CONTEXT] = {"compiled": compiled, "settings": dict(settings or {}),
                                        "run_key": run_key}
+    stages.ensure_targets(cfg, run_key, targets.path)  # for the exit handler's confusion matrix
     return stages.init_adapter(cfg, client_data_uris, targets.path, adapter.path)["parameters"]
 
 
@@ -155,3 +157,20 @@ def server_round_task(config_json, round_num, phase, updates, previous, targets,
     adapter.metadata[ROUND_CONTEXT] = previous.metadata[ROUND_CONTEXT]
     metrics.log_metric("accuracy", result["accuracy"])
     return result["accuracy"]
+
+
+def finish_task(config: Config | str, mlflow_run_id: str, run_key: str, state: str, report,
+                figures, confusion, error: str = "") -> str:
+    """The body of the exit handler: finish.finish_tracking, with the results table as the
+    `report` Markdown, the report with its figures as the `figures` HTML artifact, and the
+    final adapter's confusion matrix as the `confusion` ClassificationMetrics (the KFP UI
+    draws both). Returns the results table."""
+    from feda2v.orchestration import finish
+
+    text = finish.finish_tracking(config, mlflow_run_id, run_key, state, report.path, error,
+                                  figures.path)
+    if isinstance(config, Config):  # else its check failed: nothing ran, no matrix
+        matrix = finish.confusion_of(config, run_key)
+        if matrix:
+            confusion.log_confusion_matrix(matrix["classes"], matrix["matrix"])
+    return text

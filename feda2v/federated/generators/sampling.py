@@ -107,9 +107,11 @@ def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed:
 
 
 def generate_client(cfg: Config, client_id: int, data, class_names: list[str], rounds: int,
-                    source_uri: str, out_uri: str) -> dict:
+                    source_uri: str, out_uri: str, figure_uri: str = "") -> dict:
     """Run 2's synthetic samples of one client for every round, from one read of its generator:
-    round r's samples use the seed of (client, r), so they equal what a per-round task draws."""
+    round r's samples use the seed of (client, r), so they equal what a per-round task draws.
+    With quality metrics on, the client's real vs synthetic picture goes to `figure_uri` (only
+    the picture leaves the client, as only the numbers do)."""
     from feda2v.federated.client import round_seed
 
     dev = data.train_x.device
@@ -155,6 +157,12 @@ def generate_client(cfg: Config, client_id: int, data, class_names: list[str], r
     if cfg.feda2v.quality_metrics:
         report = quality(vae, ckpt, data, class_names, client_id,
                          round_seed(cfg.seed, client_id, rounds), temperature, posterior)
+        if figure_uri and xs:
+            from feda2v.evaluation.figures import projection_png
+
+            storage.write_bytes(figure_uri, projection_png(
+                data.train_x, data.train_y, xs[-1], y, class_names,
+                f"Client {client_id}: its real (o) and synthetic (x) embeddings, PCA"))
     if privacy:  # travels with the quality numbers: MLflow quality/node_{i}/dp_epsilon, report
         report.setdefault("overall", {}).update(privacy)
     del vae

@@ -70,12 +70,13 @@ def generator_round(cfg: Config, client_id: int, round_num: int, state, x: torch
 
 def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.Tensor,
                  y: torch.Tensor, class_names: list[str], rounds: int, published_dir: str,
-                 conditions_folder: str = "") -> dict:
+                 conditions_folder: str = "", on_round=None) -> dict:
     """All Run 1 rounds of one client's generator, from the conditions its adapter rounds wrote
     under the run folder (or their copy in `conditions_folder`). Resume state (with optimizer) goes to the run folder every
     generator_save_every rounds and at the end, so a retried task restarts from there; the seed's
     files go to `published_dir` (round snapshots weights only, the latest with the optimizer).
-    Returns {round: loss} of every round of this run."""
+    on_round(r, loss) is called as each round ends (live tracking). Returns {round: loss} of
+    every round of this run."""
     from feda2v.io import runstate
 
     f = cfg.feda2v
@@ -123,6 +124,8 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
         if seed_round % f.generator_save_every == 0 or r == rounds:
             save(own, cfg, vae, opt, client_id, seed_round, names, t["means"], extra)
             runstate.write_losses(losses_uri, losses)
+        if on_round is not None:
+            on_round(r, losses[r])
     _publish(published_dir, run_key, client_id, None, storage.read_bytes(own))
     average = sum(losses.values()) / max(len(losses), 1)
     log.info("[Client %d] Generator training over %d rounds completed. Average loss: %.4f",
