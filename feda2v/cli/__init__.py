@@ -1,9 +1,9 @@
 """`feda2v` command: every pipeline stage as a sub-command, plus run / compile / submit /
-experiment / data / models / config, one module per group:
+experiment / data / models / config / report, one module per group:
 
 - pipeline.py    run (kfp.local), compile, submit
 - experiment.py  experiment (ablations over variants, seeds, partitions, ε)
-- tools.py       data, models, config
+- tools.py       data, models, config, report
 - stages.py      one pipeline stage by hand (class-targets, extract, phase, ...)
 """
 

@@ -1,11 +1,12 @@
-"""data (datasets), models (tiny offline models) and config (check, keys)."""
+"""data (datasets), models (tiny offline models), config (check, keys) and report (a run's
+HTML report from its MLflow run)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from feda2v.cli.common import config_arg, read_cfg, show
+from feda2v.cli.common import config_arg, read_cfg, show, stage_cfg
 from feda2v.data.download import ESC50_URL, MAX_MEMBER_MB, MAX_RATIO, MAX_UNPACKED_MB
 from feda2v.io import config as config_mod
 
@@ -74,6 +75,39 @@ def cmd_config_check(a) -> None:
 
 def cmd_config_keys(a) -> None:
     print(config_mod.describe_keys())
+
+
+def cmd_report(a) -> None:
+    """A run's report (HTML and PNG figures), drawn from its MLflow run alone: what the
+    pipeline's exit handler drew, for a run made on a cluster or elsewhere."""
+    import os
+
+    from feda2v.evaluation import run_report
+    from feda2v.io import tracking
+
+    if a.config:
+        cfg = stage_cfg(a.config)
+        if a.tracking_uri:
+            cfg = cfg.replace(mlflow_tracking_uri=a.tracking_uri)
+    else:
+        uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not uri:
+            raise ValueError("no MLflow tracking server: give --tracking-uri, --config (its "
+                             "mlflow_tracking_uri or storage root) or $MLFLOW_TRACKING_URI")
+        cfg = config_mod.validate({"mlflow_tracking_uri": uri})
+    from mlflow.exceptions import MlflowException
+
+    try:
+        data = run_report.collect(cfg, a.run_id)
+    except MlflowException as e:
+        raise ValueError(f"MLflow run {a.run_id!r} could not be read from "
+                         f"{tracking.redact(tracking.tracking_uri(cfg))}: {e.message}") from None
+    paths = run_report.render(data, a.out or f"report-{a.run_id}")
+    print(f"Report of MLflow run {a.run_id} ({data['name']}, {data['status'].lower()}): "
+          f"{paths['html']}")
+    for name, path in paths.items():
+        if name != "html":
+            print(f"  {name:24s} {path}")
 
 
 def _push_args(p) -> None:
@@ -162,3 +196,15 @@ def register(add) -> None:
     config_arg(p)
     p = cfgp.add_parser("keys", help="List every config key with its default and meaning.")
     p.set_defaults(func=cmd_config_keys)
+
+    p = add("report", cmd_report, "Draw a run's report (HTML and PNG figures) from its MLflow "
+                                  "run alone: accuracy, losses, partition, confusion matrix, "
+                                  "real vs synthetic, quality.")
+    p.add_argument("--run-id", required=True, help="the MLflow run ID (the pipeline run's)")
+    p.add_argument("--config", default="", help="a config whose mlflow_tracking_uri (or local "
+                                                "storage root) names the tracking store")
+    p.add_argument("--tracking-uri", default="",
+                   help="the MLflow tracking URI (default: the config's, else "
+                        "$MLFLOW_TRACKING_URI); credentials from MLFLOW_TRACKING_USERNAME / "
+                        "_PASSWORD / _TOKEN")
+    p.add_argument("--out", default="", help="output folder (default: ./report-RUN_ID)")
