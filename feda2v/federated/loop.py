@@ -19,7 +19,7 @@ from feda2v.federated.client import ClientData, client_step
 from feda2v.federated.server import server_step
 from feda2v.io import runstate, storage
 from feda2v.io.config import Config
-from feda2v.io.log import get_logger
+from feda2v.io.log import get_logger, progress
 
 log = get_logger()
 
@@ -65,6 +65,7 @@ def run_phase(fed: Federation, phase: str, rounds: int, first_step: int,
     if done:
         log.info("[Server] %s: rounds 1-%d already finished under %s; resuming at round %d",
                  phase, done, run, done + 1)
+    tick = progress(rounds - done, f"{phase} rounds")
     for r in range(done + 1, rounds + 1):
         step = first_step + r - 1
         log.info("=== Round %d/%d (%s) ===", r, rounds, phase)
@@ -81,4 +82,5 @@ def run_phase(fed: Federation, phase: str, rounds: int, first_step: int,
             log_metrics(metrics, step)
         save_round(run, phase, r, step, state, metrics)
         history.append({"phase": phase, "round": r, "step": step, "accuracy": accuracy})
+        tick(note=f"global accuracy {accuracy:.3f}")
     return state, history

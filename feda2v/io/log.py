@@ -23,10 +23,25 @@ class _TaggedFormatter(logging.Formatter):
         return "\n".join(tag + line for line in text.splitlines()) if tag else text
 
 
+_bar = ""  # the progress bar on the terminal now, if any: log lines go above it
+
+
+class _BarAwareHandler(logging.StreamHandler):
+    """Clears the progress bar's line before a log line and draws the bar again under it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _bar:
+            self.stream.write("\r\x1b[K")
+        super().emit(record)
+        if _bar:
+            self.stream.write(_bar)
+            self.flush()
+
+
 def get_logger() -> logging.Logger:
     logger = logging.getLogger("feda2v")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _BarAwareHandler(sys.stderr)
         handler.setFormatter(_TaggedFormatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(os.environ.get(LEVEL_ENV, "INFO"))
@@ -34,20 +49,55 @@ def get_logger() -> logging.Logger:
     return logger
 
 
-def progress(total: int, what: str, every_s: float = 5.0):
-    """Return a tick() that logs `what: done/total (pct) rate/s` at most every `every_s` seconds
-    and always at the end, so long loops show they are alive without flooding the log."""
+def _eta(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _terminal() -> bool:
+    """A person watches stderr: a progress bar redrawn in place. Not for a pipe, a log file,
+    a pod, CI, or the tasks of `feda2v run` (their lines go through a log file)."""
+    return sys.stderr.isatty() and not os.environ.get(TAG_ENV) and os.environ.get("TERM") != "dumb"
+
+
+def progress(total: int, what: str, every_s: float = 5.0, last_line: bool = True):
+    """Return a tick(n=1, note="") for a loop of `total` steps. On a terminal: a bar with the
+    rate and the time left, redrawn in place. Elsewhere: a line `what: done/total (pct)
+    rate/s, ETA m:ss` at most every `every_s` seconds, and at the end (unless not
+    `last_line`). Nothing below INFO (`feda2v -q`)."""
     log = get_logger()
     start = last = time.monotonic()
     done = 0
+    bar = _terminal()
+    if bar:
+        last = float("-inf")  # the bar shows at the first tick
 
-    def tick(n: int = 1) -> None:
+    def tick(n: int = 1, note: str = "") -> None:
         nonlocal done, last
         done += n
         now = time.monotonic()
-        if now - last >= every_s or done >= total:
+        end = done >= total
+        if not log.isEnabledFor(logging.INFO):
+            return
+        rate = done / max(now - start, 1e-9)
+        eta = _eta((total - done) / rate) if rate > 0 and not end else "0:00"
+        extra = f" {note}" if note else ""
+        if bar:
+            global _bar
+            if now - last >= 0.1 or end:
+                last = now
+                width = 24
+                filled = width * done // max(total, 1)
+                _bar = (f"  {what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                        f"{rate:.1f}/s ETA {eta}{extra}\x1b[K")
+                sys.stderr.write("\r" + _bar + ("\n" if end else ""))
+                sys.stderr.flush()
+                if end:
+                    _bar = ""
+        elif (now - last >= every_s and not end) or (end and last_line):
             last = now
-            rate = done / max(now - start, 1e-9)
-            log.info("  %s: %d/%d (%d%%) %.1f/s", what, done, total, 100 * done // max(total, 1), rate)
+            log.info("  %s: %d/%d (%d%%) %.1f/s%s%s", what, done, total,
+                     100 * done // max(total, 1), rate, "" if end else f", ETA {eta}", extra)
 
     return tick

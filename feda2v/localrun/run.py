@@ -416,6 +416,12 @@ def _run(cfg: Config, task_cfg: Config, kind: str, build, plan: list, local_root
     if any(p == "run1" for p, _ in plan):
         print(f"  generator ckpts:    {checkpoint_dir(cfg)}")
     print(f"  task artifacts:     {pipeline_root}")
+    from feda2v.orchestration import finish
+
+    key = tracking.run_record(cfg, run_id)["tags"].get("feda2v.run_key", "")
+    page = storage.join(finish.report_dir(cfg, key), "report.html") if key else ""
+    if page and storage.exists(page):
+        print(f"  report:             {page}")
     print(f"  MLflow:             {tracking.redact(tracking.tracking_uri(cfg))} "
           f"(experiment '{cfg.experiment_name}', run {run_id})")
     print(f"  task log:           {log_path}")

@@ -19,7 +19,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from feda2v.federated.generators.base import Generator
 from feda2v.io.config import Config
-from feda2v.io.log import get_logger
+from feda2v.io.log import get_logger, progress
 
 log = get_logger()
 
@@ -79,9 +79,16 @@ class ConditionedGAN(Generator):
         f = cfg.feda2v
         noise = f.generator_augmentation_noise if f.generator_augmentation else 0.0
 
+        tick = progress(f.generator_training_epochs, f"[Client {client_id}] generator epochs",
+                        last_line=False)
+        seen = 0
+
         def report(epoch, total, d_loss, g_loss):
+            nonlocal seen
             log.info("  [Client %d] Epoch %d/%d: Loss=%.4f (discriminator %.4f)", client_id,
                      epoch, total, g_loss, d_loss)
+            tick(epoch - seen, note=f"loss {g_loss:.4f}")
+            seen = epoch
 
         return train_gan(self, opt.opts, x, cond, f.generator_training_epochs,
                          f.generator_batch_size, noise, seed, log=report)

@@ -13,7 +13,7 @@ from torch import nn
 
 from feda2v.federated.generators.base import Generator
 from feda2v.io.config import Config
-from feda2v.io.log import get_logger
+from feda2v.io.log import get_logger, progress
 
 log = get_logger()
 
@@ -88,6 +88,7 @@ class ConditionedVAE(Generator):
                             gen, loss_of)
         self.train()
         losses = []
+        tick = progress(epochs, f"[Client {client_id}] generator epochs", last_line=False)
         for epoch in range(epochs):
             beta, w = vae_schedule(epoch, epochs, beta_max=f.generator_kl_weight)
             order = torch.randperm(len(x), generator=gen)
@@ -104,6 +105,7 @@ class ConditionedVAE(Generator):
             if (epoch + 1) % 2 == 0 or epoch + 1 == epochs:
                 log.info("  [Client %d] Epoch %d/%d: Loss=%.4f", client_id, epoch + 1, epochs,
                          losses[-1])
+            tick(note=f"loss {losses[-1]:.4f}")
         self.eval()
         return losses
 
