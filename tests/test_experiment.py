@@ -196,3 +196,22 @@ def test_epsilons_add_dp_sgd_runs_and_the_report_plots_accuracy_against_epsilon(
     with pytest.raises(config_mod.ConfigError, match="generator_dp_epsilon"):
         run_experiment(gan, ["synthetic"], "dp3", epsilons=[1.0])
     assert len(client.search_runs([child.info.experiment_id])) == before
+
+
+def test_the_synthetic_variant_gets_the_run_report_a_pipeline_run_gets(experiment_result):
+    """The same renderer as the exit handler's, on the variant's MLflow run, linked from the
+    ablation report."""
+    from mlflow.tracking import MlflowClient
+
+    cfg, result = experiment_result
+    synthetic = next(r for r in result["results"] if r["variant"] == "synthetic")
+    folder = os.path.dirname(synthetic["report"])
+    assert {"report.html", "accuracy.png", "generator_loss.png", "partition.png",
+            "confusion.png", "projection_client_0.png",
+            "projection_client_1.png"} <= set(os.listdir(folder))
+    with open(result["html"]) as f:
+        assert f'href="{os.path.relpath(synthetic["report"], os.path.dirname(result["html"]))}"' \
+            in f.read()
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    logged = {a.path for a in client.list_artifacts(synthetic["run_id"], "report")}
+    assert {"report/report.html", "report/confusion.png", "report/partition.json"} <= logged

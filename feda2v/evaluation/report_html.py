@@ -197,7 +197,8 @@ def img_tag(b64: str, alt: str) -> str:
 
 def write_report(out_dir: str, results: list[dict], quality: dict[int, dict],
                  projection: dict | None, title: str = "FedA2V experiment",
-                 identity: dict[str, str] | None = None) -> dict[str, str]:
+                 identity: dict[str, str] | None = None,
+                 links: dict[str, str] | None = None) -> dict[str, str]:
     """Write report.html plus accuracy.png (and projection.png when `projection` is given) to
     `out_dir`; return their paths under "html", "accuracy_png" and "projection_png".
 
@@ -212,6 +213,11 @@ def write_report(out_dir: str, results: list[dict], quality: dict[int, dict],
              "<h2>Ablation results</h2>",
              _results_table(results), img_tag(_accuracy_plot(results, paths["accuracy_png"]),
                                            "accuracy per variant")]
+    if links:
+        items = "".join(f'<li><a href="{html.escape(path)}">{html.escape(variant)}</a></li>'
+                        for variant, path in links.items())
+        parts.append("<p>Each variant's own run report (accuracy and losses per client, "
+                     f"partition, confusion matrix, real vs synthetic per client):</p><ul>{items}</ul>")
     parts.append("<h2>Synthetic sample quality</h2>")
     parts.append(f"<p>{QUALITY_EXPLAINED}</p>")
     if not quality:

@@ -18,6 +18,7 @@ under a parent run that holds the results table and the report.
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -65,7 +66,8 @@ def _generators(cfg: Config, run: str, key: str, fed, rounds_r1: int, rounds_r2:
         train_client(cfg, i, run, key, data.train_x, data.train_y, fed.class_names, rounds_r1,
                      stages.checkpoint_dir(cfg))
         generate_client(cfg, i, data, fed.class_names, rounds_r2,
-                        runstate.generator_state_uri(run, i), runstate.synthetic_uri(run, i))
+                        runstate.generator_state_uri(run, i), runstate.synthetic_uri(run, i),
+                        runstate.projection_uri(run, i))
 
 
 def _centralized(cfg: Config, fed, rounds: int, start: dict, run: str, run_id: str) -> list[dict]:
@@ -247,9 +249,11 @@ def write_report(cfg: Config, results: list[dict], out_dir: str, run_id: str) ->
         projection = {"real_x": real_x, "real_y": real_y, "synthetic_x": syn_x,
                       "synthetic_y": syn_y, "class_names": names}
     quality = next((r["quality"] for r in results if r.get("quality")), {})
+    links = {r["variant"]: os.path.relpath(storage.local_path(r["report"]), out_dir)
+             for r in results if r.get("report") and storage.is_local(r["report"])}
     files = report_html.write_report(out_dir, summarise(results),
                                      {int(k): v for k, v in quality.items()}, projection,
-                                     identity=run_identity(cfg, run_id))
+                                     identity=run_identity(cfg, run_id), links=links)
     if run_id:
         for path in files.values():
             tracking.log_artifact(cfg, run_id, path, "report")
@@ -350,6 +354,11 @@ def run_experiment(cfg: Config, variants: list[str] | None = None, name: str = "
             tracking.set_status(cfg, child, "FAILED")
             tracking.set_status(cfg, parent, "FAILED")
             raise
+        if report and variant == "synthetic":  # the run report a pipeline run gets, too
+            r2 = vcfg.global_rounds
+            result["report"] = finish.write_report(
+                vcfg, child, result["run_dir"], runstate.round_uri(result["run_dir"], "run2", r2),
+                targets_uri)["html"]
         tracking.set_status(cfg, child, "FINISHED")
         tracking.log_metrics(cfg, parent, {f"ablation/{label}/final_accuracy":
                                            result["final_accuracy"]}, 0)

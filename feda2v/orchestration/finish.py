@@ -91,24 +91,22 @@ def report_dir(cfg: Config, run_key: str) -> str:
     return storage.join(runstate.run_dir(cfg, run_key), run_report.FOLDER)
 
 
-def _report_inputs(cfg: Config, run_key: str, plan, state: str, tmp: str) -> list[str]:
+def _report_inputs(cfg: Config, run: str, adapter: str, targets: str, tmp: str) -> list[str]:
     """What the report draws that is not a metric, as files under `tmp` to log: the partition
-    (from the clients' embeddings), the confusion matrix of the final adapter (a run that
-    succeeded) and the projections the clients' generation tasks drew."""
+    (from the clients' embeddings), the confusion matrix of the final `adapter` (when there is
+    one) and the projections the clients' generation tasks drew under the run folder `run`."""
     files = []
     if all(storage.exists(stages.embeddings_uri(cfg, i))
            for i in range(config_mod.num_clients(cfg))):
         files.append(os.path.join(tmp, run_report.PARTITION))
         with open(files[-1], "w") as f:
             json.dump(stages.partition_counts(cfg), f)
-    adapter, targets = final_adapter_uri(cfg, run_key, plan), targets_uri(cfg, run_key)
-    if state == "SUCCEEDED" and storage.exists(adapter) and storage.exists(targets):
+    if adapter and storage.exists(adapter) and storage.exists(targets):
         matrix = stages.confusion(cfg, adapter, targets)
-        storage.write_json(storage.join(report_dir(cfg, run_key), run_report.CONFUSION), matrix)
+        storage.write_json(storage.join(run, run_report.FOLDER, run_report.CONFUSION), matrix)
         files.append(os.path.join(tmp, run_report.CONFUSION))
         with open(files[-1], "w") as f:
             json.dump(matrix, f)
-    run = runstate.run_dir(cfg, run_key)
     for i in range(config_mod.num_clients(cfg)):
         if storage.exists(runstate.projection_uri(run, i)):
             files.append(os.path.join(tmp, os.path.basename(runstate.projection_uri(run, i))))
@@ -116,20 +114,21 @@ def _report_inputs(cfg: Config, run_key: str, plan, state: str, tmp: str) -> lis
     return files
 
 
-def write_report(cfg: Config, run_id: str, run_key: str, plan, state: str,
+def write_report(cfg: Config, run_id: str, run: str, adapter: str, targets: str,
                  html_path: str = "") -> dict[str, str]:
     """Log the report's inputs, render the report from the MLflow run (what `feda2v report`
-    renders), log its HTML and figures, and keep them under the run folder (and at
-    `html_path`, the KFP HTML artifact). Returns {name: path in storage}."""
+    renders), log its HTML and figures, and keep them under the run folder's report/ (and at
+    `html_path`, the KFP HTML artifact). `adapter`: the final global adapter ("" when the run
+    did not finish). Returns {name: path in storage}."""
     with tempfile.TemporaryDirectory() as tmp:
-        for file in _report_inputs(cfg, run_key, plan, state, tmp):
+        for file in _report_inputs(cfg, run, adapter, targets, tmp):
             tracking.log_artifact(cfg, run_id, file, run_report.FOLDER)
         out = os.path.join(tmp, "out")
         paths = run_report.render(run_report.collect(cfg, run_id), out)
         stored = {}
         for name, path in paths.items():
             tracking.log_artifact(cfg, run_id, path, run_report.FOLDER)
-            stored[name] = storage.join(report_dir(cfg, run_key), os.path.basename(path))
+            stored[name] = storage.join(run, run_report.FOLDER, os.path.basename(path))
             storage.write_bytes(stored[name], storage.read_bytes(path))
         if html_path:
             os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
@@ -168,7 +167,9 @@ def finish_tracking(config: Config | str, mlflow_run_id: str, run_key: str, stat
         storage.write_bytes(report_uri(cfg, run_key), text.encode())
         _log_run_artifacts(cfg, run_id, run_key, plan, state, text)
         try:
-            figures = write_report(cfg, run_id, run_key, plan, state, html_path)
+            adapter = final_adapter_uri(cfg, run_key, plan) if state == "SUCCEEDED" else ""
+            figures = write_report(cfg, run_id, runstate.run_dir(cfg, run_key), adapter,
+                                   targets_uri(cfg, run_key), html_path)
             log.info("[Server] Report with %d figures: %s", len(figures) - 1, figures["html"])
         except (OSError, ValueError) as e:  # the numbers are logged: a figure must not fail it
             log.warning("[Server] The HTML report could not be drawn: %s", e)
