@@ -169,9 +169,12 @@ def projection_png(real_x, real_y, synthetic_x, synthetic_y, class_names: list[s
     real_xy, syn_xy = xy[:len(real)], xy[len(real):]
     fig = Figure(figsize=(7, 6))
     ax = fig.add_subplot()
-    colours = _colours(len(names))
+    # Colours over the classes present (a client holds a few of many): neighbours stay distinct.
+    present = sorted(set(real_y.tolist()) | set(syn_y.tolist()))
+    colours = dict(zip(present, _colours(len(present))))
     handles = []
-    for c, name in enumerate(names):
+    for c in present:
+        name = names[c]
         r, s = real_xy[real_y == c], syn_xy[syn_y == c]
         if len(r):
             ax.scatter(r[:, 0], r[:, 1], marker="o", s=18, alpha=0.6, color=colours[c])
