@@ -215,3 +215,5 @@ def test_the_synthetic_variant_gets_the_run_report_a_pipeline_run_gets(experimen
     client = MlflowClient(tracking.tracking_uri(cfg))
     logged = {a.path for a in client.list_artifacts(synthetic["run_id"], "report")}
     assert {"report/report.html", "report/confusion.png", "report/partition.json"} <= logged
+    phases = client.get_run(synthetic["run_id"]).data.params["feda2v.phases"]
+    assert phases == f"run1:{cfg.feda2v.generator_training_rounds},run2:{cfg.global_rounds}"

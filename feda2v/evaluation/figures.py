@@ -116,7 +116,7 @@ def confusion_png(matrix: list[list[int]], class_names: list[str]) -> bytes:
     fig.colorbar(im, ax=ax, label="share of the true class's rows")
     accuracy = np.trace(m) / m.sum() if m.sum() else 0.0
     ax.set(xlabel="predicted class", ylabel="true class",
-           title=f"Final global adapter on the held-out rows (accuracy {accuracy:.3f})")
+           title=f"Final global adapter, held-out rows: accuracy {accuracy:.3f}")
     return png(fig)
 
 

@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from feda2v.evaluation import report as report_mod
 from feda2v.io import config as config_mod
 from feda2v.io import runstate, storage, tracking
 from feda2v.io.config import Config
@@ -345,7 +346,10 @@ def run_experiment(cfg: Config, variants: list[str] | None = None, name: str = "
     runs = [(variant, variant, cfg) for variant in variants] + private_runs
     for label, variant, vcfg in runs:
         child = tracking.create_run(cfg, f"{name}/{label}", parent_run_id=parent)
-        tracking.log_params(vcfg, child, {"feda2v.variant": label})
+        phases = ({"feda2v.phases": report_mod.phases_param(
+            [("run1", vcfg.feda2v.generator_training_rounds), ("run2", vcfg.global_rounds)])}
+            if variant == "synthetic" else {})  # the run report's rounds and phase line
+        tracking.log_params(vcfg, child, {"feda2v.variant": label, **phases})
         synthetic = next((r for r in results if r["variant"] == "synthetic"), None)
         try:
             result = run_variant(vcfg, variant, root, targets_uri, child, reuse=synthetic,
