@@ -96,3 +96,26 @@ def test_a_log_line_goes_above_the_bar(monkeypatch):
     first_bar = out.index("\r  epochs [")
     assert out.index("\r\x1b[K  [Client 0] Epoch 1/2: Loss=0.5\n  epochs [") > first_bar
     assert out.endswith("2/2 " + out.rsplit("2/2 ", 1)[1]) and out.endswith("\n")
+
+
+def test_feda2v_run_draws_its_tasks_progress_lines_as_a_bar():
+    """On a terminal `feda2v run` turns the progress lines its tasks log into one bar redrawn
+    in place; other lines go above it; a bar whose loop went quiet is dropped."""
+    terminal, now = _Terminal(), [0.0]
+    echo = log_mod.TerminalEcho(terminal, clock=lambda: now[0])
+    echo.write("  run1 rounds: 1/4 (25%) 0.5/s, ETA 0:06 global accuracy 0.250\n")
+    echo.write("=== Round 2/4 (run1) ===\n")
+    echo.write("  run1 rounds: 4/4 (100%) 0.5/s global accuracy 0.750\n")
+    out = terminal.getvalue()
+    assert out.startswith("  run1 rounds [######..................] 1/4 0.5/s ETA 0:06 "
+                          "global accuracy 0.250\x1b[K")
+    assert "\r\x1b[K=== Round 2/4 (run1) ===\n  run1 rounds [######" in out
+    assert out.endswith("[########################] 4/4 0.5/s ETA 0:00 global accuracy "
+                        "0.750\x1b[K\n")
+    terminal.truncate(0), terminal.seek(0)
+    echo.write("  [Client 0] generator epochs: 8/10 (80%) 2.0/s, ETA 0:01 loss 0.1\n")
+    now[0] = 60.0  # the loop ended without a last line
+    echo.write("[Client 0] Generator training completed.\n")
+    echo.write("next\n")
+    assert terminal.getvalue().endswith("\r\x1b[K[Client 0] Generator training completed.\n"
+                                        "next\n")

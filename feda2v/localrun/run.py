@@ -27,7 +27,7 @@ from feda2v.evaluation import report
 from feda2v.io import config as config_mod
 from feda2v.io import owner, runstate, storage, tracking
 from feda2v.io.config import Config
-from feda2v.io.log import TAG, TAG_ENV
+from feda2v.io.log import PROGRESS_ENV, TAG, TAG_ENV, TerminalEcho
 from feda2v.localrun import docker
 from feda2v.orchestration import preflight
 
@@ -58,6 +58,7 @@ def _filtered_output(log_path: str):
     os.dup2(write_fd, 2)
     os.close(write_fd)
     terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    echo = TerminalEcho(terminal) if terminal.isatty() else terminal
 
     def pump():
         with os.fdopen(read_fd, "r", errors="replace") as src, open(log_path, "w") as log_file:
@@ -66,9 +67,9 @@ def _filtered_output(log_path: str):
                 log_file.write(line)
                 plain = ANSI.sub("", line)
                 if TAG in plain:
-                    terminal.write(plain.split(TAG, 1)[1])
+                    echo.write(plain.split(TAG, 1)[1])
                 elif "finished with status FAILURE" in plain:
-                    terminal.write(plain.strip() + "\n")
+                    echo.write(plain.strip() + "\n")
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
@@ -275,6 +276,8 @@ def run_locally(cfg: Config, kind: str, build, pipeline_root: str | None = None,
         os.makedirs(local_root, exist_ok=True)
     plan = [] if kind == "ablations" else runtime.plan(cfg.replace(pipeline=kind))
     task_env = {TAG_ENV: TAG,
+                # A person watches: progress lines every second, drawn as a bar (TerminalEcho).
+                **({PROGRESS_ENV: "1"} if sys.stdout.isatty() else {}),
                 # Client tasks run two at a time (kfp.local's ParallelFor cap): half the cores.
                 runtime.LOCAL_CORES_ENV: str(os.cpu_count() or 1),
                 runtime.LOCAL_PARALLEL_ENV: str(min(2, config_mod.num_clients(cfg))),
