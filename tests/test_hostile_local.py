@@ -5,11 +5,9 @@ kfp.local `ephemeral_component.py` folder behind."""
 
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
@@ -149,43 +147,6 @@ def test_the_tasks_tmpdir_is_the_runs_own_and_goes_with_it():
         raise RuntimeError("the run failed")
     assert not os.path.exists(folder)
     assert os.environ.get("TMPDIR") == before
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_stopped_local_run_leaves_no_ephemeral_component_behind(make_config, tmp_path, sig):
-    """Every task of a run left a /tmp/tmp.*/ephemeral_component.py (364 on one machine). A run
-    stopped once its first task has started (SIGTERM: `feda2v run` removes its tasks' TMPDIR;
-    SIGKILL: the fork server does, when it sees `feda2v run` gone) leaves none, nor a folder of
-    its own, under the user's TMPDIR."""
-    cfg = make_config()
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(cfg.to_dict()))
-    tmp = tmp_path / "tmp"  # the user's TMPDIR: where `mktemp -d` put them
-    tmp.mkdir()
-    with open(tmp_path / "out.log", "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "feda2v.cli", "run", "--config",
-                                 str(config_path), "--pipeline", "run1"], cwd=tmp_path,
-                                env=dict(os.environ, TMPDIR=str(tmp)), stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while not list(tmp.rglob("ephemeral_component.py")):  # a task has started
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "out.log").read_text()[-3000:]
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while (list(tmp.rglob("ephemeral_component.py")) or list(tmp.glob("feda2v-*"))) \
-                and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert list(tmp.rglob("ephemeral_component.py")) == []
-        assert list(tmp.glob("feda2v-*")) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_fork_server_starts_under_a_long_tmpdir(tmp_path, monkeypatch):

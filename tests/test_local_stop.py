@@ -33,14 +33,20 @@ def test_a_run_stopped_inside_a_client_loop_ends_without_waiting_for_its_tasks(m
                                                                               tmp_path, sig):
     """SIGTERM while the generator tasks of a ParallelFor train (for minutes): kfp.local would
     let them finish before the signal's exception left the loop; the run ends in seconds. The
-    lease the generators took on the checkpoint folder is free at once, on either signal."""
+    lease the generators took on the checkpoint folder is free at once, on either signal. And
+    every task left a /tmp/tmp.*/ephemeral_component.py (364 on one machine): a stopped run
+    leaves none, nor a folder of its own, under the user's TMPDIR (SIGTERM: `feda2v run`
+    removes its tasks' TMPDIR; SIGKILL: the fork server does, when it sees `feda2v run` gone)."""
     cfg = make_config(global_rounds=1, feda2v={"generator_training_mode": True,
                                                "generator_training_rounds": 1,
                                                "generator_training_epochs": 10000})
     path = _write(cfg, tmp_path)
+    tmp = tmp_path / "tmp"  # the user's TMPDIR: where `mktemp -d` put them
+    tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "feda2v.cli", "run", "--config", path,
                              "--pipeline", "run1"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, TMPDIR=str(tmp)))
     try:
         deadline = time.monotonic() + 300
         for line in proc.stdout:  # wait until both clients' generator tasks train
@@ -48,6 +54,7 @@ def test_a_run_stopped_inside_a_client_loop_ends_without_waiting_for_its_tasks(m
                 break
         assert _task_processes(proc.pid), "no task was running"
         assert runstate.lease_holder(stages.checkpoint_dir(cfg)) is not None
+        assert list(tmp.rglob("ephemeral_component.py"))  # what must go
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -58,6 +65,11 @@ def test_a_run_stopped_inside_a_client_loop_ends_without_waiting_for_its_tasks(m
     while _task_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _task_processes(proc.pid)
+    while (list(tmp.rglob("ephemeral_component.py")) or list(tmp.glob("feda2v-*"))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(tmp.rglob("ephemeral_component.py")) == []
+    assert list(tmp.glob("feda2v-*")) == []
     assert runstate.lease_holder(stages.checkpoint_dir(cfg)) is None  # no 2-hour wait
     lease = storage.read_json(storage.join(stages.checkpoint_dir(cfg), runstate.LEASE_NAME))
     deadline = time.monotonic() + 30  # after a SIGKILL the watchdog writes it
