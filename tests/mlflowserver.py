@@ -31,6 +31,9 @@ def run_mlflow_server(root: Path, extra_args: list[str] = (), extra_env: dict | 
     mlflow = Path(sys.executable).parent / "mlflow"
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # MLflow 3's job runner (a huey consumer, ten workers) serves GenAI jobs feda2v never
+    # submits: two more processes importing MLflow per server, for nothing.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env.update(extra_env or {})
     proc = subprocess.Popen(
         [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
