@@ -22,7 +22,8 @@ def _record(tmp_path, clients: list[list[str]], rounds=(2, 2)) -> tuple[str, str
     """An MLflow run as a pipeline run leaves it: metrics per round, quality numbers, the
     report's inputs under report/. Returns (tracking URI, run id)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = config_mod.validate({"mlflow_tracking_uri": uri, "experiment_name": "recorded"})
+    cfg = config_mod.validate({"mlflow_tracking_uri": uri, "experiment_name": "recorded",
+                               "storage_root": str(tmp_path / "store")})
     run_id = tracking.create_run(cfg, "end_to_end-recorded")
     classes = [c for held in clients for c in held]
     r1, r2 = rounds
@@ -128,7 +129,7 @@ def test_a_run_that_stopped_early_gets_the_figures_it_has(tmp_path):
     """No partition, no confusion matrix, no projection (a run that failed in Run 1): the
     curves are drawn, and the page says what is missing."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = config_mod.validate({"mlflow_tracking_uri": uri})
+    cfg = config_mod.validate({"mlflow_tracking_uri": uri, "storage_root": str(tmp_path / "store")})
     run_id = tracking.create_run(cfg, "failed")
     tracking.log_metrics(cfg, run_id, {"eval/global_accuracy": 0.25}, 1)
     tracking.end_run(cfg, run_id, "FAILED")
