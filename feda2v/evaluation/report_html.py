@@ -191,6 +191,15 @@ def quality_section(client, quality: dict) -> str:
             f"{''.join(rows)}</table>")
 
 
+def write_page(path: str, title: str, parts: list[str]) -> str:
+    """A self-contained HTML page (the reports' style) of `parts` at `path`; returns `path`."""
+    doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
+           f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(doc)
+    return path
+
+
 def img_tag(b64: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
 
@@ -238,9 +247,5 @@ def write_report(out_dir: str, results: list[dict], quality: dict[int, dict],
         paths["projection_png"] = os.path.join(out_dir, "projection.png")
         parts += ["<h2>Real vs synthetic embeddings (PCA)</h2>",
                   img_tag(_projection_plot(projection, paths["projection_png"]), "PCA projection")]
-    paths["html"] = os.path.join(out_dir, "report.html")
-    doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
-           f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-    with open(paths["html"], "w", encoding="utf-8") as f:
-        f.write(doc)
+    paths["html"] = write_page(os.path.join(out_dir, "report.html"), title, parts)
     return paths

@@ -16,7 +16,7 @@ import re
 import tempfile
 
 from feda2v.evaluation import figures, report
-from feda2v.evaluation.report_html import CSS, QUALITY_EXPLAINED, img_tag, quality_section
+from feda2v.evaluation.report_html import QUALITY_EXPLAINED, img_tag, quality_section, write_page
 from feda2v.io import tracking
 from feda2v.io.config import Config
 
@@ -45,14 +45,14 @@ def collect(cfg: Config, run_id: str) -> dict:
             "history": history, "quality": dict(sorted(quality.items(), key=lambda kv: int(kv[0]))),
             "partition": None, "confusion": None, "projections": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, key in ((PARTITION, "partition"), (CONFUSION, "confusion")):
-            local = tracking.download_artifact(cfg, run_id, f"{FOLDER}/{name}", tmp)
-            if local:
-                with open(local) as f:
-                    data[key] = json.load(f)
-        for path in tracking.list_artifacts(cfg, run_id, FOLDER):
-            m = PROJECTION.fullmatch(path.rpartition("/")[2])
-            if m:
+        logged = tracking.list_artifacts(cfg, run_id, FOLDER)  # one listing, then what is there
+        for path in logged:
+            name = path.rpartition("/")[2]
+            m = PROJECTION.fullmatch(name)
+            if name in (PARTITION, CONFUSION):
+                with open(tracking.download_artifact(cfg, run_id, path, tmp)) as f:
+                    data["partition" if name == PARTITION else "confusion"] = json.load(f)
+            elif m:
                 with open(tracking.download_artifact(cfg, run_id, path, tmp), "rb") as f:
                     data["projections"][int(m.group(1))] = f.read()
     return data
@@ -130,9 +130,5 @@ def render(data: dict, out_dir: str) -> dict[str, str]:
         "<p>No quality report was computed.</p>"]
     if rows:
         parts += ["<h2>Rounds</h2>", "<pre>" + html.escape(report.results_table(rows)) + "</pre>"]
-    paths["html"] = os.path.join(out_dir, "report.html")
-    doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
-           f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-    with open(paths["html"], "w", encoding="utf-8") as f:
-        f.write(doc)
+    paths["html"] = write_page(os.path.join(out_dir, "report.html"), title, parts)
     return paths

@@ -386,14 +386,9 @@ def run_record(cfg: Config, run_id: str) -> dict:
             "metrics": dict(run.data.metrics)}
 
 
-def download_artifact(cfg: Config, run_id: str, path: str, dst: str) -> str | None:
-    """The run's artifact `path` downloaded under `dst` (its local path), or None when the run
-    has no such artifact."""
-    client = _client(tracking_uri(cfg))
-    folder, _, name = path.rpartition("/")
-    if name not in {a.path.rpartition("/")[2] for a in client.list_artifacts(run_id, folder or None)}:
-        return None
-    return client.download_artifacts(run_id, path, dst)
+def download_artifact(cfg: Config, run_id: str, path: str, dst: str) -> str:
+    """The run's artifact `path` downloaded under `dst`; returns its local path."""
+    return _client(tracking_uri(cfg)).download_artifacts(run_id, path, dst)
 
 
 def list_artifacts(cfg: Config, run_id: str, folder: str) -> list[str]:
