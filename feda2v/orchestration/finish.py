@@ -129,7 +129,8 @@ def write_report(cfg: Config, run_id: str, run: str, adapter: str, targets: str,
         for name, path in paths.items():
             tracking.log_artifact(cfg, run_id, path, run_report.FOLDER)
             stored[name] = storage.join(run, run_report.FOLDER, os.path.basename(path))
-            storage.write_bytes(stored[name], storage.read_bytes(path))
+            if not run_report.PROJECTION.fullmatch(os.path.basename(path)):  # already there
+                storage.write_bytes(stored[name], storage.read_bytes(path))
         if html_path:
             os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
             storage.write_bytes(html_path, storage.read_bytes(paths["html"]))
