@@ -5,6 +5,7 @@ left RUNNING by a dead process is ended by the next one."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -265,3 +266,42 @@ def test_an_mlflow_call_to_a_server_that_is_gone_is_one_line_naming_it(tmp_path)
         tracking._Answering(MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db"),
                             "sqlite").get_run("0" * 32)  # other errors pass as they are
     assert not isinstance(e.value, ConnectionError)
+
+
+def test_a_run_refused_the_folder_once_never_publishes_into_it(tmp_path):
+    """Run b's generators start while live run a holds the shared folder; a is done (its lease
+    released) by b's second round. b publishes nothing, then or later, on any client: the
+    folder's latest and round snapshots all stay a's."""
+    import torch
+
+    from feda2v.federated.generators import training
+
+    cfg = config_mod.validate({
+        "storage_root": str(tmp_path / "store"), "seed": 0,
+        "feda2v": {"generator_training_mode": True, "generator_training_rounds": 2,
+                   "generator_training_epochs": 1, "generator_hidden_dim": 8,
+                   "generator_latent_dim": 2, "generator_save_every": 1}})
+    folder = stages.checkpoint_dir(cfg)
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 2, 4), torch.tensor([0] * 4 + [1] * 4)
+    runs = {key: runstate.run_dir(cfg, key) for key in ("a", "b")}
+    for run in runs.values():
+        for r in (1, 2):
+            storage.save_tensors(runstate.conditions_uri(run, 0, r),
+                                 {"ids": torch.tensor([0, 1]), "means": torch.randn(2, 6)})
+    training.train_client(cfg, 0, runs["a"], "a", x, y, ["zero", "one"], 2, folder)
+    assert runstate.lease_holder(folder)["run"] == "a"  # a is live (this process) and holds it
+    published = {f: storage.read_bytes(storage.join(folder, f)) for f in os.listdir(folder)
+                 if f.endswith(".pt")}
+    assert len(published) == 3  # latest and two round snapshots
+
+    def release_after_round_1(r, loss):
+        if r == 1:
+            runstate.release(folder, "a")  # a's exit handler
+
+    training.train_client(cfg, 0, runs["b"], "b", x, y, ["zero", "one"], 2, folder,
+                          on_round=release_after_round_1)
+    assert storage.read_json(runstate.publish_refused_uri(runs["b"]))["held_by"] == "a"
+    assert {f: storage.read_bytes(storage.join(folder, f)) for f in os.listdir(folder)
+            if f.endswith(".pt")} == published
+    assert storage.load_checkpoint(runstate.generator_state_uri(runs["b"], 0))["run"] == "b"

@@ -59,6 +59,13 @@ def generator_state_uri(run: str, client_id: int) -> str:
     return storage.join(run, "generators", f"client_{client_id}.pt")
 
 
+def publish_refused_uri(run: str) -> str:
+    """Written when the shared checkpoint folder was held by another live run as this run's
+    generators started: from then on this run publishes nothing there (its rounds would mix
+    with the other run's), on every client, retries included."""
+    return storage.join(run, "generators", "publish_refused.json")
+
+
 def generator_losses_uri(run: str, client_id: int) -> str:
     return storage.join(run, "generators", f"client_{client_id}.json")
 

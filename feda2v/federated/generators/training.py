@@ -107,9 +107,21 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
                      f.generator_type.upper(), offset)
     if state is None and done == 0:
         log.info("[Client %d] Initializing %s generator", client_id, f.generator_type)
+    refused = runstate.publish_refused_uri(run)
+
+    def publishing() -> bool:
+        return not storage.exists(refused)
+
     for r in range(done + 1, rounds + 1):
         log.info("=== Generator round %d/%d — Client %d ===", r, rounds, client_id)
-        runstate.acquire(published_dir, run_key)  # claim the folder, or renew the heartbeat
+        # Claim the folder (or renew the heartbeat). Held by another live run: this run keeps
+        # its generators under its run folder for good, even once the other run is done.
+        if publishing() and not runstate.acquire(published_dir, run_key):
+            holder = (runstate.lease_holder(published_dir) or {}).get("run")
+            storage.write_json(refused, {"held_by": holder, "client_id": client_id, "round": r})
+            log.warning("[Client %d] %s is held by live run %s: this run's generators stay "
+                        "under its run folder; none is published", client_id, published_dir,
+                        holder)
         t = conditions(r)
         log.info("[Client %d] Starting generator training mode", client_id)
         state, losses[r] = generator_round(cfg, client_id, r, state, x, y, t["ids"], t["means"])
@@ -117,7 +129,7 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
         vae, opt = state
         seed_round = offset + r
         extra = {"run": run_key, "run_round": r, "generator_loss": losses[r]}
-        if seed_round % f.generator_save_every == 0:
+        if seed_round % f.generator_save_every == 0 and publishing():
             snapshot = checkpoint_dict(cfg, vae, None, client_id, seed_round, names, t["means"],
                                        extra)
             _publish(published_dir, run_key, client_id, seed_round, checkpoint_bytes(snapshot))
@@ -126,7 +138,8 @@ def train_client(cfg: Config, client_id: int, run: str, run_key: str, x: torch.T
             runstate.write_losses(losses_uri, losses)
         if on_round is not None:
             on_round(r, losses[r])
-    _publish(published_dir, run_key, client_id, None, storage.read_bytes(own))
+    if publishing():
+        _publish(published_dir, run_key, client_id, None, storage.read_bytes(own))
     average = sum(losses.values()) / max(len(losses), 1)
     log.info("[Client %d] Generator training over %d rounds completed. Average loss: %.4f",
              client_id, len(losses), average)
