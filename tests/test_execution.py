@@ -2,6 +2,7 @@
 structural keys a compiled pipeline fixes, thread settings: in-process, on synthetic data."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -191,6 +192,16 @@ def test_round_execution_names_the_unrolled_keys():
                        match="'global_rounds' is 9 in config_json but this round-execution "
                              "pipeline was compiled with 3"):
         runtime.resolve(edited, runtime.compiled_values(cfg))
+
+
+def test_the_cores_a_local_run_shares_are_omp_num_threads_when_set(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.available_cores() == 3
+    for unset in ("", "0", "many"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert runtime.available_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert runtime.available_cores() == len(os.sched_getaffinity(0))
 
 
 def test_local_tasks_share_the_cores(monkeypatch):

@@ -279,7 +279,7 @@ def run_locally(cfg: Config, kind: str, build, pipeline_root: str | None = None,
                 # A person watches: progress lines every second, drawn as a bar (TerminalEcho).
                 **({PROGRESS_ENV: "1"} if sys.stdout.isatty() else {}),
                 # Client tasks run two at a time (kfp.local's ParallelFor cap): half the cores.
-                runtime.LOCAL_CORES_ENV: str(os.cpu_count() or 1),
+                runtime.LOCAL_CORES_ENV: str(runtime.available_cores()),
                 runtime.LOCAL_PARALLEL_ENV: str(min(2, config_mod.num_clients(cfg))),
                 runtime.PARENT_ENV: str(os.getpid()),
                 # The lease on the checkpoint folder and the MLflow run name this process as

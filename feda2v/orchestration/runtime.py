@@ -172,6 +172,21 @@ def as_int(value, name: str) -> int:
     return int(value)
 
 
+def available_cores() -> int:
+    """The cores `feda2v run` shares among its tasks: $OMP_NUM_THREADS when the user set it (a
+    shared machine, a test runner's worker share), else the CPUs this process may run on."""
+    try:
+        chosen = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        chosen = 0
+    if chosen > 0:
+        return chosen
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def task_setup(parallel: bool) -> None:
     """Called at the start of every pipeline stage. Under `feda2v run`: torch threads = cores /
     tasks running at once (concurrent client tasks must not fight over the cores), and the task
