@@ -17,10 +17,11 @@ from feda2v.io import runstate, storage, tracking
 from feda2v.orchestration import finish, stages
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def preforked():
     """Tasks of an in-process kfp.local run forked from a pre-imported server, as under
-    `feda2v run`: a fresh interpreter per task spends seconds importing torch, kfp and mlflow."""
+    `feda2v run`: a fresh interpreter per task spends seconds importing torch, kfp and mlflow.
+    One server for the module's runs (each task is a fresh fork of it)."""
     from feda2v.localrun import prefork
     from feda2v.localrun import run as local_run
 

@@ -17,10 +17,10 @@ import tempfile
 
 from feda2v.evaluation import figures, report
 from feda2v.evaluation.report_html import QUALITY_EXPLAINED, img_tag, quality_section, write_page
-from feda2v.io import tracking
+from feda2v.io import runstate, tracking
 from feda2v.io.config import Config
 
-FOLDER = "report"  # the run's artifact folder for all of it
+FOLDER = runstate.REPORT_FOLDER  # the run's artifact folder for all of it
 PARTITION = "partition.json"  # {"classes", "train": [[rows per class] per client], "test"}
 CONFUSION = "confusion.json"  # {"classes", "matrix": [[true row, predicted column]]}
 PROJECTION = re.compile(r"projection_client_(\d+)\.png")

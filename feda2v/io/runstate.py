@@ -33,11 +33,23 @@ log = get_logger()
 LEASE_NAME = "feda2v-lease.json"
 LEASE_SECONDS = 30 * 60  # a holder out of sight that renews no more frees the folder after this
 
+REPORT_FOLDER = "report"  # a run's report: under its run folder and its MLflow artifacts
 
 def run_dir(cfg: Config, run_key: str) -> str:
     if not run_key or "/" in run_key or run_key in (".", ".."):
         raise ValueError(f"run key must be a non-empty name without '/', got {run_key!r}")
     return storage.join(cfg.storage_root, "runs", run_key)
+
+
+def report_dir(cfg: Config, run_key: str) -> str:
+    """The run's HTML report and its figures (and the clients' projections), in storage."""
+    return storage.join(run_dir(cfg, run_key), REPORT_FOLDER)
+
+
+def checkpoint_dir(cfg: Config) -> str:
+    """The shared generator folder Run 2 loads from (relative keys: under the storage root)."""
+    d = cfg.feda2v.generator_checkpoint_dir
+    return d if ("://" in d or os.path.isabs(d)) else storage.join(cfg.storage_root, d)
 
 
 def round_uri(run: str, phase: str, r: int) -> str:

@@ -313,12 +313,10 @@ def new_run_name(kind: str) -> str:
 
 def _release_lease(cfg: Config) -> None:
     """A run that did not reach its exit handler frees the checkpoint folder it held."""
-    from feda2v.orchestration.stages import checkpoint_dir
-
     try:
-        runstate.release(checkpoint_dir(cfg), owner_token=owner.token())
+        runstate.release(runstate.checkpoint_dir(cfg), owner_token=owner.token())
     except Exception as e:  # noqa: BLE001 - a dead store must not hide the run's own failure
-        print(f"feda2v run: could not release the lease on {checkpoint_dir(cfg)}: {e}",
+        print(f"feda2v run: could not release the lease on {runstate.checkpoint_dir(cfg)}: {e}",
               file=sys.stderr)
 
 
@@ -411,18 +409,14 @@ def _run(cfg: Config, task_cfg: Config, kind: str, build, plan: list, local_root
     n = config_mod.num_clients(cfg)
     _, history = tracking.run_info(cfg, run_id, report.result_keys(n))
     rows = report.results_rows(plan, history, n)
-    from feda2v.orchestration.stages import checkpoint_dir
-
     print(f"\nFedA2V {kind} finished in {minutes:.1f} min\n")
     print(report.results_table(rows))
     print(f"\n  storage root:       {root}")
     if any(p == "run1" for p, _ in plan):
-        print(f"  generator ckpts:    {checkpoint_dir(cfg)}")
+        print(f"  generator ckpts:    {runstate.checkpoint_dir(cfg)}")
     print(f"  task artifacts:     {pipeline_root}")
-    from feda2v.orchestration import finish
-
     key = tracking.run_record(cfg, run_id)["tags"].get("feda2v.run_key", "")
-    page = storage.join(finish.report_dir(cfg, key), "report.html") if key else ""
+    page = storage.join(runstate.report_dir(cfg, key), "report.html") if key else ""
     if page and storage.exists(page):
         print(f"  report:             {page}")
     print(f"  MLflow:             {tracking.redact(tracking.tracking_uri(cfg))} "

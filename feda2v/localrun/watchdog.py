@@ -17,11 +17,9 @@ def main() -> None:
         return
     time.sleep(2)  # task processes notice their lost parent within a second and exit
     from feda2v.io import config, runstate, tracking
-    from feda2v.orchestration.stages import checkpoint_dir
-
     cfg = config.validate(job["config"])
     try:
-        runstate.release(checkpoint_dir(cfg), owner_token=job.get("owner", ""))
+        runstate.release(runstate.checkpoint_dir(cfg), owner_token=job.get("owner", ""))
     finally:
         tracking.end_run(cfg, job["run_id"], "KILLED")
 

@@ -86,11 +86,6 @@ def report_uri(cfg: Config, run_key: str) -> str:
     return storage.join(runstate.run_dir(cfg, run_key), "report.md")
 
 
-def report_dir(cfg: Config, run_key: str) -> str:
-    """The run's HTML report and its figures (and the clients' projections), in storage."""
-    return storage.join(runstate.run_dir(cfg, run_key), run_report.FOLDER)
-
-
 def _report_inputs(cfg: Config, run: str, adapter: str, targets: str, tmp: str) -> list[str]:
     """What the report draws that is not a metric, as files under `tmp` to log: the partition
     (from the clients' embeddings), the confusion matrix of the final `adapter` (when there is
@@ -139,7 +134,7 @@ def write_report(cfg: Config, run_id: str, run: str, adapter: str, targets: str,
 
 def confusion_of(cfg: Config, run_key: str) -> dict | None:
     """The confusion matrix the exit handler computed ({"classes", "matrix"}), or None."""
-    uri = storage.join(report_dir(cfg, run_key), run_report.CONFUSION)
+    uri = storage.join(runstate.report_dir(cfg, run_key), run_report.CONFUSION)
     return storage.read_json(uri) if storage.exists(uri) else None
 
 

@@ -14,7 +14,7 @@ import socket
 from urllib.parse import urlsplit
 
 from feda2v.io import config as config_mod
-from feda2v.io import storage, tracking
+from feda2v.io import runstate, storage, tracking
 from feda2v.io.config import Config
 
 PROBE_TIMEOUT_S = 3.0
@@ -101,8 +101,6 @@ def _local_model(value: str) -> bool:
 
 def _checks(cfg: Config) -> list[tuple[str, str, callable]]:
     """(key, location, check) for every location of the config; a check raises on a problem."""
-    from feda2v.orchestration import stages
-
     out = []
     data = cfg.data.dataset_uri
     out.append(("data.dataset_uri", data, lambda: _exists(
@@ -119,7 +117,7 @@ def _checks(cfg: Config) -> list[tuple[str, str, callable]]:
             out.append((f"models.{key}", value, lambda v=value, k=key: _exists(
                 v, f"models.{k}", " (`feda2v models tiny --out DIR` writes tiny offline models)")))
     places = [("storage_root", cfg.storage_root)]
-    checkpoints = stages.checkpoint_dir(cfg)
+    checkpoints = runstate.checkpoint_dir(cfg)
     if not checkpoints.startswith(storage.join(cfg.storage_root, "")):
         places.append(("feda2v.generator_checkpoint_dir", checkpoints))
     for key, value in places:

@@ -7,8 +7,6 @@ It does not know whether it runs under KFP, kfp.local, docker or a test.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from feda2v.evaluation import report
@@ -16,6 +14,7 @@ from feda2v.io import config as config_mod
 from feda2v.io import runstate, storage, tracking
 from feda2v.io.config import Config
 from feda2v.io.log import get_logger
+from feda2v.io.runstate import checkpoint_dir
 from feda2v.orchestration import runtime
 
 log = get_logger()
@@ -27,11 +26,6 @@ def embeddings_uri(cfg: Config, client_id: int) -> str:
     from feda2v.encoders.extraction import embeddings_uri as uri
 
     return uri(cfg, client_id)
-
-
-def checkpoint_dir(cfg: Config) -> str:
-    d = cfg.feda2v.generator_checkpoint_dir
-    return d if ("://" in d or os.path.isabs(d)) else storage.join(cfg.storage_root, d)
 
 
 def client_uri(uris: list[str], client_id: int) -> str:
