@@ -37,12 +37,15 @@ help:
 	@echo "make clean  - remove demo outputs (keeps $(VENV))"
 
 # The stamp re-runs the install when pyproject.toml changes. torch is installed first, pinned,
-# so that no other requirement can pull the multi-GB CUDA build.
-$(BIN)/.installed: pyproject.toml
+# so that no other requirement can pull the multi-GB CUDA build. Flower (tests' reference for
+# the strategies) goes into its own folder without its dependencies, which would pin MLflow's.
+$(BIN)/.installed: pyproject.toml tests/flwr-reference.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/flwr-reference \
+		-r tests/flwr-reference.txt
 	touch $@
 
 venv: $(BIN)/.installed

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from feda2v.federated.server import fedavg, pool_synthetic
+from feda2v.federated.server import pool_synthetic
+from feda2v.federated.strategy import weighted_average as fedavg
 
 
 def test_fedavg_weights_by_sample_count():

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from feda2v.federated import strategy
 from feda2v.federated.task import adapter_from_state, adapter_outputs, device_of, train_adapter
 from feda2v.io.config import Config
 from feda2v.io.log import get_logger
@@ -78,7 +79,8 @@ def client_step(cfg: Config, client_id: int, round_num: int, phase: str,
         if synthetic is not None:
             log.info("Node %d - Training adapters on real data...", client_id)
         metrics["adapter_loss"] = train_adapter(adapter, x, y, targets.to(dev), cfg.local_epochs,
-                                                cfg.batch_size, cfg.learning_rate, seed)
+                                                cfg.batch_size, cfg.learning_rate, seed,
+                                                strategy.proximal_mu(cfg))
         if not math.isfinite(metrics["adapter_loss"]):
             raise ValueError(f"client {client_id}, round {round_num} ({phase}): the adapter's "
                              f"training loss is {metrics['adapter_loss']}; nothing is sent "

@@ -58,6 +58,7 @@ def run_phase(fed: Federation, phase: str, rounds: int, first_step: int,
     round)` gives a client's synthetic samples of a round. Returns (final state, history)."""
     done = runstate.last_round(run, phase, rounds)
     state, history = start, []
+    opt_state = runstate.load_strategy_state(run, phase, done)
     for r in range(1, done + 1):  # finished by an earlier try of this task: read back
         state, meta = storage.load_tensors(runstate.round_uri(run, phase, r))
         history.append({"phase": phase, "round": r, "step": meta["step"],
@@ -75,11 +76,12 @@ def run_phase(fed: Federation, phase: str, rounds: int, first_step: int,
                                        fed.class_names, synthetic(i, r) if synthetic else None))
             if phase == "run1":
                 save_conditions(run, updates[-1], r)
-        state, metrics, accuracy = server_step(fed.cfg, r, step, phase, updates, state,
-                                               fed.targets, fed.class_names, fed.test_sets,
-                                               fed.server_real)
+        state, metrics, accuracy, opt_state = server_step(
+            fed.cfg, r, step, phase, updates, state, fed.targets, fed.class_names,
+            fed.test_sets, fed.server_real, opt_state)
         if log_metrics:
             log_metrics(metrics, step)
+        runstate.save_strategy_state(run, phase, r, opt_state)
         save_round(run, phase, r, step, state, metrics)
         history.append({"phase": phase, "round": r, "step": step, "accuracy": accuracy})
         tick(note=f"global accuracy {accuracy:.3f}")

@@ -1,4 +1,4 @@
-"""Server side: weighted FedAvg, synthetic-sample pooling, global training on the pool, and
+"""Server side: the strategy's aggregation (federated/strategy.py), synthetic-sample pooling, global training on the pool, and
 the server's step of a round (all of them, then evaluation)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import re
 
 import torch
 
+from feda2v.federated import strategy
 from feda2v.federated.adapter import Adapter
 from feda2v.federated.task import adapter_from_state, device_of, train_adapter, zero_shot_accuracy
 from feda2v.io import storage
@@ -14,21 +15,6 @@ from feda2v.io.config import Config
 from feda2v.io.log import get_logger
 
 log = get_logger()
-
-
-def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
-    """Average state dicts weighted by each client's number of training samples."""
-    if not states:
-        raise ValueError("FedAvg needs at least one client update")
-    if len(states) != len(weights) or any(w <= 0 for w in weights):
-        raise ValueError(f"FedAvg needs one positive weight per update, got {weights}")
-    total = float(sum(weights))
-    keys = states[0].keys()
-    for i, s in enumerate(states[1:], 1):
-        if s.keys() != keys:
-            raise ValueError(f"client update {i} has different parameters than update 0")
-    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights)).to(states[0][k].dtype)
-            for k in keys}
 
 
 def pool_synthetic(per_client: list[tuple[int, torch.Tensor, torch.Tensor]],
@@ -111,9 +97,11 @@ def update_metrics(updates: list, counts: dict[str, int], n_synthetic: int) -> d
 
 def server_step(cfg: Config, round_num: int, step: int, phase: str, updates: list,
                 previous: dict[str, torch.Tensor], targets: torch.Tensor, class_names: list[str],
-                test_sets: list[tuple], server_real=None):
-    """Aggregate the round's client updates (sorted by client), train the global adapter on the
-    synthetic pool when the round calls for it, evaluate. Returns (state, metrics, accuracy)."""
+                test_sets: list[tuple], server_real=None, opt_state: dict | None = None):
+    """Aggregate the round's client updates (sorted by client) with the configured strategy,
+    train the global adapter on the synthetic pool when the round calls for it, evaluate.
+    `opt_state` is the strategy's state after the phase's previous round. Returns (state,
+    metrics, accuracy, the strategy's state after this round)."""
     from feda2v.federated.client import round_seed
 
     f = cfg.feda2v
@@ -122,9 +110,10 @@ def server_step(cfg: Config, round_num: int, step: int, phase: str, updates: lis
         storage.require_finite({**u.adapter_state, "synthetic_x": u.synthetic_x},
                                f"round {round_num}: client {u.client_id}'s update")
     weights = [u.num_samples for u in updates]
-    log.info("[Server] Round %d: FedAvg of %d client adapters (weights %s)", round_num,
-             len(updates), weights)
-    state = fedavg([u.adapter_state for u in updates], weights)
+    log.info("[Server] Round %d: %s of %d client adapters (weights %s)", round_num,
+             strategy.NAMES[cfg.strategy], len(updates), weights)
+    state, opt_state = strategy.aggregate(cfg, previous, [u.adapter_state for u in updates],
+                                          weights, round_num, opt_state)
     x, y, counts = pool_synthetic([(u.client_id, u.synthetic_x, u.synthetic_y) for u in updates],
                                   class_names)
     metrics = update_metrics(updates, counts, len(y))
@@ -161,4 +150,4 @@ def server_step(cfg: Config, round_num: int, step: int, phase: str, updates: lis
     metrics["eval/global_accuracy"] = accuracy
     log.info("[Server] Round %d: global zero-shot accuracy %.3f over %d classes (%s)", round_num,
              accuracy, len(targets), ", ".join(f"node {i}: {a:.3f}" for i, a in per_client.items()))
-    return state, metrics, accuracy
+    return state, metrics, accuracy, opt_state

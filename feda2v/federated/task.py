@@ -31,14 +31,17 @@ def adapter_from_state(cfg: Config, state: dict[str, torch.Tensor]) -> Adapter:
 
 
 def train_adapter(adapter: Adapter, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
-                  epochs: int, batch_size: int, lr: float, seed: int) -> float:
-    """MSE between adapter(x) and the class target of y; returns the last epoch's mean loss."""
+                  epochs: int, batch_size: int, lr: float, seed: int,
+                  proximal_mu: float = 0.0) -> float:
+    """MSE between adapter(x) and the class target of y; returns the last epoch's mean MSE.
+    proximal_mu > 0 adds FedProx's mu/2 |w - w_start|^2, w_start the weights it started from."""
     if len(x) == 0:
         raise ValueError("cannot train an adapter on zero samples")
     gen = torch.Generator().manual_seed(seed)
     dev = next(adapter.parameters()).device
     x, y, targets = x.to(dev), y.to(dev), targets.to(dev)
     opt = torch.optim.AdamW(adapter.parameters(), lr=lr)
+    anchor = [p.detach().clone() for p in adapter.parameters()] if proximal_mu > 0 else []
     adapter.train()
     epoch_loss = 0.0
     for _ in range(epochs):
@@ -47,8 +50,12 @@ def train_adapter(adapter: Adapter, x: torch.Tensor, y: torch.Tensor, targets: t
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
             loss = F.mse_loss(adapter(x[idx]), targets[y[idx]])
+            objective = loss
+            if anchor:
+                objective = loss + proximal_mu / 2 * sum(
+                    (p - a).pow(2).sum() for p, a in zip(adapter.parameters(), anchor))
             opt.zero_grad()
-            loss.backward()
+            objective.backward()
             opt.step()
             total += loss.item() * len(idx)
         epoch_loss = total / len(x)

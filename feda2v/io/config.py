@@ -74,6 +74,11 @@ def _float(lo: float | None = None, hi: float | None = None, strict_lo: bool = F
     return check
 
 
+def _below_one(v: Any) -> str | None:
+    """A decay rate: in [0, 1)."""
+    return _float(0)(v) or (None if v < 1 else f"must be < 1 (in [0, 1)), got {show(v)}")
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"expected true or false, got {show(v)}"
 
@@ -256,6 +261,31 @@ class RunKeys(_Section):
     learning_rate: float = key(
         1e-3, _float(0, MAX_LR, strict_lo=True, why=_WHY_LR),
         "Adapter learning rate (AdamW).")
+    strategy: str = key(
+        "fedavg", _choice("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"),
+        "How the server turns the clients' adapters into the global one: fedavg (weighted "
+        "average), fedprox (the average; clients add proximal_mu/2 |w - w_global|^2), fedavgm, "
+        "fedadam, fedyogi (a server optimizer stepping on the average's pseudo-gradient, as "
+        "Flower's strategies do).")
+    proximal_mu: float = key(
+        0.01, _float(0, 100.0),
+        "fedprox: weight of the clients' proximal term.")
+    server_learning_rate: float = key(
+        0.0, _float(0, MAX_LR, why=_WHY_LR),
+        "fedavgm/fedadam/fedyogi: the server optimizer's step; 0 = the strategy's default "
+        "(fedavgm 1.0, fedadam and fedyogi 0.01).")
+    server_momentum: float = key(
+        0.9, _below_one,
+        "fedavgm: momentum of the server's pseudo-gradient, in [0, 1).")
+    server_beta_1: float = key(
+        0.9, _below_one,
+        "fedadam/fedyogi: decay of the first moment, in [0, 1).")
+    server_beta_2: float = key(
+        0.99, _below_one,
+        "fedadam/fedyogi: decay of the second moment, in [0, 1).")
+    server_tau: float = key(
+        1e-3, _float(0, 1.0, strict_lo=True),
+        "fedadam/fedyogi: adaptivity, added to the second moment's root (> 0).")
     pipeline: str = key(
         "auto", _choice("auto", "run1", "run2", "end_to_end"),
         "Which pipeline `feda2v run/compile` builds; auto follows the feda2v mode flags.")

@@ -56,6 +56,24 @@ def round_uri(run: str, phase: str, r: int) -> str:
     return storage.join(run, phase, f"round_{r}", "global.safetensors")
 
 
+def strategy_uri(run: str, phase: str, r: int) -> str:
+    """The server optimizer's state after round r (fedavgm/fedadam/fedyogi): written before
+    the round's adapter, so a finished round always has it."""
+    return storage.join(run, phase, f"round_{r}", "strategy.safetensors")
+
+
+def load_strategy_state(run: str, phase: str, r: int) -> dict:
+    """The strategy's state after round r of the phase; {} before round 1 or when it kept
+    none (fedavg, fedprox)."""
+    uri = strategy_uri(run, phase, r)
+    return storage.load_tensors(uri)[0] if r > 0 and storage.exists(uri) else {}
+
+
+def save_strategy_state(run: str, phase: str, r: int, state: dict) -> None:
+    if state:
+        storage.save_tensors(strategy_uri(run, phase, r), state, {"phase": phase, "round": r})
+
+
 def conditions_dir(run: str) -> str:
     return storage.join(run, "run1", "conditions")
 

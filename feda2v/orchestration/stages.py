@@ -387,6 +387,7 @@ def server_round(config: Config | str, round_num: int, phase: str, update_uris: 
                  run_key: str = "", step: int = 0) -> dict:
     """The server's side of one round, as one task: FedAvg, global training on the synthetic
     pool when the round calls for it, evaluation; metrics to MLflow at the round's step."""
+    from feda2v.federated import strategy
     from feda2v.federated.loop import save_round
     from feda2v.federated.server import server_step
     from feda2v.federated.task import device_of
@@ -401,14 +402,19 @@ def server_round(config: Config | str, round_num: int, phase: str, update_uris: 
     test_sets = [(d.test_x, d.test_y) for d in
                  (client_data(cfg, i) for i in range(config_mod.num_clients(cfg)))]
     updates = [read_update(u) for u in update_uris]
-    state, metrics, accuracy = server_step(cfg, round_num, step, phase, updates,
-                                           _load_adapter(previous_uri),
-                                           targets.to(device_of(cfg)), names, test_sets,
-                                           server_real_data(cfg, names))
+    run = runstate.run_dir(cfg, run_key) if run_key else ""
+    if not run and cfg.strategy in strategy.STATEFUL:
+        raise ValueError(f"strategy {cfg.strategy} keeps server state between rounds, in the "
+                         "run folder: this server round has no run key")
+    opt_state = runstate.load_strategy_state(run, phase, round_num - 1) if run else {}
+    state, metrics, accuracy, opt_state = server_step(
+        cfg, round_num, step, phase, updates, _load_adapter(previous_uri),
+        targets.to(device_of(cfg)), names, test_sets, server_real_data(cfg, names), opt_state)
     tracking.log_metrics(cfg, run_id, metrics, step)
     storage.save_tensors(adapter_out_uri, state, {"round": round_num})
-    if run_key:
-        save_round(runstate.run_dir(cfg, run_key), phase, round_num, step, state, metrics)
+    if run:
+        runstate.save_strategy_state(run, phase, round_num, opt_state)
+        save_round(run, phase, round_num, step, state, metrics)
     return {"accuracy": accuracy, "synthetic_samples": metrics.get("server/synthetic_samples_total", 0),
             **({"global_train_loss": metrics["server/global_train_loss"]}
                if "server/global_train_loss" in metrics else {})}
