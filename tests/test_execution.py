@@ -153,7 +153,9 @@ def test_the_run_form_offers_the_settings_its_phases_use(make_config, tmp_path):
         "description"]
     fedavg = form("run1", use_generator=False, generator_training_mode=False)
     assert set(fedavg) - {"config_json", "mlflow_run_id", "global_rounds", "client_ids"} == {
-        "local_epochs", "learning_rate", *runtime.COMMON_SETTINGS}
+        "local_epochs", "learning_rate", *runtime.COMMON_SETTINGS, *runtime.STRATEGY_SETTINGS}
+    assert fedavg["strategy"]["defaultValue"] == "fedavg"
+    assert fedavg["proximal_mu"]["parameterType"] == "NUMBER_DOUBLE"
 
 
 def test_clients_are_a_run_time_parameter_in_phase_execution():

@@ -177,14 +177,15 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path,
     """One config and seed, three ways: a phase-execution pipeline compiled for 3 Run 2 rounds
     and other client epochs but run with the run-time parameters global_rounds=1 and
     local_epochs, a round-execution pipeline compiled for 1, and `feda2v experiment`. Same
-    final adapter, same metrics at every step."""
+    final adapter, same metrics at every step. The strategy is FedAdam, whose server state
+    round execution carries from one server task to the next through the run folder."""
     from kfp import local
 
     import pipelines
     from feda2v.orchestration.experiment import run_experiment
 
-    cfg = make_config(global_rounds=1, feda2v={"generator_training_rounds": 2,
-                                               "generator_training_mode": True})
+    cfg = make_config(global_rounds=1, strategy="fedadam",
+                      feda2v={"generator_training_rounds": 2, "generator_training_mode": True})
     store = cfg.storage_root
     _run(_write(cfg, tmp_path), "end_to_end", tmp_path, "--execution", "round")
     client, (round_run,) = _runs(cfg)
@@ -243,8 +244,11 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path,
         run2 = [m.timestamp for m in client.get_metric_history(run_id, "eval/global_accuracy")
                 if m.step == 3]
         assert [m.step for m in loss] == [1, 2] and loss[0].timestamp < run2[0]
+    for key in keys:  # Run 1's second round stepped from the first round's moments
+        assert storage.exists(runstate.strategy_uri(runstate.run_dir(cfg, key), "run1", 2))
     phase = client.get_run(phase_id)
     assert phase.info.status == "FINISHED"
+    assert phase.data.params["strategy"] == "fedadam"
     assert phase.data.params["global_rounds"] == "1"  # MLflow records what took effect
     assert phase.data.params["local_epochs"] == str(cfg.local_epochs)
     assert phase.data.params["feda2v.phases"] == "run1:2,run2:1"

@@ -28,15 +28,19 @@ SETTINGS = {"seed": "seed", "storage_root": "storage_root", "dataset_uri": "data
             "generator_training_epochs": "feda2v.generator_training_epochs",
             "generator_learning_rate": "feda2v.generator_learning_rate",
             "synthetic_samples_per_class": "feda2v.synthetic_samples_per_class",
-            "generator_type": "feda2v.generator_type"}
+            "generator_type": "feda2v.generator_type",
+            "strategy": "strategy", "proximal_mu": "proximal_mu",
+            "server_learning_rate": "server_learning_rate"}
 # The settings on every run form; the others only where a phase of the pipeline reads them.
 COMMON_SETTINGS = ("seed", "storage_root", "dataset_uri", "batch_size")
+STRATEGY_SETTINGS = ("strategy", "proximal_mu", "server_learning_rate")
 PHASE_SETTINGS = {
-    "fedavg": COMMON_SETTINGS + ("local_epochs", "learning_rate"),
+    "fedavg": COMMON_SETTINGS + ("local_epochs", "learning_rate") + STRATEGY_SETTINGS,
     "run1": COMMON_SETTINGS + ("local_epochs", "learning_rate", "generator_type",
-                               "generator_training_epochs", "generator_learning_rate"),
+                               "generator_training_epochs", "generator_learning_rate")
+    + STRATEGY_SETTINGS,
     "run2": COMMON_SETTINGS + ("local_epochs", "learning_rate", "generator_type",
-                               "synthetic_samples_per_class"),
+                               "synthetic_samples_per_class") + STRATEGY_SETTINGS,
 }
 
 
