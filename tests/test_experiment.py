@@ -133,14 +133,15 @@ def test_final_accuracy_is_the_mean_of_the_last_rounds_and_lines_pair_the_seeds(
                                        result("synthetic", [0.7, 0.7, 0.7]),
                                        result("centralized", [1.0, 1.0, 1.0])])}}
     table, lines = grid_table(cells, ["fedavg", "synthetic", "centralized"])
-    assert lines == ["run2 - fedavg (classes, 2 seeds): +15.0 ± 7.1 pts"]
+    assert lines == ["run2 - fedavg (classes, 2 seeds): +15.0 ± 7.1 pts",
+                     "run2 - centralized (classes, 2 seeds): -30.0 ± 0.0 pts"]
     assert "0.550 ± 0.071" in table and "0.700 ± 0.000" in table
     assert cells["classes"][0][0]["target"] == pytest.approx(0.9)  # 90 % of centralized
     good = {"overall": {"density": 1.1, "density_real": 1.05, "coverage": 0.95, "flags": []}}
     crowded = {"overall": {"density": 3.9, "density_real": 0.9, "coverage": 1.0,
                            "flags": ["collapsed"]}}
     cells["classes"][0][1]["quality"] = {"0": good, "1": crowded}
-    _, lines = grid_table(cells, ["fedavg", "synthetic"])
+    _, lines = grid_table(cells, ["fedavg", "synthetic"])  # no ceiling line without it
     assert lines[1] == ("generators (classes, 2 client-runs) vs held-out rows: density "
                         "1.10–3.90 (training rows: 0.90–1.05), coverage 0.95–1.00, healthy 1/2")
 
@@ -153,9 +154,10 @@ def test_experiment_over_seeds_and_partitions_prints_the_table_and_lines(make_co
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     main(["experiment", "--config", str(path), "--variants", "fedavg,synthetic",
-          "--seeds", "0,1", "--partitions", "classes,dirichlet:0.5"])
+          "--seeds", "0,1", "--partitions", "dirichlet:0.5", "--strategies", "fedavg,fedadam"])
     out = capsys.readouterr().out
-    for label in ("classes", "dirichlet:0.5"):
+    assert "partition, strategy  " in out
+    for label in ("dirichlet:0.5, fedavg", "dirichlet:0.5, fedadam"):
         assert f"run2 - fedavg ({label}, 2 seeds): " in out and " pts" in out
     from mlflow.tracking import MlflowClient
 
@@ -164,8 +166,18 @@ def test_experiment_over_seeds_and_partitions_prints_the_table_and_lines(make_co
                                .experiment_id])
     grid = [r for r in runs if r.info.run_name == "experiment"]
     assert len(grid) == 1 and grid[0].data.params["feda2v.seeds"] == "0,1"
+    assert grid[0].data.params["feda2v.strategies"] == "fedavg,fedadam"
     cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == grid[0].info.run_id]
-    assert len(cells) == 4  # 2 partitions x 2 seeds, each the parent of its variants
+    assert len(cells) == 4  # 2 strategies x 2 seeds, each the parent of its variants
+    variants = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in
+                {c.info.run_id for c in cells}]
+    assert sorted(r.data.params["strategy"] for r in variants) == ["fedadam"] * 4 + ["fedavg"] * 4
+    with pytest.raises(SystemExit) as refused:
+        main(["experiment", "--config", str(path), "--strategies", "fedavg,fedsgd", "--name",
+              "refused"])
+    assert refused.value.code == 2
+    assert "bad value for 'strategy': expected one of" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(cfg.storage_root, "experiments", "refused"))
 
 
 def test_epsilons_add_dp_sgd_runs_and_the_report_plots_accuracy_against_epsilon(make_config):

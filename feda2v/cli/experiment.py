@@ -26,15 +26,19 @@ def cmd_experiment(a) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
-    if a.seeds or a.partitions:
+    if a.seeds or a.partitions or a.strategies:
         try:
             seeds = [int(s) for s in (a.seeds or str(cfg.seed)).split(",")]
         except ValueError:
             raise ValueError(f"--seeds expects comma-separated integers, got {a.seeds!r}") from None
         partitions = parse_partitions(a.partitions or "classes")
+        strategies = [s.strip() for s in a.strategies.split(",")] if a.strategies else None
+        for s in strategies or []:
+            cfg.replace(strategy=s)  # an unknown one is refused before any work
         _preflight(cfg)
-        grid = run_grid(cfg, variants, seeds, partitions, a.name)
-        print(f"\nAblations over seeds {seeds} and partitions {partitions}:\n")
+        grid = run_grid(cfg, variants, seeds, partitions, a.name, strategies)
+        over = f" and strategies {strategies}" if strategies else ""
+        print(f"\nAblations over seeds {seeds} and partitions {partitions}{over}:\n")
         print(grid["table"])
         print()
         print("\n".join(grid["lines"]))
@@ -76,6 +80,9 @@ def register(add) -> None:
                                    "each and print mean ± sd (default: the config's seed)")
     p.add_argument("--partitions", help="comma-separated partitions of the config's classes: "
                    "classes, iid, dirichlet:ALPHA, pathological:K (default: classes)")
+    p.add_argument("--strategies", help="comma-separated federated strategies, e.g. "
+                   "fedavg,fedprox,fedadam: every variant under each, a row per partition and "
+                   "strategy (default: the config's strategy)")
     p.add_argument("--epsilons", help="comma-separated ε, e.g. 1,4,8,inf: the synthetic variant "
                    "again with DP-SGD generators at each finite ε; the report plots accuracy "
                    "against ε (inf = without DP)")

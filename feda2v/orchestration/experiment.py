@@ -417,9 +417,22 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, sd
 
 
-def grid_table(cells: dict[str, dict[int, list[dict]]], variants: list[str]) -> tuple[str, list[str]]:
-    """(table of final accuracy mean ± sd per partition and variant, with the rounds to target;
-    the 'run2 - fedavg' lines: paired differences over seeds, in points)."""
+def _paired_line(label: str, by_seed: dict[int, list[dict]], variant: str, other: str) -> str:
+    """'run2 - OTHER (label, N seeds): ±X.X ± Y.Y pts': the synthetic variant's final accuracy
+    minus the other's, paired by seed, in points."""
+    seeds = sorted(by_seed)
+    diffs = [100 * (next(r["final"] for r in by_seed[s] if r["variant"] == variant)
+                    - next(r["final"] for r in by_seed[s] if r["variant"] == other))
+             for s in seeds]
+    mean, sd = _mean_sd(diffs)
+    return f"run2 - {other} ({label}, {len(seeds)} seeds): {mean:+.1f} ± {sd:.1f} pts"
+
+
+def grid_table(cells: dict[str, dict[int, list[dict]]], variants: list[str],
+               first: str = "partition") -> tuple[str, list[str]]:
+    """(table of final accuracy mean ± sd per cell (a partition, or a partition and strategy)
+    and variant, with the rounds to target; the 'run2 - fedavg' and 'run2 - centralized'
+    lines: paired differences over seeds, in points)."""
     rows, lines = [], []
     for label, by_seed in cells.items():
         seeds = sorted(by_seed)
@@ -430,14 +443,11 @@ def grid_table(cells: dict[str, dict[int, list[dict]]], variants: list[str]) -> 
             rows.append([label, variant, str(len(seeds)), f"{mean:.3f} ± {sd:.3f}",
                          f"{sum(reached) / len(reached):.1f}" if reached else "-",
                          f"{len(reached)}/{len(seeds)}"])
-        if {"synthetic", "fedavg"} <= set(variants):
-            diffs = [100 * (next(r["final"] for r in by_seed[s] if r["variant"] == "synthetic")
-                            - next(r["final"] for r in by_seed[s] if r["variant"] == "fedavg"))
-                     for s in seeds]
-            mean, sd = _mean_sd(diffs)
-            lines.append(f"run2 - fedavg ({label}, {len(seeds)} seeds): {mean:+.1f} ± {sd:.1f} pts")
+        for other in ("fedavg", "centralized"):  # the baseline, then the ceiling
+            if {"synthetic", other} <= set(variants):
+                lines.append(_paired_line(label, by_seed, "synthetic", other))
         lines += _generator_line(label, by_seed)
-    head = ["partition", "variant", "seeds", f"final (last {LAST_K}) mean ± sd",
+    head = [first, "variant", "seeds", f"final (last {LAST_K}) mean ± sd",
             "rounds to target", "reached"]
     return _table(head, rows), lines
 
@@ -460,30 +470,42 @@ def _generator_line(label: str, by_seed: dict[int, list[dict]]) -> list[str]:
 
 
 def run_grid(cfg: Config, variants: list[str], seeds: list[int], partitions: list[str],
-             name: str = "experiment") -> dict:
-    """Every variant for every partition and seed, each (partition, seed) an experiment nested
-    under one MLflow parent run; returns {table, lines, cells, parent_run_id, dir}."""
+             name: str = "experiment", strategies: list[str] | None = None) -> dict:
+    """Every variant for every partition (and strategy, when `strategies` names some) and
+    seed, each cell's seed an experiment nested under one MLflow parent run; returns {table,
+    lines, cells, parent_run_id, dir}."""
     config_mod.check_name("the experiment name", name)
     for label in partitions:
         config_mod.check_name("the partition label", label)
+    for s in strategies or []:
+        cfg.replace(strategy=s)  # refused here, naming the key and its values, before any run
     parent = tracking.create_run(cfg, name)
     tracking.log_params(cfg, parent, {"feda2v.ablations": ",".join(variants),
                                       "feda2v.seeds": ",".join(map(str, seeds)),
-                                      "feda2v.partitions": ",".join(partitions)})
+                                      "feda2v.partitions": ",".join(partitions),
+                                      **({"feda2v.strategies": ",".join(strategies)}
+                                         if strategies else {})})
     root = storage.join(cfg.storage_root, "experiments", name, parent)
     cells: dict[str, dict[int, list[dict]]] = {}
     try:
         for label in partitions:
-            for seed in seeds:
-                log.info("=== Partition %s, seed %d ===", label, seed)
-                out = run_experiment(partitioned(cfg, label, seed), variants,
-                                     f"{name}/{label}/seed{seed}", parent_run_id=parent,
-                                     report=False)
-                cells.setdefault(label, {})[seed] = summarise(out["results"])
+            for strat in strategies or [None]:
+                cell = f"{label}, {strat}" if strat else label
+                for seed in seeds:
+                    log.info("=== Partition %s, seed %d ===", cell, seed)
+                    run_cfg = partitioned(cfg, label, seed)
+                    folder = f"{name}/{label}/seed{seed}"
+                    if strat:
+                        run_cfg, folder = run_cfg.replace(strategy=strat), \
+                            f"{name}/{label}/{strat}/seed{seed}"
+                    out = run_experiment(run_cfg, variants, folder, parent_run_id=parent,
+                                         report=False)
+                    cells.setdefault(cell, {})[seed] = summarise(out["results"])
     except BaseException:
         tracking.set_status(cfg, parent, "FAILED")
         raise
-    table, lines = grid_table(cells, variants)
+    table, lines = grid_table(cells, variants,
+                              "partition, strategy" if strategies else "partition")
     storage.write_json(storage.join(root, "grid.json"),
                        {label: {str(s): [{k: r[k] for k in ("variant", "final", "target",
                                                             "rounds_to_target", "history")}
