@@ -1,5 +1,7 @@
-"""A `feda2v run` that stops early: signals (SIGTERM, SIGKILL) while tasks train, a task that
-fails through the fork server; and what kfp.local's internals would do to such runs."""
+"""A `feda2v run` that stops early: signals (SIGTERM, SIGKILL) while tasks train; and what
+kfp.local's internals would do to such runs. (A task failing through the fork server:
+test_run_ownership.py's dying MLflow server; the exit handler ending a run FAILED:
+test_local_run.py's structural key.)"""
 
 import os
 import signal
@@ -109,29 +111,6 @@ def test_parallel_tasks_leave_print_alone():
         two_tasks()
         assert builtins.print is real
     assert logging_utils.indented_print is kfp_indent
-
-
-@pytest.mark.slow
-def test_a_failing_task_fails_the_run_through_the_prefork_server(make_config, tmp_path,
-                                                                 demo_data):
-    """Tasks are forked from a pre-imported server: a task's failure must still reach kfp.local
-    (exit code through the shim), the exit handler, and `feda2v run`'s exit code."""
-    import shutil
-
-    # Whole enough for the preflight (metadata, class names), but every clip is unreadable:
-    # extraction is the task that fails.
-    shutil.copytree(demo_data, tmp_path / "nowhere")
-    for wav in (tmp_path / "nowhere" / "audio").glob("*.wav"):
-        wav.write_bytes(b"RIFF")
-    cfg = make_config(data={"dataset_uri": str(tmp_path / "nowhere")})
-    proc = subprocess.run([sys.executable, "-m", "feda2v.cli", "run", "--config",
-                           _write(cfg, tmp_path), "--pipeline", "run1"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Task 'extract' finished with status FAILURE" in proc.stdout + proc.stderr
-    assert "clips are unreadable" in proc.stdout + proc.stderr  # the task's own error
-    client, runs = _runs(cfg)
-    assert client.get_run(runs[0].info.run_id).info.status == "FAILED"
 
 
 def test_a_task_container_is_removed_only_after_its_exit_code_is_read():

@@ -236,7 +236,10 @@ def test_a_run_whose_mlflow_server_dies_fails_in_one_line_and_is_ended_later(
             proc.kill()
     assert proc.returncode == 1, out[-3000:]
     assert "Traceback" not in out and "Max retries" not in out, out[-3000:]
+    # The phase task's own error, through the fork server's shim to kfp.local and the exit
+    # code of `feda2v run` (tasks are forked from a pre-imported server).
     assert f"MLflow tracking server {uri} stopped answering" in out
+    assert "Task 'federated-phase' finished with status FAILURE" in out
     assert "feda2v run: pipeline failed" in out
     assert "left RUNNING: the next feda2v run ends it FAILED" in out
     cfg = cfg.replace(mlflow_tracking_uri=mlflow_server)  # the server, back
