@@ -178,13 +178,14 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path,
     and other client epochs but run with the run-time parameters global_rounds=1 and
     local_epochs, a round-execution pipeline compiled for 1, and `feda2v experiment`. Same
     final adapter, same metrics at every step. The strategy is FedAdam, whose server state
-    round execution carries from one server task to the next through the run folder."""
+    round execution carries from one server task to the next through the run folder, and half
+    the clients train in each round (the same ones, drawn from the seed, in every execution)."""
     from kfp import local
 
     import pipelines
     from feda2v.orchestration.experiment import run_experiment
 
-    cfg = make_config(global_rounds=1, strategy="fedadam",
+    cfg = make_config(global_rounds=1, strategy="fedadam", client_fraction=0.5,
                       feda2v={"generator_training_rounds": 2, "generator_training_mode": True})
     store = cfg.storage_root
     _run(_write(cfg, tmp_path), "end_to_end", tmp_path, "--execution", "round")
@@ -208,11 +209,14 @@ def test_phase_round_and_experiment_give_the_same_numbers(make_config, tmp_path,
         assert all(torch.allclose(finals[0][k], v, atol=1e-5) for k, v in other.items())
     child = experiment["results"][0]["run_id"]
     for key in ("eval/global_accuracy", "train/node_1/generator_loss",
-                "server/synthetic_samples_total"):
+                "server/synthetic_samples_total", "train/node_0/adapter_loss",
+                "train/node_1/adapter_loss"):
         seen = [_history(client, r, key) for r in (round_run.info.run_id, phase_id, child)]
         assert seen[0] and seen[0] == seen[1], key
         assert [s for s, _ in seen[2]] == [s for s, _ in seen[0]], key
         assert [v for _, v in seen[2]] == pytest.approx([v for _, v in seen[0]], abs=1e-4), key
+    pooled = _history(client, round_run.info.run_id, "server/synthetic_samples_total")
+    assert [v for _, v in pooled] == [32]  # one client of two: 2 classes x 16 samples
     # Lineage: embeddings, class conditions, generator checkpoints and synthetic samples are
     # typed artifacts holding the storage-root copies' bytes; the samples' source shows that
     # generation read the checkpoint artifact (the other reads: unit tests).

@@ -151,3 +151,54 @@ def test_a_retried_phase_resumes_the_server_optimizer(tmp_path, name):
     os.remove(runstate.strategy_uri(fresh, "fedavg", 2))
     lost, _ = run_phase(fed, "fedavg", 4, 1, start, fresh)
     assert any(not torch.allclose(lost[k], v, atol=1e-6) for k, v in whole.items())
+
+
+def test_client_sampling_draws_the_configured_share_per_round_from_the_seed():
+    cfg = config_mod.validate({"client_fraction": 0.5,
+                               "data": {"partition": "iid", "num_clients": 5}})
+    draws = {r: strategy.sampled_clients(cfg, "run2", r) for r in range(1, 21)}
+    assert all(len(d) == 2 and d == sorted(d) and set(d) <= set(range(5))
+               for d in draws.values())  # int(0.5 x 5), as Flower's fraction_fit
+    assert len({tuple(d) for d in draws.values()}) > 3  # a new draw each round
+    assert draws[7] == strategy.sampled_clients(cfg, "run2", 7)  # any process, the same
+    assert strategy.sampled_clients(cfg.replace(seed=1), "run2", 7) != draws[7] or \
+        strategy.sampled_clients(cfg.replace(seed=1), "run2", 8) != draws[8]
+    assert strategy.sampled_clients(cfg.replace(client_fraction=1.0), "run2", 7) == \
+        [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("fraction,message", [
+    (0.2, ("bad value for 'client_fraction': 0.2 of 3 clients leaves no client in a round "
+           "(at least 0.333)")),
+    (0, "bad value for 'client_fraction': must be > 0"),
+    (1.5, "bad value for 'client_fraction': must be <= 1.0"),
+])
+def test_a_client_fraction_that_leaves_no_client_is_refused(fraction, message):
+    with pytest.raises(config_mod.ConfigError) as e:
+        config_mod.validate({"client_fraction": fraction,
+                             "data": {"clients": [["a"], ["b"], ["c"]]}})
+    assert message in str(e.value)
+
+
+def test_a_round_aggregates_only_its_sampled_clients(tmp_path):
+    """Two clients, half of them per round: each round's global adapter is the one sampled
+    client's update; the other trained nothing and sent nothing, yet in Run 1 it computed its
+    class conditions for its generator."""
+    from feda2v.federated.client import client_step
+
+    cfg = config_mod.validate({"client_fraction": 0.5, "local_epochs": 1, "batch_size": 8,
+                               "data": {"clients": [["a", "b"], ["c", "d"]]}, **SMALL})
+    fed = _federation(cfg)
+    torch.manual_seed(0)
+    state = new_adapter(cfg, 8, 8).state_dict()
+    run = str(tmp_path / "run")
+    final, _ = run_phase(fed, "run1", 3, 1, state, run)
+    for r in (1, 2, 3):
+        [chosen] = strategy.sampled_clients(cfg, "run1", r)
+        updates = [client_step(cfg, i, r, "run1", state, d, fed.targets, fed.class_names)
+                   for i, d in enumerate(fed.clients)]
+        assert [u.sampled for u in updates] == [i == chosen for i in (0, 1)]
+        assert "adapter_loss" not in updates[1 - chosen].metrics
+        assert storage.exists(runstate.conditions_uri(run, 1 - chosen, r))
+        state = updates[chosen].adapter_state
+    assert all(torch.allclose(final[k], v, atol=1e-6) for k, v in state.items())

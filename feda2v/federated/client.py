@@ -43,6 +43,7 @@ class ClientUpdate:
     quality: dict = field(default_factory=dict)  # per class + overall, see feda2v.evaluation.metrics
     condition_ids: torch.Tensor | None = None    # run1: class ids ...
     conditions: torch.Tensor | None = None       # ... and their mean adapter outputs [C, D]
+    sampled: bool = True  # False: left out of the round (client_fraction); the server skips it
 
 
 def round_seed(seed: int, client_id: int, round_num: int) -> int:
@@ -66,7 +67,9 @@ def client_step(cfg: Config, client_id: int, round_num: int, phase: str,
                 global_state: dict[str, torch.Tensor], data: ClientData, targets: torch.Tensor,
                 class_names: list[str], synthetic=None) -> ClientUpdate:
     """`round_num` counts the phase's rounds from 1. `synthetic` = (x, y, quality) of this round
-    (run2/sample) or None. Seeds itself, so a round gives the same update in any process."""
+    (run2/sample) or None. Seeds itself, so a round gives the same update in any process. A
+    client left out of the round (client_fraction) trains nothing and its update is marked
+    unsampled; in Run 1 it still computes its class conditions, for its own generator."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     seed = round_seed(cfg.seed, client_id, round_num)
@@ -75,7 +78,11 @@ def client_step(cfg: Config, client_id: int, round_num: int, phase: str,
     adapter = adapter_from_state(cfg, global_state).to(dev)
     x, y = data.train_x.to(dev), data.train_y.to(dev)
     metrics = {}
-    if phase != "sample":
+    sampled = client_id in strategy.sampled_clients(cfg, phase, round_num)
+    if not sampled:
+        log.info("Node %d - not sampled in round %d (client_fraction %.2f): sends no update",
+                 client_id, round_num, cfg.client_fraction)
+    elif phase != "sample":
         if synthetic is not None:
             log.info("Node %d - Training adapters on real data...", client_id)
         metrics["adapter_loss"] = train_adapter(adapter, x, y, targets.to(dev), cfg.local_epochs,
@@ -87,10 +94,10 @@ def client_step(cfg: Config, client_id: int, round_num: int, phase: str,
                              "(check the embeddings and learning_rate)")
     update = ClientUpdate(client_id,
                           {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()},
-                          len(x), metrics)
+                          len(x), metrics, sampled=sampled)
     if phase == "run1":
         ids, means = class_means(adapter_outputs(adapter, x), y, class_names, client_id)
         update.condition_ids, update.conditions = ids.cpu(), means.cpu()
-    if synthetic is not None:
+    if synthetic is not None and sampled:
         update.synthetic_x, update.synthetic_y, update.quality = synthetic
     return update

@@ -106,6 +106,11 @@ def server_step(cfg: Config, round_num: int, step: int, phase: str, updates: lis
 
     f = cfg.feda2v
     updates = sorted(updates, key=lambda u: u.client_id)
+    left_out = [u.client_id for u in updates if not u.sampled]
+    if left_out:
+        log.info("[Server] Round %d: clients %s were not sampled (client_fraction %.2f)",
+                 round_num, left_out, cfg.client_fraction)
+        updates = [u for u in updates if u.sampled]
     for u in updates:  # one poisoned update would poison the average
         storage.require_finite({**u.adapter_state, "synthetic_x": u.synthetic_x},
                                f"round {round_num}: client {u.client_id}'s update")

@@ -89,6 +89,21 @@ def aggregate(cfg: Config, previous: dict[str, torch.Tensor],
     return new, opt_state
 
 
+def sampled_clients(cfg: Config, phase: str, round_num: int) -> list[int]:
+    """The clients that train in this round of the phase: int(client_fraction x clients) of
+    them, drawn from the seed, the phase and the round, so that every execution draws the
+    same ones; all of them at client_fraction 1."""
+    from feda2v.io.config import num_clients
+
+    n = num_clients(cfg)
+    k = int(cfg.client_fraction * n)
+    if k >= n:
+        return list(range(n))
+    phase_index = ("fedavg", "run1", "run2", "sample").index(phase)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + phase_index * 100_003 + round_num)
+    return sorted(torch.randperm(n, generator=g)[:k].tolist())
+
+
 def proximal_mu(cfg: Config) -> float:
     """The clients' proximal weight: FedProx's mu, 0 (plain local training) otherwise."""
     return cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0

@@ -283,6 +283,10 @@ class RunKeys(_Section):
     server_beta_2: float = key(
         0.99, _below_one,
         "fedadam/fedyogi: decay of the second moment, in [0, 1).")
+    client_fraction: float = key(
+        1.0, _float(0, 1.0, strict_lo=True),
+        "Share of the clients that train and send an update in each round (Flower's "
+        "fraction_fit): int(share x clients) of them, drawn per round from the seed; 1 = all.")
     server_tau: float = key(
         1e-3, _float(0, 1.0, strict_lo=True),
         "fedadam/fedyogi: adaptivity, added to the second moment's root (> 0).")
@@ -686,6 +690,10 @@ def _check_cross_keys(cfg: Config) -> None:
     if both:
         raise ConfigError(f"bad value for 'data.test_folds': fold(s) {sorted(both)} are also "
                           "in 'data.train_folds'")
+    clients = num_clients(cfg)
+    if int(cfg.client_fraction * clients) < 1:
+        raise ConfigError(f"bad value for 'client_fraction': {cfg.client_fraction} of {clients} "
+                          f"clients leaves no client in a round (at least {1 / clients:.3g})")
     f = cfg.feda2v
     if f.generator_dp_epsilon and f.generator_type != "vae":
         raise ConfigError("bad value for 'feda2v.generator_dp_epsilon': differentially private "

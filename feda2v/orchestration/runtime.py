@@ -33,6 +33,8 @@ SETTINGS = {"seed": "seed", "storage_root": "storage_root", "dataset_uri": "data
             "server_learning_rate": "server_learning_rate"}
 # The settings on every run form; the others only where a phase of the pipeline reads them.
 COMMON_SETTINGS = ("seed", "storage_root", "dataset_uri", "batch_size")
+# client_fraction and the optimizer's other keys stay in config_json: each run-form field is
+# handed to every task, and a full-size round-execution YAML has room for few more.
 STRATEGY_SETTINGS = ("strategy", "proximal_mu", "server_learning_rate")
 PHASE_SETTINGS = {
     "fedavg": COMMON_SETTINGS + ("local_epochs", "learning_rate") + STRATEGY_SETTINGS,

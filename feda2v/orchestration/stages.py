@@ -369,7 +369,8 @@ def client_round(config: Config | str, client_id: int, round_num: int, phase: st
     out["synthetic_x"], out["synthetic_y"] = update.synthetic_x, update.synthetic_y
     storage.save_tensors(update_uri, out, {"client_id": client_id, "round": round_num,
                                            "num_samples": update.num_samples,
-                                           "metrics": update.metrics, "quality": update.quality})
+                                           "metrics": update.metrics, "quality": update.quality,
+                                           "sampled": update.sampled})
     return {"client_id": client_id, "num_samples": update.num_samples, **update.metrics}
 
 
@@ -379,7 +380,8 @@ def read_update(uri: str):
     t, m = storage.load_tensors(uri)
     state = {k[len("adapter."):]: v for k, v in t.items() if k.startswith("adapter.")}
     return ClientUpdate(m["client_id"], state, m["num_samples"], m["metrics"],
-                        t["synthetic_x"], t["synthetic_y"], m.get("quality") or {})
+                        t["synthetic_x"], t["synthetic_y"], m.get("quality") or {},
+                        sampled=m.get("sampled", True))
 
 
 def server_round(config: Config | str, round_num: int, phase: str, update_uris: list[str],
