@@ -1,5 +1,5 @@
-"""Server side: the strategy's aggregation (federated/strategy.py), synthetic-sample pooling, global training on the pool, and
-the server's step of a round (all of them, then evaluation)."""
+"""Server side: the strategy's aggregation (federated/strategy.py), synthetic-sample pooling,
+global training on the pool, and the server's step of a round (all of them, then evaluation)."""
 
 from __future__ import annotations
 
