@@ -33,8 +33,6 @@ def cmd_experiment(a) -> None:
             raise ValueError(f"--seeds expects comma-separated integers, got {a.seeds!r}") from None
         partitions = parse_partitions(a.partitions or "classes")
         strategies = [s.strip() for s in a.strategies.split(",")] if a.strategies else None
-        for s in strategies or []:
-            cfg.replace(strategy=s)  # an unknown one is refused before any work
         _preflight(cfg)
         grid = run_grid(cfg, variants, seeds, partitions, a.name, strategies)
         over = f" and strategies {strategies}" if strategies else ""

@@ -17,9 +17,8 @@ import math
 
 import torch
 
-from feda2v.io.config import Config
+from feda2v.io.config import Config, num_clients
 
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
 STATEFUL = ("fedavgm", "fedadam", "fedyogi")
 NAMES = {"fedavg": "FedAvg", "fedprox": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam",
          "fedyogi": "FedYogi"}  # as the log says it (FedProx averages as FedAvg does)
@@ -93,8 +92,6 @@ def sampled_clients(cfg: Config, phase: str, round_num: int) -> list[int]:
     """The clients that train in this round of the phase: int(client_fraction x clients) of
     them, drawn from the seed, the phase and the round, so that every execution draws the
     same ones; all of them at client_fraction 1."""
-    from feda2v.io.config import num_clients
-
     n = num_clients(cfg)
     k = int(cfg.client_fraction * n)
     if k >= n:

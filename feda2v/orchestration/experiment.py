@@ -494,10 +494,9 @@ def run_grid(cfg: Config, variants: list[str], seeds: list[int], partitions: lis
                 for seed in seeds:
                     log.info("=== Partition %s, seed %d ===", cell, seed)
                     run_cfg = partitioned(cfg, label, seed)
-                    folder = f"{name}/{label}/seed{seed}"
                     if strat:
-                        run_cfg, folder = run_cfg.replace(strategy=strat), \
-                            f"{name}/{label}/{strat}/seed{seed}"
+                        run_cfg = run_cfg.replace(strategy=strat)
+                    folder = f"{name}/{label}/{strat + '/' if strat else ''}seed{seed}"
                     out = run_experiment(run_cfg, variants, folder, parent_run_id=parent,
                                          report=False)
                     cells.setdefault(cell, {})[seed] = summarise(out["results"])
