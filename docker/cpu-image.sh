@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU image of this checkout, built once and reused while its inputs are unchanged (keyed by
 # everything its build reads): `make test-images` and `make rehearsal` run the same image.
-# Installs podman, mmdebstrap and runc when missing (CI machines start fresh, as root).
+# Installs podman, mmdebstrap and runc when missing (CI machines start fresh, as root). Keeps one
+# such image: building a new one removes the others and their builder stages.
 # Prints the image's name as its last line; FEDA2V_CPU_BUILD_S=<seconds> before it (0: reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,13 @@ build_s=0
 if podman image exists "$IMAGE"; then
   echo "cpu-image: reusing $IMAGE (its inputs have not changed)" >&2
 else
+  # Earlier builds' images (another key) and their untagged builder stages go first: about
+  # 4.6 GB a build, and a CI machine keeps podman's store from one run to the next (a store full
+  # of them once failed a build with "no space left on device"). This build starts uncached.
+  for old in $(podman images --format '{{.Repository}}:{{.Tag}}' --filter 'reference=localhost/feda2v:cpu-*'); do
+    podman rmi "$old" >/dev/null || echo "cpu-image: could not remove $old (in use?)" >&2
+  done
+  podman image prune -f --filter label=org.feda2v.stage=builder >/dev/null
   start=$(date +%s)
   ENGINE=podman FLAVOUR=cpu IMAGE=$IMAGE TORCH_PIN=${TORCH_PIN:-} docker/build-image.sh >&2
   build_s=$(( $(date +%s) - start ))
