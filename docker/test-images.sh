@@ -18,6 +18,9 @@ IMAGE=$(tail -1 <<<"$out")
 build_s=$(sed -n 's/^FEDA2V_CPU_BUILD_S=//p' <<<"$out")
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/podman-containers.conf}
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+# One image of ours in the store: cpu-image.sh removes earlier builds (CI keeps the store).
+kept=$(podman images --format '{{.Repository}}:{{.Tag}}' --filter 'reference=localhost/feda2v:cpu-*')
+[ "$kept" = "$IMAGE" ] || { echo "test-images: earlier CPU images were kept: $kept" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/feda2v-images-XXXXXX)
 svc=""
