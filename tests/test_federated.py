@@ -148,6 +148,28 @@ def test_run2_samples_with_the_training_conditions(tmp_path):
     assert torch.equal(update.synthetic_x, x) and update.quality == quality
 
 
+def test_rows_allocation_sends_samples_in_proportion_to_the_clients_rows(tmp_path):
+    x2, y2 = _clustered([2], per_class=18)
+    x3, y3 = _clustered([3], per_class=6, seed=1)
+    tx, ty = _clustered([2, 3], per_class=4, seed=2)
+    data = ClientData(torch.cat([x2, x3]), torch.cat([y2, y3]), tx, ty)
+    _run1(_cfg(), tmp_path, data, client=1, rounds=1)
+    rows = _cfg(synthetic_samples_allocation="rows")
+    _, loaded = _generate(rows, tmp_path, data)
+    x, y, _ = sampling.synthetic_round(loaded, 2)
+    assert y.tolist() == [2] * 9 + [3] * 3  # 6 x 2 classes, split 18 : 6
+    assert x.shape == (12, 4, 16) and loaded[1]["samples_per_class"] == [9, 3]
+    _, equal = _generate(_cfg(), tmp_path, data)
+    assert sampling.synthetic_round(equal, 2)[1].tolist() == [2] * 6 + [3] * 6
+    assert sampling.samples_per_class(rows, [1000, 1, 0]) == [18, 1, 1]  # at least one each
+
+
+def test_rows_allocation_is_refused_under_dp():
+    with pytest.raises(config_mod.ConfigError, match="synthetic_samples_allocation.*rows"):
+        _cfg(synthetic_samples_allocation="rows", generator_dp_epsilon=4.0,
+             generator_sampling="prior")
+
+
 def test_run2_missing_checkpoint_warns_like_the_seed_and_fails_naming_the_client(tmp_path, caplog):
     cfg = _cfg()
     logging.getLogger("feda2v").propagate = True

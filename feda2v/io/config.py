@@ -485,6 +485,12 @@ class FedA2V(_Section):
         100, _int(1, 10_000, "10,000 x 768 floats is 30 MB per class, client and round sent to the server"),
         "Synthetic samples per class per round (Run 2); the seed sent 10. On the digits, 100 "
         "brought Run 2 within 3-4 points of centralized training (20: 7).")
+    synthetic_samples_allocation: str = key(
+        "equal", _choice("equal", "rows"),
+        "How a client spreads its synthetic samples over its classes: equal (the seed: "
+        "synthetic_samples_per_class of each), or rows (the same total, in proportion to its "
+        "training rows of each class, at least 1: a class it holds few rows of, whose "
+        "generator saw little, sends few). rows shows the server the client's class shares.")
     quality_metrics: bool = key(
         True, _bool,
         "Run 2 clients report quality and privacy metrics of their synthetic samples "
@@ -707,6 +713,10 @@ def _check_cross_keys(cfg: Config) -> None:
         raise ConfigError(f"bad value for 'feda2v.generator_sampling': "
                           f"'{f.generator_sampling}' fits the sampling to the training rows, "
                           "outside the guarantee of generator_dp_epsilon; use prior (or auto)")
+    if f.generator_dp_epsilon and f.synthetic_samples_allocation == "rows":
+        raise ConfigError("bad value for 'feda2v.synthetic_samples_allocation': 'rows' sends "
+                          "as many samples as the client has rows of each class, which "
+                          "generator_dp_epsilon does not cover; use equal")
     if f.run2_start == "run1" and pipeline_kind(cfg) == "run2":
         raise ConfigError("bad value for 'feda2v.run2_start': 'run1' needs Run 1 in the same run "
                           "(pipeline end_to_end), but this config runs Run 2 alone")

@@ -50,24 +50,38 @@ def load_for_sampling(cfg: Config, client_id: int, uri: str, x: torch.Tensor):
     return vae, ckpt, digest
 
 
+def samples_per_class(cfg: Config, rows: list[int]) -> list[int]:
+    """How many samples each of a client's classes sends, given its training rows of each:
+    synthetic_samples_per_class of each (equal), or that total in proportion to the rows, at
+    least 1 per class (rows)."""
+    k = cfg.feda2v.synthetic_samples_per_class
+    if cfg.feda2v.synthetic_samples_allocation == "equal" or not rows:
+        return [k] * len(rows)
+    total, seen = k * len(rows), max(sum(rows), 1)
+    return [max(1, round(total * n / seen)) for n in rows]
+
+
 def synthesise(cfg: Config, client_id: int, vae, ckpt: dict, class_names: list[str],
                seed: int, temperature: float | list[float] = 1.0,
-               posterior: Posterior | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """synthetic_samples_per_class samples of each class of the checkpoint, each from the
-    condition it was trained with: (x [C*K, S, D], y [C*K])."""
-    k = cfg.feda2v.synthetic_samples_per_class
+               posterior: Posterior | None = None,
+               counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """counts[i] samples of the checkpoint's class i (default synthetic_samples_per_class
+    each), each from the condition it was trained with: (x [sum(counts), S, D], y)."""
     names = ckpt["class_names"]
+    counts = counts or [cfg.feda2v.synthetic_samples_per_class] * len(names)
     unknown = [n for n in names if n not in class_names]
     if unknown:
         raise ValueError(f"[Client {client_id}] checkpoint classes {unknown} are not in this "
                          "run's data.clients")
     conditions = ckpt["class_conditions"].to(next(vae.parameters()).device)
-    samples = sample_per_class(vae, conditions, k, seed, temperature, posterior).cpu()  # [C,K,S,D]
+    # [C, max, S, D]; class i keeps its first counts[i]
+    samples = sample_per_class(vae, conditions, max(counts), seed, temperature, posterior).cpu()
     log.info("[Client %d] Generated %d synthetic sample sets", client_id, len(names))
-    for name, s in zip(names, samples):
-        log.info("  - %s: synthetic samples %s", name, tuple(s.shape))
-    ids = torch.tensor([class_names.index(n) for n in names]).repeat_interleave(k)
-    return samples.reshape(-1, *samples.shape[2:]), ids
+    for name, s, n in zip(names, samples, counts):
+        log.info("  - %s: synthetic samples %s", name, (n, *s.shape[1:]))
+    ids = torch.tensor([class_names.index(n) for n in names]).repeat_interleave(
+        torch.tensor(counts))
+    return torch.cat([s[:n] for s, n in zip(samples, counts)]), ids
 
 
 def quality(vae, ckpt: dict, data, class_names: list[str], client_id: int, seed: int,
@@ -148,10 +162,13 @@ def generate_client(cfg: Config, client_id: int, data, class_names: list[str], r
         log.info("[Client %d] Generator trained with DP-SGD: (ε %.2f, δ %.0e)", client_id,
                  privacy["dp_epsilon"], privacy["dp_delta"])
     meta["privacy"] = privacy
+    rows = [int((data.train_y == class_names.index(n)).sum()) for n in ckpt["class_names"]]
+    counts = samples_per_class(cfg, rows)
+    meta["samples_per_class"] = counts
     xs = []
     for r in range(1, rounds + 1):
         x, y = synthesise(cfg, client_id, vae, ckpt, class_names,
-                          round_seed(cfg.seed, client_id, r), temperature, posterior)
+                          round_seed(cfg.seed, client_id, r), temperature, posterior, counts)
         xs.append(x)
     report = {}
     if cfg.feda2v.quality_metrics:
