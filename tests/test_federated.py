@@ -159,8 +159,12 @@ def test_rows_allocation_sends_samples_in_proportion_to_the_clients_rows(tmp_pat
     x, y, _ = sampling.synthetic_round(loaded, 2)
     assert y.tolist() == [2] * 9 + [3] * 3  # 6 x 2 classes, split 18 : 6
     assert x.shape == (12, 4, 16) and loaded[1]["samples_per_class"] == [9, 3]
-    _, equal = _generate(_cfg(), tmp_path, data)
+    _, auto = _generate(_cfg(), tmp_path, data)  # the default
+    assert sampling.synthetic_round(auto, 2)[1].tolist() == [2] * 9 + [3] * 3
+    _, equal = _generate(_cfg(synthetic_samples_allocation="equal"), tmp_path, data)
     assert sampling.synthetic_round(equal, 2)[1].tolist() == [2] * 6 + [3] * 6
+    dp = _cfg(generator_dp_epsilon=4.0, generator_sampling="prior")
+    assert sampling.samples_per_class(dp, [18, 6]) == [6, 6]  # auto is equal under DP
     assert sampling.samples_per_class(rows, [1000, 1, 0]) == [18, 1, 1]  # at least one each
 
 

@@ -486,11 +486,13 @@ class FedA2V(_Section):
         "Synthetic samples per class per round (Run 2); the seed sent 10. On the digits, 100 "
         "brought Run 2 within 3-4 points of centralized training (20: 7).")
     synthetic_samples_allocation: str = key(
-        "equal", _choice("equal", "rows"),
+        "auto", _choice("auto", "equal", "rows"),
         "How a client spreads its synthetic samples over its classes: equal (the seed: "
-        "synthetic_samples_per_class of each), or rows (the same total, in proportion to its "
+        "synthetic_samples_per_class of each), rows (the same total, in proportion to its "
         "training rows of each class, at least 1: a class it holds few rows of, whose "
-        "generator saw little, sends few). rows shows the server the client's class shares.")
+        "generator saw little, sends few; the server sees the client's class shares), or "
+        "auto: rows, but equal under generator_dp_epsilon. On the digits rows gained 0.8-1.0 "
+        "points on Dirichlet splits and matched equal on disjoint classes.")
     quality_metrics: bool = key(
         True, _bool,
         "Run 2 clients report quality and privacy metrics of their synthetic samples "

@@ -50,12 +50,21 @@ def load_for_sampling(cfg: Config, client_id: int, uri: str, x: torch.Tensor):
     return vae, ckpt, digest
 
 
+def allocation(cfg: Config) -> str:
+    """synthetic_samples_allocation with auto resolved: rows, but equal under DP (the counts
+    of rows are outside the generators' ε)."""
+    f = cfg.feda2v
+    if f.synthetic_samples_allocation != "auto":
+        return f.synthetic_samples_allocation
+    return "equal" if f.generator_dp_epsilon else "rows"
+
+
 def samples_per_class(cfg: Config, rows: list[int]) -> list[int]:
     """How many samples each of a client's classes sends, given its training rows of each:
     synthetic_samples_per_class of each (equal), or that total in proportion to the rows, at
     least 1 per class (rows)."""
     k = cfg.feda2v.synthetic_samples_per_class
-    if cfg.feda2v.synthetic_samples_allocation == "equal" or not rows:
+    if allocation(cfg) == "equal" or not rows:
         return [k] * len(rows)
     total, seen = k * len(rows), max(sum(rows), 1)
     return [max(1, round(total * n / seen)) for n in rows]
