@@ -2,9 +2,9 @@
 
 Digits: scikit-learn's handwritten digits (UCI "Optical Recognition of Handwritten Digits":
 1,797 8x8 images of 10 digits written by 43 people) are installed with scikit-learn and need no
-download, and nobody on this team made or tuned them. They test the federated method on data whose class
-structure we did not design, in the `embeddings` format: each image is 8 tokens (its rows) of 8
-features (pixel intensities / 16). The digits have no captions, so the class targets are 10
+download, and nobody on this team made or tuned them. They test the federated method on data
+whose class structure we did not design, in the `embeddings` format: each image is 8 tokens (its
+rows) of 8 features (pixel intensities / 16). The digits have no captions, so the class targets are 10
 seeded random unit vectors in a 64-d stand-in for CLIP space (written into the file, so no text
 model is involved).
 
@@ -86,12 +86,12 @@ def read_texture(path: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The texture rows as [N, 4, 10] features, labels 0..10 and the class names (KEEL's class
     numbers, ascending). A malformed line is refused with its line number."""
     rows, classes = [], []
+    width = TEXTURE_ORIENTATIONS * TEXTURE_MOMENTS + 1  # the moments, then the class
     with open(path, encoding="ascii") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             fields = line.strip().split(",")
-            width = TEXTURE_ORIENTATIONS * TEXTURE_MOMENTS + 1
             try:
                 if len(fields) != width:
                     raise ValueError(f"{len(fields)} fields, expected {width}")

@@ -171,8 +171,9 @@ def generate_client(cfg: Config, client_id: int, data, class_names: list[str], r
         log.info("[Client %d] Generator trained with DP-SGD: (ε %.2f, δ %.0e)", client_id,
                  privacy["dp_epsilon"], privacy["dp_delta"])
     meta["privacy"] = privacy
-    rows = [int((data.train_y == class_names.index(n)).sum()) for n in ckpt["class_names"]]
-    counts = samples_per_class(cfg, rows)
+    ids = [class_names.index(n) for n in ckpt["class_names"]]
+    counts = samples_per_class(cfg, torch.bincount(data.train_y.cpu(),
+                                                   minlength=len(class_names))[ids].tolist())
     meta["samples_per_class"] = counts
     xs = []
     for r in range(1, rounds + 1):
