@@ -27,14 +27,16 @@ _QUALITY_COLUMNS = [
     ("cosine_to_real_mean", "cosine to real mean"), ("k", "k"), ("dp_epsilon", "DP ε"),
 ]
 QUALITY_EXPLAINED = (
-    "Measured by each client against its held-out rows, which the generator never saw. "
+    "Measured by each client against its held-out rows, which the generator never saw; spread and "
+    "consistency against all its real rows. "
     "<strong>density</strong> and <strong>coverage</strong> (Naeem et al. 2020): about 1 and close to 1 when the "
     "synthetic samples follow the real distribution; density well above 1 means samples crowd "
-    "the class centres. <strong>spread</strong>: median distance to the class centre over the held-out "
+    "the class centres. <strong>spread</strong>: median distance to the class centre over the real "
     "rows' (each to the mean of the others) "
     f"(outside {SPREAD_RANGE[0]}–{SPREAD_RANGE[1]}: collapsed or scattered). "
     "<strong>consistency</strong>: share of samples nearest to their own class mean, next to the real "
-    f"rows' (below {CONSISTENCY_SHARE:.0%} of it: off-class). <strong>memorisation ratio</strong>: "
+    "rows' own, each real row measured against means it took no part in "
+    f"(below {CONSISTENCY_SHARE:.0%} of it: off-class). <strong>memorisation ratio</strong>: "
     "distance to the closest training row over the held-out rows' (about 1 for fresh data; "
     f"below {MEMORISATION_THRESHOLD}: flagged as memorised). Fréchet distance next to the "
     "training-vs-held-out baseline; the seed's cosine to the class mean is shown, not judged "
