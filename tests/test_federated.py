@@ -421,7 +421,8 @@ def test_dp_sgd_generators_spend_the_configured_epsilon_and_resume_counting(tmp_
     _run1(cfg, tmp_path / "b", data, rounds=2)
     done = torch.load(checkpoints.checkpoint_uri(str(tmp_path / "b" / "ckpt"), 0),
                       weights_only=True)
-    assert spent_1 < dp.epsilon(done["dp"]) <= 4.0 + 0.05
+    # all the steps spend the target within 0.01 (the noise multiplier's search tolerance)
+    assert spent_1 < 4.0 - 0.01 <= dp.epsilon(done["dp"]) <= 4.0
     assert len(done["dp"]["history"]) == 1  # one (sigma, rate) entry counting every step
     # a retried task loads the accountant with the weights and goes on from its count
     uri = checkpoints.checkpoint_uri(str(tmp_path / "ckpt"), 0)
