@@ -627,6 +627,15 @@ def test_mlflow_installs_nothing_at_pod_start_its_image_has_the_drivers():
     assert {"psycopg2-binary", "boto3", "botocore", "Flask-WTF"} <= set(pins)
 
 
+def test_the_cluster_server_runs_without_the_genai_job_runner_like_the_tested_one():
+    """The rehearsal and the tests run MLflow with its GenAI job runner off (tests/
+    mlflowserver.py); the cluster's server is the same, not one with two more processes."""
+    env = {e["name"]: e.get("value") for e in mlflow_container(rendered("base"))["env"]}
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    tested = (MANIFESTS.parent / "tests" / "mlflowserver.py").read_text()
+    assert 'env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"' in tested
+
+
 def test_the_auth_overlay_adds_basic_auth_to_the_same_server():
     base = mlflow_container(rendered("base"))
     objects = rendered("overlays/mlflow-auth")
