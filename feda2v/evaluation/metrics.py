@@ -241,8 +241,8 @@ def real_consistency_hits(train: torch.Tensor, train_labels: torch.Tensor,
     dist = torch.cdist(rows, means)
     own = (means[pos] * n - rows) / (n - 1).clamp_min(1)  # its class's mean without it
     dist[torch.arange(len(rows)), pos] = (rows - own).norm(dim=1)
-    alone = n[:, 0] > 1
-    hit_train, label_train = (dist.argmin(1) == pos)[alone], train_labels[keep][alone]
+    has_others = n[:, 0] > 1  # a class's only row has no mean without it
+    hit_train, label_train = (dist.argmin(1) == pos)[has_others], train_labels[keep][has_others]
     keep, pos = mine(holdout_labels)
     hit_hold = torch.cdist(holdout[keep], means).argmin(1) == pos
     return (torch.cat([hit_train, hit_hold]),
