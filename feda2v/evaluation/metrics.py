@@ -202,6 +202,17 @@ def spread_ratio(synthetic: torch.Tensor, reference: torch.Tensor) -> float:
     return _median((syn - centre).norm(dim=1)) / scale
 
 
+def _class_means(train: torch.Tensor, train_labels: torch.Tensor,
+                 classes: list[int]) -> torch.Tensor:
+    return torch.stack([train[train_labels == c].mean(0) for c in classes])
+
+
+def _nearest_mean_hits(x: torch.Tensor, labels: torch.Tensor, means: torch.Tensor,
+                       classes: list[int]) -> torch.Tensor:
+    """Per row of x, whether its nearest of `means` (one per class of `classes`) is its own."""
+    return torch.tensor(classes)[torch.cdist(x, means).argmin(dim=1)] == labels
+
+
 def class_consistency(x: torch.Tensor, labels: torch.Tensor, train: torch.Tensor,
                       train_labels: torch.Tensor, classes: Sequence[int]) -> float:
     """Share of samples whose nearest training class mean (Euclidean, among `classes`) is
@@ -209,9 +220,8 @@ def class_consistency(x: torch.Tensor, labels: torch.Tensor, train: torch.Tensor
     class. Compare it with the same number for held-out real rows."""
     x, train = _pair(x, train, ("samples", "train"))
     classes = list(classes)
-    means = torch.stack([train[train_labels == c].mean(0) for c in classes])
-    nearest = torch.tensor(classes)[torch.cdist(x, means).argmin(dim=1)]
-    return float((nearest == labels).double().mean())
+    hits = _nearest_mean_hits(x, labels, _class_means(train, train_labels, classes), classes)
+    return float(hits.double().mean())
 
 
 def real_consistency_hits(train: torch.Tensor, train_labels: torch.Tensor,
@@ -227,26 +237,23 @@ def real_consistency_hits(train: torch.Tensor, train_labels: torch.Tensor,
     flagged off-class against it in 9 of 80 draws (0 of 80 against this one)."""
     train, holdout = _pair(train, holdout, ("train", "holdout"))
     classes = list(classes)
-    lookup = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
-    lookup[torch.tensor(classes)] = torch.arange(len(classes))
-    means = torch.stack([train[train_labels == c].mean(0) for c in classes])
-    counts = torch.stack([(train_labels == c).sum() for c in classes]).to(torch.float64)
+    known = torch.tensor(classes)
+    means = _class_means(train, train_labels, classes)
 
-    def mine(labels):
-        keep = torch.isin(labels, torch.tensor(classes))
-        return keep, lookup[labels[keep]]
-
-    keep, pos = mine(train_labels)
-    rows, n = train[keep], counts[pos][:, None]
+    keep = torch.isin(train_labels, known)
+    rows, labels = train[keep], train_labels[keep]
+    pos = (labels[:, None] == known).long().argmax(dim=1)  # each row's index among classes
+    n = torch.bincount(pos, minlength=len(classes)).to(torch.float64)[pos][:, None]
     dist = torch.cdist(rows, means)
     own = (means[pos] * n - rows) / (n - 1).clamp_min(1)  # its class's mean without it
     dist[torch.arange(len(rows)), pos] = (rows - own).norm(dim=1)
     has_others = n[:, 0] > 1  # a class's only row has no mean without it
-    hit_train, label_train = (dist.argmin(1) == pos)[has_others], train_labels[keep][has_others]
-    keep, pos = mine(holdout_labels)
-    hit_hold = torch.cdist(holdout[keep], means).argmin(1) == pos
+    hit_train = (dist.argmin(dim=1) == pos)[has_others]
+
+    held = torch.isin(holdout_labels, known)
+    hit_hold = _nearest_mean_hits(holdout[held], holdout_labels[held], means, classes)
     return (torch.cat([hit_train, hit_hold]),
-            torch.cat([label_train, holdout_labels[keep]]))
+            torch.cat([labels[has_others], holdout_labels[held]]))
 
 
 def _flags(entry: dict) -> list[str] | None:
@@ -324,8 +331,8 @@ def quality_report(synthetic: torch.Tensor, synthetic_labels: torch.Tensor | Seq
 
     Small groups degrade instead of failing: density/coverage use k = min(k, n_holdout - 1)
     (reported under "k") and are None with fewer than 2 holdout samples; the Fréchet distances
-    need 2 samples per set, the spread 2 real rows; memorisation at least one holdout sample; consistency
-    at least 2 classes. A holdout that duplicates the training records still raises (see
+    need 2 samples per set, the spread 2 real rows; memorisation at least one holdout sample;
+    consistency at least 2 classes. A holdout that duplicates the training records still raises (see
     `memorisation_ratio`): that is a split bug. `seed` is kept for callers; nothing here draws.
 
     Fréchet distances of token sequences [N, S, D] use the token-averaged vectors [N, D]: the
@@ -357,24 +364,23 @@ def quality_report(synthetic: torch.Tensor, synthetic_labels: torch.Tensor | Seq
     if "overall" in (class_names[c] for c in present):
         raise ValueError('a class named "overall" would clash with the pooled entry')
     trained = [c for c in present if bool((labels["real"] == c).any())]
-    synthetic_of_trained = hits = hit_labels = None
+    # (hit, label) per sample and per real row, for the shares of each class and overall
+    synthetic_hits = real_hits = None
     if len(trained) >= 2:
-        synthetic_of_trained = torch.isin(labels["synthetic"], torch.tensor(trained))
-        hits, hit_labels = real_consistency_hits(real, labels["real"], holdout,
-                                                 labels["holdout"], trained)
+        of_trained = torch.isin(labels["synthetic"], torch.tensor(trained))
+        mine = labels["synthetic"][of_trained]
+        synthetic_hits = (_nearest_mean_hits(syn[of_trained], mine,
+                                             _class_means(real, labels["real"], trained),
+                                             trained), mine)
+        real_hits = real_consistency_hits(real, labels["real"], holdout, labels["holdout"],
+                                          trained)
 
-    def consistent(mask):
-        if synthetic_of_trained is None or not bool((mask & synthetic_of_trained).any()):
+    def share(found, c=None):
+        if found is None:
             return None
-        sub = mask & synthetic_of_trained
-        return class_consistency(syn[sub], labels["synthetic"][sub], real, labels["real"],
-                                 trained)
-
-    def consistent_real(c=None):
-        if hits is None:
-            return None
-        mine = hits if c is None else hits[hit_labels == c]
-        return float(mine.double().mean()) if len(mine) else None
+        hit, label = found
+        hit = hit if c is None else hit[label == c]
+        return float(hit.double().mean()) if len(hit) else None
 
     report = {}
     for c in present:
@@ -382,8 +388,8 @@ def quality_report(synthetic: torch.Tensor, synthetic_labels: torch.Tensor | Seq
         h_mask = labels["holdout"] == c
         entry = _class_entry(syn[s_mask], real[r_mask], holdout[h_mask], syn_fd[s_mask],
                              real_fd[r_mask], hold_fd[h_mask], k)
-        entry["class_consistency"] = consistent(s_mask)
-        entry["class_consistency_real"] = consistent_real(c)
+        entry["class_consistency"] = share(synthetic_hits, c)
+        entry["class_consistency_real"] = share(real_hits, c)
         entry["flags"] = _flags(entry)
         report[class_names[c]] = entry
     pooled = torch.tensor(present, dtype=torch.long)
@@ -394,8 +400,8 @@ def quality_report(synthetic: torch.Tensor, synthetic_labels: torch.Tensor | Seq
     for key in ("cosine_to_real_mean", "spread_ratio"):
         values = [e[key] for e in report.values()]
         overall[key] = sum(values) / len(values) if values and None not in values else None
-    overall["class_consistency"] = consistent(torch.ones(len(syn), dtype=torch.bool))
-    overall["class_consistency_real"] = consistent_real()
+    overall["class_consistency"] = share(synthetic_hits)
+    overall["class_consistency_real"] = share(real_hits)
     flags = _flags(overall)
     per_class = [f for e in report.values() for f in (e["flags"] or [])]
     overall["flags"] = None if flags is None else sorted(set(flags) | set(per_class))
